@@ -13,7 +13,7 @@ from fastcore.basics import patch
 from .errors import FetchError, SerializationError, reraise_as
 try:
     import huggingface_hub
-    from huggingface_hub import hf_hub_download, errors as hf_errors
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache, errors as hf_errors
     from huggingface_hub.utils import validate_repo_id
 except ImportError: huggingface_hub = None
 
@@ -21,8 +21,9 @@ except ImportError: huggingface_hub = None
 __all__ = ['PICKLE_SUFFIXES', 'INDEX_NAME', 'WEIGHTS_NAME', 'CONFIG_NAME', 'HubError', 'InvalidNameError', 'UnsafeFileError',
            'RepoNotFoundError', 'RevisionNotFoundError', 'FileNotFoundOnHubError', 'UnauthorizedError',
            'GatedRepoError', 'OfflineError', 'ChecksumMismatchError', 'HubUnavailableError', 'check_filename',
-           'check_repo_id', 'FetchOptions', 'ModelArtifact', 'is_offline', 'translate_error', 'sha256_file', 'evict',
-           'HfModelFetcher', 'parse_model_spec', 'fetch_model_path', 'resolve_hf_uri', 'register_cli']
+           'check_repo_id', 'FetchOptions', 'ModelArtifact', 'is_offline', 'hub_cache_dir', 'translate_error',
+           'sha256_file', 'evict', 'HfModelFetcher', 'parse_model_spec', 'fetch_model_path', 'resolve_hf_uri',
+           'register_cli']
 
 # %% ../nbs/05_hub.ipynb #1980eead
 class HubError(FetchError):
@@ -112,6 +113,13 @@ def is_offline(local_files_only:bool=False) -> bool:
     env = os.environ.get('HF_HUB_OFFLINE', '').strip().upper() in ('1', 'ON', 'YES', 'TRUE')
     return bool(local_files_only or env or (huggingface_hub is not None and huggingface_hub.constants.HF_HUB_OFFLINE))
 
+# %% ../nbs/05_hub.ipynb #f1820522
+def hub_cache_dir() -> Path:
+    "The Hub cache folder: HF_HUB_CACHE, else HF_HOME/hub (read now), else huggingface_hub's default"
+    if v := os.environ.get('HF_HUB_CACHE'): return Path(v).expanduser()
+    if v := os.environ.get('HF_HOME'): return Path(v).expanduser()/'hub'
+    return Path(huggingface_hub.constants.HF_HUB_CACHE)
+
 # %% ../nbs/05_hub.ipynb #de84ebb8
 _TRANSPORT_ERRORS = {'TimeoutException', 'Timeout', 'NetworkError', 'ConnectError', 'ConnectionError',
                      'TransportError', 'RemoteProtocolError', 'ProxyError', 'ReadTimeout', 'ConnectTimeout'}
@@ -181,7 +189,7 @@ def evict(pointer:Path, # a file in a snapshot folder of the Hub cache
 class HfModelFetcher:
     "Download model files from the Hugging Face Hub into its cache"
     def __init__(self, token:str|None=None, # a Hub token; default: HF_TOKEN or huggingface_hub's saved login
-                 cache_dir=None, # the Hub cache folder; default: huggingface_hub's (HF_HUB_CACHE)
+                 cache_dir=None, # the Hub cache folder; default: HF_HUB_CACHE, or HF_HOME/hub, read at each call
                  endpoint:str|None=None, # the Hub's URL; default: HF_ENDPOINT, read at each call
                 ):
         self._token,self.cache_dir,self._endpoint = token,(None if cache_dir is None else Path(cache_dir)),endpoint
@@ -196,11 +204,21 @@ class HfModelFetcher:
         return (f"HfModelFetcher(token={'<hidden>' if self._token else None}, cache_dir={str(self.cache_dir) if self.cache_dir else None!r}"
                 + (f", endpoint={self.endpoint!r}" if self.endpoint else "") + ")")
 
+# %% ../nbs/05_hub.ipynb #411f1eec
+@patch
+def _cached_file(self:HfModelFetcher, repo_id, filename, revision) -> Path:
+    "The cached snapshot path of `filename` at `revision`, or `OfflineError` / `FileNotFoundOnHubError`"
+    with reraise_as(FetchError, what=f'{repo_id}@{revision}: {filename!r}: reading the Hub cache'):
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=self.cache_dir or hub_cache_dir(), revision=revision)
+    if isinstance(found, str): return Path(found)
+    if found is None: raise OfflineError("offline (HF_HUB_OFFLINE or local_files_only) and not in the local cache",
+                                         repo_id, revision, filename)
+    raise FileNotFoundOnHubError("file not in the repository at this revision (as recorded in the cache)", repo_id, revision, filename)
+
 # %% ../nbs/05_hub.ipynb #4d23e281
 @patch
 def _storage(self:HfModelFetcher, repo_id):
-    cache = self.cache_dir or Path(huggingface_hub.constants.HF_HUB_CACHE)
-    return Path(cache)/('models--' + repo_id.replace('/', '--'))
+    return (self.cache_dir or hub_cache_dir())/('models--' + repo_id.replace('/', '--'))
 
 @patch
 def fetch_file(self:HfModelFetcher, repo_id:str, # 'org/name'
@@ -215,10 +233,11 @@ def fetch_file(self:HfModelFetcher, repo_id:str, # 'org/name'
     offline = is_offline(local_files_only)
     blobs = self._storage(repo_id)/'blobs'
     before = set(os.listdir(blobs)) if blobs.is_dir() else set()
+    if offline: return self._cached_file(repo_id, filename, revision)
     try:
-        path = Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=self.cache_dir, token=self._token,
-                                    local_files_only=offline, endpoint=self.endpoint))
-    except Exception as e: raise translate_error(e, repo_id, revision, filename, offline) from e
+        path = Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=self.cache_dir or hub_cache_dir(),
+                                    token=self._token, endpoint=self.endpoint))
+    except Exception as e: raise translate_error(e, repo_id, revision, filename) from e
     blob = _blob_of(path)
     if blob.name not in before and _SHA256_HEX.fullmatch(blob.name) and (got := sha256_file(blob)) != blob.name:
         evict(path)

@@ -5,12 +5,13 @@ the way huggingface.co does (X-Repo-Commit, ETag, X-Linked-Etag/X-Linked-Size an
 on errors), and a second "cdn" server, on another origin, serves LFS blobs as the Hub's CDN does. Nothing reaches the
 internet: every fetcher gets the local endpoint, the CLI subprocess gets HF_ENDPOINT, and HF_HOME points into tmp_path.
 """
-import hashlib, json, os, re, subprocess, sys, threading
+import hashlib, json, os, re, socket, subprocess, sys, threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+import huggingface_hub
 import numpy as np
 import pytest
 import fastcore.test as ft
@@ -150,10 +151,20 @@ def hub():
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
-    "No token, no offline mode, no cache or endpoint from the machine running the tests"
-    for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
+    "No token, offline mode, cache or endpoint from the machine running the tests; no name lookup but 127.0.0.1"
+    for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HUB_CACHE"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path/"hf_home"))
+    # huggingface_hub read HF_HUB_DISABLE_TELEMETRY at import; without it, it would ask huggingface.co for its agent list
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    stray, getaddrinfo = [], socket.getaddrinfo
+    def local_only(host, *a, **k):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            stray.append(host); raise OSError(f"test guard: refusing to resolve {host!r}")
+        return getaddrinfo(host, *a, **k)
+    monkeypatch.setattr(socket, "getaddrinfo", local_only)
+    yield
+    assert stray == [], f"tried to reach {stray}"
 
 
 @pytest.fixture
@@ -168,7 +179,7 @@ def test_first_download(hub, fetcher):
     ft.test_eq(art.files, ["model.safetensors", "config.json"])
     ft.test_eq((art.commit, art.revision, art.format, art.architecture), (commit, "main", "safetensors", "LlamaForCausalLM"))
     ft.test_eq(art.path.name, commit)
-    for name, data in files.items(): ft.test_eq((art.path/name).read_bytes(), data)
+    for name, data in files.items(): ft.test_eq(sha256((art.path/name).read_bytes()), sha256(data))
     ft.test_eq(art.sha256, {n: sha256(d) for n, d in files.items()})
     ft.test_eq((art.path.parents[1]/"refs"/"main").read_text(), commit)
     # the weights came from the CDN, config.json straight from the hub; no token was sent anywhere
@@ -220,7 +231,7 @@ def test_sharded(hub, fetcher):
     art = fetcher.download_model("org/sharded")
     ft.test_eq(art.files, [INDEX_NAME, "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "config.json"])
     ft.test_eq((art.commit, art.format, art.architecture), (commit, "safetensors", "llama"))
-    for name, data in files.items(): ft.test_eq((art.path/name).read_bytes(), data)
+    for name, data in files.items(): ft.test_eq(sha256((art.path/name).read_bytes()), sha256(data))
     # model.safetensors was asked for first; the Hub said it does not exist and huggingface_hub remembered that
     ft.test_eq((art.path.parents[1]/".no_exist"/commit/"model.safetensors").exists(), True)
 
@@ -289,7 +300,7 @@ def test_corrupt_download_is_evicted(hub, fetcher):
     except ChecksumMismatchError as e: ft.test_eq(e.is_retryable, True)
     hub.corrupt.clear(); hub.clear()
     art = fetcher.download_model("org/tiny")  # downloads again, this time intact
-    ft.test_eq((art.path/"model.safetensors").read_bytes(), files["model.safetensors"])
+    ft.test_eq(sha256((art.path/"model.safetensors").read_bytes()), sha256(files["model.safetensors"]))
     ft.test_eq(len(hub.requests("GET", "cdn")), 1)
 
 
@@ -373,7 +384,7 @@ def test_cli_fetch(hub, tmp_path):
     r = run_cli(["fetch", "org/tiny", "--revision", "v1.0", "--cache-dir", str(cache)], hub, tmp_path)
     ft.test_eq(r.returncode, 0)
     path = Path(r.stdout.strip().splitlines()[-1])
-    ft.test_eq((path.name, (path/"model.safetensors").read_bytes()), (commit, files["model.safetensors"]))
+    ft.test_eq((path.name, sha256((path/"model.safetensors").read_bytes())), (commit, sha256(files["model.safetensors"])))
     hub.clear()
     r = run_cli(["fetch", "org/tiny@v1.0", "--cache-dir", str(cache), "--file", "config.json"], hub, tmp_path, HF_HUB_OFFLINE="1")
     ft.test_eq((r.returncode, r.stdout.strip()), (0, str(path/"config.json")))
@@ -383,3 +394,36 @@ def test_cli_fetch(hub, tmp_path):
     ft.test_eq(r.stderr.strip().splitlines()[-1], "error: org/tiny@nope: 'model.safetensors': revision not found")
     r = run_cli(["fetch", "org/tiny", "--file", "pytorch_model.bin", "--cache-dir", str(cache)], hub, tmp_path)
     ft.test_eq((r.returncode, "allow-pickle" in r.stderr), (1, True))
+
+
+def test_load_model_hf_uri(hub, tmp_path, monkeypatch):
+    from entrenar.io import load_model
+    files = model_files()
+    commit = hub.add("org/tiny", files, ref="v1.0")
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)            # read by the fetcher at each call
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path/"cache"))
+    m = load_model("hf://org/tiny@v1.0")
+    (tmp_path/"ref.safetensors").write_bytes(files["model.safetensors"])
+    ref = load_model(tmp_path/"ref.safetensors")
+    ft.test_eq(m.names, ref.names)
+    for n in ref.names: ft.test_eq(np.array_equal(m.get_parameter(n), ref.get_parameter(n)), True)
+    ft.test_eq(Path(m.path).parent.name, commit)
+    hub.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ft.test_eq(load_model("hf://org/tiny@v1.0", lazy=True).names, ref.names)
+    ft.test_eq(hub.requests(), [])
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with ft.ExceptionExpected(RevisionNotFoundError, regex="org/tiny@main: 'model.safetensors': revision not found"):
+        load_model("hf://org/tiny")
+
+
+def test_load_model_hf_uri_subprocess(hub, tmp_path):
+    "In a fresh process huggingface_hub reads HF_ENDPOINT at import, as users run it"
+    files = sharded_files()
+    hub.add("org/sharded", files)
+    code = "from entrenar.io import load_model; m = load_model('hf://org/sharded'); print(m.names, m.get_parameter('a').tolist())"
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    e.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path/"hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120)
+    ft.test_eq((r.returncode, r.stdout.strip()), (0, "['a', 'b'] [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]"))
+    ft.test_eq(len(hub.requests("GET", "cdn")), 2)

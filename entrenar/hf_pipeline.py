@@ -145,13 +145,13 @@ def translate_error(e:Exception, # an exception raised by huggingface_hub
         if isinstance(e, hf_errors.RepositoryNotFoundError):
             return RepoNotFoundError("repository not found (or it is private and the token cannot read it)", *a)
         if isinstance(e, hf_errors.RevisionNotFoundError): return RevisionNotFoundError("revision not found", *a)
-        if isinstance(e, hf_errors.RemoteEntryNotFoundError):
-            return FileNotFoundOnHubError("file not found in the repository at this revision", *a)
-        if isinstance(e, (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled)):
+        if isinstance(e, (hf_errors.LocalEntryNotFoundError, getattr(hf_errors, 'OfflineModeIsEnabled', ()))):
             if offline: return OfflineError("offline (HF_HUB_OFFLINE or local_files_only) and not in the local cache", *a)
             cause = e.__cause__ or e.__context__
             if cause is not None and cause is not e: return translate_error(cause, *a, offline=offline)
             return HubUnavailableError("the Hub could not be reached and the file is not in the local cache", *a)
+        if isinstance(e, hf_errors.EntryNotFoundError):   # the remote kind: local misses were handled above
+            return FileNotFoundOnHubError("file not found in the repository at this revision", *a)
     status = _status(e)
     if status in (401, 403): return UnauthorizedError(f"HTTP {status}: the Hub refused the token (or its absence)", *a)
     if status == 429: return HubUnavailableError("HTTP 429: rate limited by the Hub, try again later", *a)

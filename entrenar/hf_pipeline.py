@@ -6,16 +6,11 @@ Docs: https://entrenar.github.io/entrenar/hub.html.md"""
 
 # %% ../nbs/05_hub.ipynb #bace2c86
 from __future__ import annotations
-import argparse, hashlib, json, os, re
+import argparse, hashlib, importlib, json, os, re, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
 from .errors import FetchError, SerializationError, reraise_as
-try:
-    import huggingface_hub
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache, errors as hf_errors
-    from huggingface_hub.utils import validate_repo_id
-except ImportError: huggingface_hub = None
 
 # %% auto #0
 __all__ = ['PICKLE_SUFFIXES', 'INDEX_NAME', 'WEIGHTS_NAME', 'CONFIG_NAME', 'HubError', 'InvalidNameError', 'UnsafeFileError',
@@ -24,6 +19,16 @@ __all__ = ['PICKLE_SUFFIXES', 'INDEX_NAME', 'WEIGHTS_NAME', 'CONFIG_NAME', 'HubE
            'check_repo_id', 'FetchOptions', 'ModelArtifact', 'is_offline', 'hub_cache_dir', 'translate_error',
            'sha256_file', 'evict', 'HfModelFetcher', 'parse_model_spec', 'fetch_model_path', 'resolve_hf_uri',
            'register_cli']
+
+# %% ../nbs/05_hub.ipynb #126c0e5b
+def _hub():
+    "The `huggingface_hub` module (with its `errors`, `utils` and `constants`), imported on first use"
+    try:
+        for m in ('huggingface_hub', 'huggingface_hub.errors', 'huggingface_hub.utils', 'huggingface_hub.constants'):
+            importlib.import_module(m)
+    except ImportError as e:
+        raise FetchError("fetching from the Hub needs huggingface_hub: pip install 'entrenar[hub]'") from e
+    return sys.modules['huggingface_hub']
 
 # %% ../nbs/05_hub.ipynb #1980eead
 class HubError(FetchError):
@@ -77,9 +82,9 @@ def check_filename(filename:str, # a path inside the repository, e.g. 'model.saf
 def check_repo_id(repo_id:str, # 'org/name' (or 'name')
                  ) -> str:
     "Return `repo_id` if it follows the Hub's rules, else raise `InvalidNameError`"
-    if huggingface_hub is None: raise FetchError("fetching from the Hub needs huggingface_hub: pip install 'entrenar[hub]'")
-    try: validate_repo_id(repo_id)
-    except (hf_errors.HFValidationError, TypeError) as e:
+    hf = _hub()
+    try: hf.utils.validate_repo_id(repo_id)
+    except (hf.errors.HFValidationError, TypeError) as e:
         raise InvalidNameError(f"invalid repository id {repo_id!r}: {str(e).splitlines()[0]}") from e
     return repo_id
 
@@ -111,14 +116,15 @@ class ModelArtifact:
 def is_offline(local_files_only:bool=False) -> bool:
     "True when `local_files_only` or `HF_HUB_OFFLINE` (read now, or when huggingface_hub was imported) is set"
     env = os.environ.get('HF_HUB_OFFLINE', '').strip().upper() in ('1', 'ON', 'YES', 'TRUE')
-    return bool(local_files_only or env or (huggingface_hub is not None and huggingface_hub.constants.HF_HUB_OFFLINE))
+    hf = sys.modules.get('huggingface_hub.constants')  # if not imported yet, it will read the same environment
+    return bool(local_files_only or env or (hf is not None and hf.HF_HUB_OFFLINE))
 
 # %% ../nbs/05_hub.ipynb #f1820522
 def hub_cache_dir() -> Path:
     "The Hub cache folder: HF_HUB_CACHE, else HF_HOME/hub (read now), else huggingface_hub's default"
     if v := os.environ.get('HF_HUB_CACHE'): return Path(v).expanduser()
     if v := os.environ.get('HF_HOME'): return Path(v).expanduser()/'hub'
-    return Path(huggingface_hub.constants.HF_HUB_CACHE)
+    return Path(_hub().constants.HF_HUB_CACHE)
 
 # %% ../nbs/05_hub.ipynb #de84ebb8
 _TRANSPORT_ERRORS = {'TimeoutException', 'Timeout', 'NetworkError', 'ConnectError', 'ConnectionError',
@@ -139,18 +145,18 @@ def translate_error(e:Exception, # an exception raised by huggingface_hub
     "The `HubError` subclass that says what `e` means for `repo_id@revision/filename`"
     a = (repo_id, revision, filename)
     if isinstance(e, FetchError): return e
-    if huggingface_hub is not None:
-        if isinstance(e, hf_errors.GatedRepoError):
+    if (hf := sys.modules.get('huggingface_hub.errors')) is not None:
+        if isinstance(e, hf.GatedRepoError):
             return GatedRepoError("the repository is gated: accept its terms on the Hub and use a token that has access", *a)
-        if isinstance(e, hf_errors.RepositoryNotFoundError):
+        if isinstance(e, hf.RepositoryNotFoundError):
             return RepoNotFoundError("repository not found (or it is private and the token cannot read it)", *a)
-        if isinstance(e, hf_errors.RevisionNotFoundError): return RevisionNotFoundError("revision not found", *a)
-        if isinstance(e, (hf_errors.LocalEntryNotFoundError, getattr(hf_errors, 'OfflineModeIsEnabled', ()))):
+        if isinstance(e, hf.RevisionNotFoundError): return RevisionNotFoundError("revision not found", *a)
+        if isinstance(e, (hf.LocalEntryNotFoundError, getattr(hf, 'OfflineModeIsEnabled', ()))):
             if offline: return OfflineError("offline (HF_HUB_OFFLINE or local_files_only) and not in the local cache", *a)
             cause = e.__cause__ or e.__context__
             if cause is not None and cause is not e: return translate_error(cause, *a, offline=offline)
             return HubUnavailableError("the Hub could not be reached and the file is not in the local cache", *a)
-        if isinstance(e, hf_errors.EntryNotFoundError):   # the remote kind: local misses were handled above
+        if isinstance(e, hf.EntryNotFoundError):   # the remote kind: local misses were handled above
             return FileNotFoundOnHubError("file not found in the repository at this revision", *a)
     status = _status(e)
     if status in (401, 403): return UnauthorizedError(f"HTTP {status}: the Hub refused the token (or its absence)", *a)
@@ -209,7 +215,7 @@ class HfModelFetcher:
 def _cached_file(self:HfModelFetcher, repo_id, filename, revision) -> Path:
     "The cached snapshot path of `filename` at `revision`, or `OfflineError` / `FileNotFoundOnHubError`"
     with reraise_as(FetchError, what=f'{repo_id}@{revision}: {filename!r}: reading the Hub cache'):
-        found = try_to_load_from_cache(repo_id, filename, cache_dir=self.cache_dir or hub_cache_dir(), revision=revision)
+        found = _hub().try_to_load_from_cache(repo_id, filename, cache_dir=self.cache_dir or hub_cache_dir(), revision=revision)
     if isinstance(found, str): return Path(found)
     if found is None: raise OfflineError("offline (HF_HUB_OFFLINE or local_files_only) and not in the local cache",
                                          repo_id, revision, filename)
@@ -235,7 +241,7 @@ def fetch_file(self:HfModelFetcher, repo_id:str, # 'org/name'
     before = set(os.listdir(blobs)) if blobs.is_dir() else set()
     if offline: return self._cached_file(repo_id, filename, revision)
     try:
-        path = Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=self.cache_dir or hub_cache_dir(),
+        path = Path(_hub().hf_hub_download(repo_id, filename, revision=revision, cache_dir=self.cache_dir or hub_cache_dir(),
                                     token=self._token, endpoint=self.endpoint))
     except Exception as e: raise translate_error(e, repo_id, revision, filename) from e
     blob = _blob_of(path)
@@ -382,7 +388,7 @@ def _fetch_command(args):
     elif sha: sha = sha[0]
     opts = FetchOptions(revision=rev or args.revision or 'main', files=args.file or None, allow_pickle=args.allow_pickle,
                         verify_sha256=sha or None, local_files_only=args.offline)
-    if getattr(args, 'quiet', False): huggingface_hub.utils.disable_progress_bars()
+    if getattr(args, 'quiet', False): _hub().utils.disable_progress_bars()
     print(HfModelFetcher(cache_dir=args.cache_dir).download_model(repo_id, opts).path)
 
 def register_cli(subparsers):

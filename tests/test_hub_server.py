@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-import huggingface_hub
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import fastcore.test as ft
@@ -356,43 +356,35 @@ def test_connection_refused_is_retryable(tmp_path):
     except HubUnavailableError as e: ft.test_eq(e.is_retryable, True)
 
 
-CLI = ("import sys, argparse\n"
-       "from entrenar.errors import EntrenarError\n"
-       "try:\n    from entrenar.cli import main\n"
-       "except ImportError:\n"
-       "    from entrenar.hf_pipeline import register_cli\n"
-       "    def main(argv=None):\n"
-       "        p = argparse.ArgumentParser(prog='entrenar'); register_cli(p.add_subparsers(required=True))\n"
-       "        a = p.parse_args(argv)\n"
-       "        try: a.func(a)\n"
-       "        except EntrenarError as e: print(f'error: {e}', file=sys.stderr); return 1\n"
-       "        return 0\n"
-       "sys.exit(main())\n")
+def entrenar_cmd():
+    "The installed `entrenar` script beside this Python, else its entry point through `python -c`"
+    exe = Path(sys.executable).parent/"entrenar"
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from entrenar.cli import main; sys.exit(main())"]
 
 
-def run_cli(args, hub, tmp_path, **env):
+def fetch_cli(args, hub, tmp_path, **env):
     "Run `entrenar ...` in a subprocess whose huggingface_hub reads HF_ENDPOINT at import"
     e = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     e.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path/"hf_home"), HF_HUB_DISABLE_TELEMETRY="1", **env)
-    return subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True, env=e, timeout=120)
+    return subprocess.run(entrenar_cmd() + list(args), capture_output=True, text=True, env=e, timeout=120)
 
 
 def test_cli_fetch(hub, tmp_path):
     files = model_files()
     commit = hub.add("org/tiny", files, ref="v1.0")
     cache = tmp_path/"cli-cache"
-    r = run_cli(["fetch", "org/tiny", "--revision", "v1.0", "--cache-dir", str(cache)], hub, tmp_path)
+    r = fetch_cli(["fetch", "org/tiny", "--revision", "v1.0", "--cache-dir", str(cache)], hub, tmp_path)
     ft.test_eq(r.returncode, 0)
     path = Path(r.stdout.strip().splitlines()[-1])
     ft.test_eq((path.name, sha256((path/"model.safetensors").read_bytes())), (commit, sha256(files["model.safetensors"])))
     hub.clear()
-    r = run_cli(["fetch", "org/tiny@v1.0", "--cache-dir", str(cache), "--file", "config.json"], hub, tmp_path, HF_HUB_OFFLINE="1")
+    r = fetch_cli(["fetch", "org/tiny@v1.0", "--cache-dir", str(cache), "--file", "config.json"], hub, tmp_path, HF_HUB_OFFLINE="1")
     ft.test_eq((r.returncode, r.stdout.strip()), (0, str(path/"config.json")))
     ft.test_eq(hub.requests(), [])
-    r = run_cli(["fetch", "org/tiny", "--revision", "nope", "--cache-dir", str(cache)], hub, tmp_path)
+    r = fetch_cli(["fetch", "org/tiny", "--revision", "nope", "--cache-dir", str(cache)], hub, tmp_path)
     ft.test_eq(r.returncode, 1)
     ft.test_eq(r.stderr.strip().splitlines()[-1], "error: org/tiny@nope: 'model.safetensors': revision not found")
-    r = run_cli(["fetch", "org/tiny", "--file", "pytorch_model.bin", "--cache-dir", str(cache)], hub, tmp_path)
+    r = fetch_cli(["fetch", "org/tiny", "--file", "pytorch_model.bin", "--cache-dir", str(cache)], hub, tmp_path)
     ft.test_eq((r.returncode, "allow-pickle" in r.stderr), (1, True))
 
 

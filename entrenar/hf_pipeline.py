@@ -6,11 +6,11 @@ Docs: https://entrenar.github.io/entrenar/hub.html.md"""
 
 # %% ../nbs/05_hub.ipynb #bace2c86
 from __future__ import annotations
-import argparse, hashlib, importlib, json, os, re, sys
+import argparse, errno, hashlib, importlib, json, os, re, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
-from .errors import FetchError, SerializationError, reraise_as
+from .errors import EntrenarError, FetchError, IoError, SerializationError, reraise_as
 
 # %% auto #0
 __all__ = ['PICKLE_SUFFIXES', 'INDEX_NAME', 'WEIGHTS_NAME', 'CONFIG_NAME', 'HubError', 'InvalidNameError', 'UnsafeFileError',
@@ -141,10 +141,12 @@ def _status(e):
 def translate_error(e:Exception, # an exception raised by huggingface_hub
                     repo_id:str, revision:str, filename:str|None, # what was being fetched
                     offline:bool=False, # whether the fetch was offline (cache only)
-                   ) -> FetchError:
-    "The `HubError` subclass that says what `e` means for `repo_id@revision/filename`"
+                   ) -> EntrenarError:
+    "The `HubError` subclass that says what `e` means for `repo_id@revision/filename` (`IoError` for the local disk)"
     a = (repo_id, revision, filename)
-    if isinstance(e, FetchError): return e
+    if isinstance(e, EntrenarError): return e
+    if isinstance(e, (PermissionError, IsADirectoryError, NotADirectoryError)) or getattr(e, 'errno', None) in (errno.ENOSPC, errno.EROFS):
+        return IoError(f"{repo_id}@{revision}: {filename!r}: writing the Hub cache: {e.strerror or type(e).__name__}", path=e.filename)
     if (hf := sys.modules.get('huggingface_hub.errors')) is not None:
         if isinstance(e, hf.GatedRepoError):
             return GatedRepoError("the repository is gated: accept its terms on the Hub and use a token that has access", *a)

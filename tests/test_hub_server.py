@@ -1,7 +1,7 @@
 """`entrenar.hf_pipeline` against a local server that answers like the Hugging Face Hub.
 
 The real `huggingface_hub` client talks HTTP to 127.0.0.1 only: a "hub" server answers `/{repo}/resolve/{rev}/{file}`
-the way huggingface.co does (X-Repo-Commit, ETag, X-Linked-Etag/X-Linked-Size and a redirect for LFS files, X-Error-Code
+(and `/api/models/{repo}/revision|tree/{rev}`, which `hf download` and `snapshot_download` use) the way huggingface.co does (X-Repo-Commit, ETag, X-Linked-Etag/X-Linked-Size and a redirect for LFS files, X-Error-Code
 on errors), and a second "cdn" server, on another origin, serves LFS blobs as the Hub's CDN does. Nothing reaches the
 internet: every fetcher gets the local endpoint, the CLI subprocess gets HF_ENDPOINT, and HF_HOME points into tmp_path.
 """
@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def git_sha1(data: bytes) -> str: return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 def sha256(data: bytes) -> str: return hashlib.sha256(data).hexdigest()
+def is_lfs(filename: str) -> bool: return filename.endswith(".safetensors")  # the Hub stores these with Git LFS
+def lfs_pointer(digest: str, size: int) -> bytes:
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{digest}\nsize {size}\n".encode()
 
 
 @dataclass
@@ -41,7 +44,7 @@ class Repo:
 class LocalHub:
     "Two HTTP servers on 127.0.0.1 (hub + cdn) and the repositories they serve"
     def __init__(self):
-        self.repos, self.blobs, self.corrupt, self.log = {}, {}, set(), []
+        self.repos, self.blobs, self.corrupt, self.log, self.digests = {}, {}, set(), [], {}
         self.fail_status = None  # e.g. 503: every hub request answers that
         self.lock = threading.Lock()
         self.hub = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("hub"))
@@ -59,8 +62,12 @@ class LocalHub:
         commit = hashlib.sha1(repr((repo_id, ref, len(repo.commits), sorted(files.items()))).encode()).hexdigest()
         repo.commits[commit] = dict(files)
         repo.refs[ref] = commit
-        for data in files.values(): self.blobs[sha256(data)] = data
+        for data in files.values():
+            self.digests[id(data)] = digest = sha256(data)   # hashed once, as the Hub stores it, not per request
+            self.blobs[digest] = data
         return commit
+
+    def sha256(self, data): return self.digests.get(id(data)) or sha256(data)
 
     def requests(self, method=None, server=None):
         with self.lock: return [r for r in self.log if (method is None or r[1] == method) and (server is None or r[0] == server)]
@@ -90,9 +97,13 @@ class LocalHub:
                 with hub.lock: hub.log.append((server, self.command, self.path, "Authorization" in self.headers))
                 if server == "cdn": return self._serve_blob(body)
                 if hub.fail_status: return self._error(hub.fail_status, message="overloaded", body=body, **{"Retry-After": "0"})
-                m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path.split("?")[0])
-                if not m: return self._error(404, message="not a resolve url", body=body)
-                repo_id, revision, filename = unquote(m[1]), unquote(m[2]), unquote(m[3])
+                path = self.path.split("?")[0]
+                if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path): return self._serve_file(m, body)
+                if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/(revision|tree)/([^/]+)", path): return self._serve_api(m, body)
+                self._error(404, message="no such endpoint", body=body)
+
+            def _commit(self, repo_id, revision, body):
+                "The commit `revision` names in `repo_id`, or None once an error answer is sent (auth first, as the Hub does)"
                 repo = hub.repos.get(repo_id)
                 auth = self.headers.get("Authorization")
                 if repo is None or (repo.private and auth is None):
@@ -102,15 +113,36 @@ class LocalHub:
                     return self._error(401, message="Invalid credentials in Authorization header", body=body)
                 commit = repo.refs.get(revision, revision if revision in repo.commits else None)
                 if commit is None: return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", body)
-                data = repo.commits[commit].get(filename)
+                return commit
+
+            def _serve_file(self, m, body):
+                "/{repo}/resolve/{revision}/{file}: the file, or for LFS files a redirect to the CDN carrying its metadata"
+                repo_id, revision, filename = unquote(m[1]), unquote(m[2]), unquote(m[3])
+                if (commit := self._commit(repo_id, revision, body)) is None: return
+                data = hub.repos[repo_id].commits[commit].get(filename)
                 if data is None: return self._error(404, "EntryNotFound", f"{filename} does not exist", body, **{"X-Repo-Commit": commit})
-                if filename.endswith(".safetensors"):  # an LFS file: metadata here, content on the CDN
-                    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256(data)}\nsize {len(data)}\n".encode()
-                    return self._send(302, {"Location": f"{hub.cdn_url}/blobs/{sha256(data)}?sig=x", "X-Repo-Commit": commit,
-                                            "ETag": f'"{git_sha1(pointer)}"', "X-Linked-Etag": f'"{sha256(data)}"',
+                if is_lfs(filename):
+                    digest = hub.sha256(data)
+                    return self._send(302, {"Location": f"{hub.cdn_url}/blobs/{digest}?sig=x", "X-Repo-Commit": commit,
+                                            "ETag": f'"{git_sha1(lfs_pointer(digest, len(data)))}"', "X-Linked-Etag": f'"{digest}"',
                                             "X-Linked-Size": str(len(data))}, b"", body)
                 self._send(200, {"ETag": f'"{git_sha1(data)}"', "X-Repo-Commit": commit,
                                  "Content-Type": "application/octet-stream"}, data, body)
+
+            def _serve_api(self, m, body):
+                "/api/models/{repo}/revision/{rev} (repo info) and /api/models/{repo}/tree/{rev} (file listing)"
+                repo_id, kind, revision = unquote(m[1]), m[2], unquote(m[3])
+                if (commit := self._commit(repo_id, revision, body)) is None: return
+                files = hub.repos[repo_id].commits[commit]
+                if kind == "revision":
+                    out = {"id": repo_id, "sha": commit, "private": hub.repos[repo_id].private,
+                           "siblings": [{"rfilename": f} for f in files]}
+                else:
+                    out = [{"type": "file", "path": f, "size": len(d), "oid": git_sha1(lfs_pointer(hub.sha256(d), len(d)) if is_lfs(f) else d),
+                            **({"lfs": {"oid": hub.sha256(d), "size": len(d), "pointerSize": len(lfs_pointer(hub.sha256(d), len(d)))}}
+                               if is_lfs(f) else {})}
+                           for f, d in files.items()]
+                self._send(200, {"Content-Type": "application/json", "X-Repo-Commit": commit}, json.dumps(out).encode(), body)
 
             def _serve_blob(self, body):
                 m = re.fullmatch(r"/blobs/([0-9a-f]{64})", self.path.split("?")[0])

@@ -238,10 +238,9 @@ def fetch_file(self:HfModelFetcher, repo_id:str, # 'org/name'
     "Fetch one file into the cache (checking the Hub's SHA-256 of new LFS blobs) and return its snapshot path"
     check_repo_id(repo_id); check_filename(filename, allow_pickle, repo_id, revision)
     _check_relative(revision, 'revision', repo_id, revision)
-    offline = is_offline(local_files_only)
+    if is_offline(local_files_only): return self._cached_file(repo_id, filename, revision)
     blobs = self._storage(repo_id)/'blobs'
     before = set(os.listdir(blobs)) if blobs.is_dir() else set()
-    if offline: return self._cached_file(repo_id, filename, revision)
     try:
         path = Path(_hub().hf_hub_download(repo_id, filename, revision=revision, cache_dir=self.cache_dir or hub_cache_dir(),
                                     token=self._token, endpoint=self.endpoint))
@@ -290,9 +289,9 @@ def _architecture(config:dict):
 # %% ../nbs/05_hub.ipynb #896c3398
 @patch
 def _fetch_weights(self:HfModelFetcher, repo_id, revision, opts, offline):
-    "Fetch model.safetensors or, failing that, the index and its shards; returns (names, paths, revision pinned)"
+    "Fetch model.safetensors or, failing that, the index and its shards (at the index's commit); returns (names, paths)"
     try: p = self.fetch_file(repo_id, WEIGHTS_NAME, revision, offline, opts.allow_pickle)
-    except (FileNotFoundOnHubError, OfflineError) as e1:
+    except (FileNotFoundOnHubError, OfflineError):
         try: idx = self.fetch_file(repo_id, INDEX_NAME, revision, offline, opts.allow_pickle)
         except (FileNotFoundOnHubError, OfflineError) as e2:
             kind = OfflineError if isinstance(e2, OfflineError) else FileNotFoundOnHubError
@@ -305,14 +304,21 @@ def _fetch_weights(self:HfModelFetcher, repo_id, revision, opts, offline):
     return [WEIGHTS_NAME], [p]
 
 # %% ../nbs/05_hub.ipynb #7e8298e2
+def _check_digests(expected, repo_id, revision):
+    "`verify_sha256` as {file or None: lowercase hex}, checked before anything is fetched"
+    items = {None: expected} if isinstance(expected, str) else expected or {}
+    if not isinstance(items, dict) or not all(isinstance(v, str) and _SHA256_HEX.fullmatch(v.strip().lower()) for v in items.values()):
+        raise InvalidNameError(f"verify_sha256 must be a 64-digit hex SHA-256 or {{file name: digest}}, not {expected!r}", repo_id, revision)
+    return {k: v.strip().lower() for k,v in items.items()}
+
 @patch
 def _verify(self:HfModelFetcher, repo_id, revision, names, paths, weights, expected):
     "SHA-256 of every fetched file, checked against `expected` (a digest of the weights file, or {file: digest})"
-    if isinstance(expected, str):
+    expected = _check_digests(expected, repo_id, revision)
+    if None in expected:
         if len(weights) != 1: raise HubError(f"verify_sha256 is one digest but there are {len(weights)} weight files: "
                                              "pass {file name: digest}", repo_id, revision)
-        expected = {weights[0]: expected}
-    expected = {k: v.lower().strip() for k,v in (expected or {}).items()}
+        expected = {weights[0]: expected[None]}
     if unknown := set(expected) - set(names):
         raise HubError(f"verify_sha256 names files that were not fetched: {sorted(unknown)}", repo_id, revision)
     digests = {}
@@ -335,6 +341,7 @@ def download_model(self:HfModelFetcher, repo_id:str, # 'org/name'
     check_repo_id(repo_id); _check_relative(o.revision, 'revision', repo_id, o.revision)
     files = [o.files] if isinstance(o.files, str) else o.files
     for f in files or (): check_filename(f, o.allow_pickle, repo_id, o.revision)
+    _check_digests(o.verify_sha256, repo_id, o.revision)
     offline = is_offline(o.local_files_only)
     if files:
         first = self.fetch_file(repo_id, files[0], o.revision, offline, o.allow_pickle)

@@ -418,6 +418,13 @@ def test_cli_fetch(hub, tmp_path):
     ft.test_eq(r.stderr.strip().splitlines()[-1], "error: org/tiny@nope: 'model.safetensors': revision not found")
     r = fetch_cli(["fetch", "org/tiny", "--file", "pytorch_model.bin", "--cache-dir", str(cache)], hub, tmp_path)
     ft.test_eq((r.returncode, "allow-pickle" in r.stderr), (1, True))
+    good = sha256(files["model.safetensors"])
+    r = fetch_cli(["fetch", "org/tiny@v1.0", "--offline", "--sha256", good, "--cache-dir", str(cache)], hub, tmp_path)
+    ft.test_eq((r.returncode, r.stdout.strip()), (0, str(path)))
+    r = fetch_cli(["fetch", "org/tiny@v1.0", "--sha256", f"config.json={'0' * 64}", "--cache-dir", str(cache)], hub, tmp_path)
+    ft.test_eq(r.returncode, 1)
+    ft.test_eq(r.stderr.strip().splitlines()[-1].startswith(f"error: org/tiny@v1.0: 'config.json': SHA-256 is "), True)
+    ft.test_eq((path/"config.json").exists(), False)  # evicted: the next fetch downloads it again
 
 
 def test_load_model_hf_uri(hub, tmp_path, monkeypatch):

@@ -407,7 +407,8 @@ def test_cli_fetch(hub, tmp_path):
     cache = tmp_path/"cli-cache"
     r = fetch_cli(["fetch", "org/tiny", "--revision", "v1.0", "--cache-dir", str(cache)], hub, tmp_path)
     ft.test_eq(r.returncode, 0)
-    path = Path(r.stdout.strip().splitlines()[-1])
+    ft.test_eq(len(r.stdout.splitlines()), 1)  # only the path on stdout; progress bars go to stderr
+    path = Path(r.stdout.strip())
     ft.test_eq((path.name, sha256((path/"model.safetensors").read_bytes())), (commit, sha256(files["model.safetensors"])))
     hub.clear()
     r = fetch_cli(["fetch", "org/tiny@v1.0", "--cache-dir", str(cache), "--file", "config.json"], hub, tmp_path, HF_HUB_OFFLINE="1")

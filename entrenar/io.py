@@ -350,8 +350,11 @@ def _metadata_from_strings(d:dict, path=None) -> ModelMetadata:
     return ModelMetadata(name, arch or _config_architecture(path) or 'unknown', version or '0.1.0', tc, custom, extra)
 
 def _default_name(path):
+    "A name for a model whose file names none: its folder (or `org/name` in a Hugging Face cache), else the file's stem"
     if path is None: return 'model'
     p = Path(path)
+    for part in reversed(p.parts):
+        if part.startswith('models--'): return '/'.join(part.split('--')[1:])
     return p.parent.name if p.stem.startswith('model') and p.parent.name else p.name.split('.')[0]
 
 def _config_architecture(path):
@@ -456,7 +459,7 @@ class _TextPart:
             text = json.dumps(head, indent=2 if pretty else None, ensure_ascii=False, allow_nan=False)
             self.f.write(text[:-1].rstrip().encode() + (b',\n  "data": [' if pretty else b',"data":['))
         else:
-            self.f.write(yaml.safe_dump(head, sort_keys=False, allow_unicode=True, width=1 << 30).encode() + b'data: [')
+            self.f.write(yaml.safe_dump(head, sort_keys=False, allow_unicode=False, width=1 << 30).encode() + b'data: [')
 
     def write(self, name, arr):
         self.pending[name] = arr

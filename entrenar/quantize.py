@@ -431,6 +431,10 @@ def plan_tensor(spec:TensorSpec, # name, dtype and shape of the tensor
     if scheme in BLOCK_FORMATS and spec.shape[-1] % 32: return f"rows of {spec.shape[-1]} values (not a multiple of 32)"
     return None
 
+def _no_bar(quiet):
+    "tqdm's `disable`: off when quiet, else automatic (a widget in notebooks, a bar on terminals, none in pipes)"
+    return True if quiet else None
+
 def _value_range(x):
     "min and max of `x` as Python floats (NaN if there is a NaN), read in chunks"
     flat, lo, hi = x.reshape(-1), math.inf, -math.inf
@@ -482,7 +486,7 @@ def dequantize_model(source, # a `QuantizedModel`, or a quantized .json/.safeten
                     ) -> Model:
     "An ordinary `Model` (original dtypes and shapes) from a quantized one"
     q = source if isinstance(source, QuantizedModel) else load_quantized(source)
-    bar = lambda: tqdm(q.names, desc='dequantize', unit='tensor', disable=quiet)
+    bar = lambda: tqdm(q.names, desc='dequantize', unit='tensor', disable=_no_bar(quiet))
     if output is None: return Model(q.metadata, [(n, q[n].dequantize()) for n in bar()])
     specs = [TensorSpec(e['name'], dtype_from_code(e['dtype']), tuple(e['shape'])) for e in q.settings['tensors']]
     with ModelWriter(output, specs, q.metadata) as w:
@@ -715,7 +719,7 @@ def _settings(scheme, bits, method, granularity, include_1d, allow_nonfinite):
 def _plan(src, scheme, include_1d, allow_nonfinite, quiet):
     "One table entry per tensor: what it becomes, and why if it is kept"
     entries = []
-    for spec in tqdm(src.specs, desc='check', unit='tensor', disable=quiet, leave=False):
+    for spec in tqdm(src.specs, desc='check', unit='tensor', disable=_no_bar(quiet), leave=False):
         reason = plan_tensor(spec, scheme, include_1d)
         if reason is None: reason = check_values(src.get_parameter(spec.name), scheme, spec.name, allow_nonfinite)
         e = dict(name=spec.name, shape=list(spec.shape), dtype=dtype_code(spec.dtype), scheme=scheme if reason is None else 'none')
@@ -746,7 +750,7 @@ def quantize_model(model, # a `Model`, or a path that `load_model` reads (lazily
     rows, kept = [], {}
     ctx = sink(output, entries, src.metadata, settings) if sink else None
     with (ctx or _NoSink()) as out:
-        for e in tqdm(entries, desc='quantize', unit='tensor', disable=quiet):
+        for e in tqdm(entries, desc='quantize', unit='tensor', disable=_no_bar(quiet)):
             x = src.get_parameter(e['name'])
             qt = QuantizedTensor(e['name'], tuple(e['shape']), np.dtype(x.dtype), 'none', x, reason=e.get('reason')) if e['scheme'] == 'none' \
                  else quantize_tensor(_to_backend(x), scheme, e['name'])

@@ -44,7 +44,9 @@ def _signed_absmax(blocks, mx, mn):
     xp = get_array_module(blocks)
     m = xp.where(mx >= -mn, mx, mn)
     tie = xp.flatnonzero(mx == -mn)   # +a and -a both present (or an all-zero block): first one wins
-    if tie.size: m[tie] = blocks[tie, abs(blocks[tie]).argmax(axis=1)]
+    if tie.size:
+        b = blocks[tie]
+        m[tie] = b[xp.arange(len(tie)), abs(b).argmax(axis=1)]
     return m
 
 def _inverse_scale(d):
@@ -63,10 +65,13 @@ def _get_f16(data, offset):
     xp = get_array_module(data)
     return xp.ascontiguousarray(data[:, offset:offset + 2]).view(np.float16).astype(np.float32)
 
-def _pack_nibbles(q):
-    "`(n, 32)` values below 16 -> `(n, 16)` bytes: value j low, value j+16 high"
-    w = q.view(np.uint64)
-    return (w[:, 2:] << np.uint64(4) | w[:, :2]).view(np.uint8)
+def _put_nibbles(q, dst):
+    "Pack `(n, 32)` values below 16 into `(n, 16)` bytes of `dst`: value j low, value j+16 high"
+    xp = get_array_module(q)
+    w = xp.ascontiguousarray(q).reshape(-1).view(np.uint64)   # a block is 4 words: values 0-7, 8-15, 16-23, 24-31
+    z = xp.empty_like(w)
+    xp.left_shift(w[2:], np.uint64(4), out=z[:-2]); z[:-2] |= w[:-2]  # z[k] = w[k] | w[k+2] << 4, kept at k = 4b, 4b+1
+    dst[...] = z.reshape(-1, 4)[:, :2].view(np.uint8)
 
 def _high_bits(q):
     "Bit 4 of each of 32 values -> a little-endian uint32 per block, as `(n, 4)` bytes"
@@ -92,7 +97,7 @@ def _unpack_high_bits(qh):
 
 # %% ../nbs/04_quantize.ipynb #a33ac828
 BLOCK_FORMATS = {}   # name -> BlockFormat subclass
-CHUNK_BLOCKS = 1024  # blocks per chunk: 128 KiB of float32, so temporaries stay in cache
+CHUNK_BLOCKS = 8192  # blocks per chunk: 1 MiB of float32, read from memory once and worked on in cache
 
 class BlockFormat:
     "Base class of ggml's block formats; a subclass registers itself under its lower-case name"
@@ -118,8 +123,11 @@ def _quantize(cls, x, # any float array whose last axis is a multiple of 32
     out = xp.empty((blocks.shape[0], cls.type_size), np.uint8)
     with np.errstate(over='ignore'):  # a scale beyond float16 becomes inf, as in ggml: see `scale_overflow`
         for s in range(0, blocks.shape[0], CHUNK_BLOCKS):
-            chunk = xp.ascontiguousarray(blocks[s:s + CHUNK_BLOCKS], dtype=np.float32)
-            cls.encode(chunk, out[s:s + CHUNK_BLOCKS])
+            chunk, o = xp.ascontiguousarray(blocks[s:s + CHUNK_BLOCKS], dtype=np.float32), out[s:s + CHUNK_BLOCKS]
+            d, minimum = cls.scales(chunk, *_block_max_min(chunk))
+            _put_f16(o, 0, d)
+            if minimum is not None: _put_f16(o, 2, minimum)
+            cls.encode(chunk, _inverse_scale(d), minimum, o)
     return out.reshape(*x.shape[:-1], x.shape[-1] // cls.block_size * cls.type_size)
 
 def _dequantize(cls, data, # packed blocks, `(..., row_bytes)` uint8
@@ -140,14 +148,14 @@ BlockFormat.dequantize_blocks = classmethod(lambda cls, data: cls.dequantize(dat
 class Q8_0(BlockFormat, ggml_type=8, type_size=34, bits=8, symmetric=True):
     "8-bit symmetric blocks: d f16, 32 int8"
     @staticmethod
-    def encode(blocks, out):
+    def scales(blocks, mx, mn): return get_array_module(mx).maximum(abs(mx), abs(mn)) / np.float32(127), None
+    @staticmethod
+    def encode(blocks, inv, minimum, out):
         xp = get_array_module(blocks)
-        mx, mn = _block_max_min(blocks)
-        d = xp.maximum(abs(mx), abs(mn)) / np.float32(127)
-        v = blocks * _inverse_scale(d)[:, None]
+        v = blocks * inv[:, None]
         half = v.view(np.uint32) & np.uint32(0x80000000); half |= np.uint32(0x3EFFFFFF)  # ±0.49999997, sign of v
         v += half.view(np.float32)
-        _put_f16(out, 0, d); xp.copyto(out[:, 2:].view(np.int8), v, casting='unsafe')
+        xp.copyto(out[:, 2:].view(np.int8), v, casting='unsafe')
     @staticmethod
     def decode(data, out):
         get_array_module(data).multiply(data[:, 2:].view(np.int8), _get_f16(data, 0), out=out)
@@ -156,11 +164,12 @@ class Q8_0(BlockFormat, ggml_type=8, type_size=34, bits=8, symmetric=True):
 class Q4_0(BlockFormat, ggml_type=2, type_size=18, bits=4, symmetric=True):
     "4-bit symmetric blocks: d f16, 16 bytes of nibbles"
     @staticmethod
-    def encode(blocks, out):
-        d = _signed_absmax(blocks, *_block_max_min(blocks)) / np.float32(-8)
-        v = blocks * _inverse_scale(d)[:, None]; v += np.float32(8.5)
+    def scales(blocks, mx, mn): return _signed_absmax(blocks, mx, mn) / np.float32(-8), None
+    @staticmethod
+    def encode(blocks, inv, minimum, out):
+        v = blocks * inv[:, None]; v += np.float32(8.5)
         q = v.astype(np.uint8); q -= q >> np.uint8(4)
-        _put_f16(out, 0, d); out[:, 2:] = _pack_nibbles(q)
+        _put_nibbles(q, out[:, 2:])
     @staticmethod
     def decode(data, out):
         q = _unpack_nibbles(data[:, 2:]); q -= np.uint8(8)
@@ -169,11 +178,12 @@ class Q4_0(BlockFormat, ggml_type=2, type_size=18, bits=4, symmetric=True):
 class Q5_0(BlockFormat, ggml_type=6, type_size=22, bits=5, symmetric=True):
     "5-bit symmetric blocks: d f16, qh u32, 16 bytes of nibbles"
     @staticmethod
-    def encode(blocks, out):
-        d = _signed_absmax(blocks, *_block_max_min(blocks)) / np.float32(-16)
-        v = blocks * _inverse_scale(d)[:, None]; v += np.float32(16.5)
+    def scales(blocks, mx, mn): return _signed_absmax(blocks, mx, mn) / np.float32(-16), None
+    @staticmethod
+    def encode(blocks, inv, minimum, out):
+        v = blocks * inv[:, None]; v += np.float32(16.5)
         q = v.astype(np.uint8); q -= q >> np.uint8(5)
-        _put_f16(out, 0, d); out[:, 2:6] = _high_bits(q); q &= np.uint8(15); out[:, 6:] = _pack_nibbles(q)
+        out[:, 2:6] = _high_bits(q); q &= np.uint8(15); _put_nibbles(q, out[:, 6:])
     @staticmethod
     def decode(data, out):
         q = _unpack_nibbles(data[:, 6:]); q |= _unpack_high_bits(data[:, 2:6]); q -= np.uint8(16)
@@ -183,12 +193,12 @@ class Q5_0(BlockFormat, ggml_type=6, type_size=22, bits=5, symmetric=True):
 class Q4_1(BlockFormat, ggml_type=3, type_size=20, bits=4, symmetric=False):
     "4-bit asymmetric blocks: d f16, m f16, 16 bytes of nibbles"
     @staticmethod
-    def encode(blocks, out):
-        mx, mn = _block_max_min(blocks)
-        d = (mx - mn) / np.float32(15)
-        v = blocks - mn[:, None]; v *= _inverse_scale(d)[:, None]; v += np.float32(0.5)
+    def scales(blocks, mx, mn): return (mx - mn) / np.float32(15), mn
+    @staticmethod
+    def encode(blocks, inv, minimum, out):
+        v = blocks - minimum[:, None]; v *= inv[:, None]; v += np.float32(0.5)
         q = v.astype(np.uint8); q -= q >> np.uint8(4)
-        _put_f16(out, 0, d); _put_f16(out, 2, mn); out[:, 4:] = _pack_nibbles(q)
+        _put_nibbles(q, out[:, 4:])
     @staticmethod
     def decode(data, out):
         xp = get_array_module(data)
@@ -197,12 +207,12 @@ class Q4_1(BlockFormat, ggml_type=3, type_size=20, bits=4, symmetric=False):
 class Q5_1(BlockFormat, ggml_type=7, type_size=24, bits=5, symmetric=False):
     "5-bit asymmetric blocks: d f16, m f16, qh u32, 16 bytes of nibbles"
     @staticmethod
-    def encode(blocks, out):
-        mx, mn = _block_max_min(blocks)
-        d = (mx - mn) / np.float32(31)
-        v = blocks - mn[:, None]; v *= _inverse_scale(d)[:, None]; v += np.float32(0.5)
+    def scales(blocks, mx, mn): return (mx - mn) / np.float32(31), mn
+    @staticmethod
+    def encode(blocks, inv, minimum, out):
+        v = blocks - minimum[:, None]; v *= inv[:, None]; v += np.float32(0.5)
         q = v.astype(np.uint8); q -= q >> np.uint8(5)
-        _put_f16(out, 0, d); _put_f16(out, 2, mn); out[:, 4:8] = _high_bits(q); q &= np.uint8(15); out[:, 8:] = _pack_nibbles(q)
+        out[:, 4:8] = _high_bits(q); q &= np.uint8(15); _put_nibbles(q, out[:, 8:])
     @staticmethod
     def decode(data, out):
         xp = get_array_module(data)

@@ -33,10 +33,8 @@ def _block_max_min(blocks):
     xp = get_array_module(blocks)
     n, size = blocks.shape
     cols = xp.ascontiguousarray(blocks.view(np.complex128).T).view(np.float32).reshape(size // 4, n, 4)
-    mx, mn = cols.max(axis=0), cols.min(axis=0)  # (n, 4): finish with elementwise ops, not short row reductions
-    mx = xp.maximum(xp.maximum(mx[:, 0], mx[:, 1]), xp.maximum(mx[:, 2], mx[:, 3]))
-    mn = xp.minimum(xp.minimum(mn[:, 0], mn[:, 1]), xp.minimum(mn[:, 2], mn[:, 3]))
-    return mx, mn
+    mx, mn = cols.max(axis=0), cols.min(axis=0)  # (n, 4): transpose these too, rather than reduce short rows
+    return xp.ascontiguousarray(mx.T).max(axis=0), xp.ascontiguousarray(mn.T).min(axis=0)
 
 # %% ../nbs/04_quantize.ipynb #8d7084b4
 def _signed_absmax(blocks, mx, mn):
@@ -57,13 +55,12 @@ def _inverse_scale(d):
 
 # %% ../nbs/04_quantize.ipynb #2496c236
 def _put_f16(out, offset, values):
-    "Store `values` as little-endian float16 in bytes `offset:offset+2` of each block"
-    out[:, offset:offset + 2] = values.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    "Store `values` as float16 in bytes `offset:offset+2` of each block of the contiguous `out`"
+    out.view(np.uint16)[:, offset // 2] = values.astype(np.float16).view(np.uint16)   # blocks are an even number of bytes
 
 def _get_f16(data, offset):
-    "The float16 field at `offset` of each block, as an `(n, 1)` float32 column"
-    xp = get_array_module(data)
-    return xp.ascontiguousarray(data[:, offset:offset + 2]).view(np.float16).astype(np.float32)
+    "The float16 field at `offset` of each block of the contiguous `data`, as an `(n, 1)` float32 column"
+    return data.view(np.float16)[:, offset // 2, None].astype(np.float32)
 
 def _put_nibbles(q, dst):
     "Pack `(n, 32)` values below 16 into `(n, 16)` bytes of `dst`: value j low, value j+16 high"
@@ -110,15 +107,15 @@ class BlockFormat:
     def __repr__(self): return self.name
 
 # %% ../nbs/04_quantize.ipynb #093e1ca1
-def _check_rows(cls, shape, what='values'):
-    if len(shape) == 0 or shape[-1] % cls.block_size:
-        raise QuantizeError(f"{cls.name.upper()} needs rows of a multiple of {cls.block_size} {what}, got shape {tuple(shape)}")
+def _check_rows(cls, shape, unit:int, what:str):
+    if len(shape) == 0 or shape[-1] % unit:
+        raise QuantizeError(f"{cls.name.upper()} needs rows of a multiple of {unit} {what}, got shape {tuple(shape)}")
 
 def _quantize(cls, x, # any float array whose last axis is a multiple of 32
              ):
     "Quantize `x` to packed blocks of ggml's byte shape `(..., row_bytes)` (uint8)"
     xp = get_array_module(x)
-    _check_rows(cls, x.shape)
+    _check_rows(cls, x.shape, cls.block_size, 'values')
     blocks = x.reshape(-1, cls.block_size)
     out = xp.empty((blocks.shape[0], cls.type_size), np.uint8)
     with np.errstate(over='ignore'):  # a scale beyond float16 becomes inf, as in ggml: see `scale_overflow`
@@ -134,10 +131,10 @@ def _dequantize(cls, data, # packed blocks, `(..., row_bytes)` uint8
                ):
     "Unpack blocks back to float32, of shape `(..., row_values)`"
     xp = get_array_module(data)
-    _check_rows(type('_', (), dict(block_size=cls.type_size, name=cls.name)), data.shape, 'bytes')
+    _check_rows(cls, data.shape, cls.type_size, 'bytes')
     blocks = data.reshape(-1, cls.type_size)
     out = xp.empty((blocks.shape[0], cls.block_size), np.float32)
-    for s in range(0, blocks.shape[0], CHUNK_BLOCKS): cls.decode(blocks[s:s + CHUNK_BLOCKS], out[s:s + CHUNK_BLOCKS])
+    for s in range(0, blocks.shape[0], CHUNK_BLOCKS): cls.decode(xp.ascontiguousarray(blocks[s:s + CHUNK_BLOCKS]), out[s:s + CHUNK_BLOCKS])
     return out.reshape(*data.shape[:-1], data.shape[-1] // cls.type_size * cls.block_size)
 
 BlockFormat.quantize, BlockFormat.dequantize = classmethod(_quantize), classmethod(_dequantize)

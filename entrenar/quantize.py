@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 from tqdm.auto import tqdm
-from .errors import QuantizeError, SerializationError, IoError, EntrenarError, reraise_as
-from .backend import get_array_module, to_numpy
+from .errors import QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError, reraise_as
+from .backend import get_array_module, to_numpy, to_device
 from .io import (Model, ModelMetadata, TensorSpec, ModelWriter, load_model, atomic_path,
                          dtype_code, dtype_from_code, is_float_dtype)
 
@@ -480,7 +480,7 @@ class QuantizedModel:
     def __contains__(self, name): return name in self._tensors
     def __getitem__(self, name) -> QuantizedTensor:
         t = self._tensors.get(name)
-        if t is None: raise QuantizeError("no such tensor in the quantized model", path=self.path, tensor=name)
+        if t is None: raise TensorNotFoundError(f"no tensor called '{name}' in this quantized model", path=self.path, tensor=name)
         return t if isinstance(t, QuantizedTensor) else t()
     def __iter__(self): return (self[n] for n in self.names)
     def __repr__(self):
@@ -543,17 +543,36 @@ def _tensor_from_parts(entry:dict, arrays:list) -> QuantizedTensor:
     return QuantizedTensor(entry['name'], shape, dtype, entry['scheme'], data, scale, zero_point, entry.get('reason'))
 
 # %% ../nbs/04_quantize.ipynb #54bdf947
-class _JsonSink:
-    "Write the quantized JSON file tensor by tensor"
-    def __init__(self, path, entries, metadata, settings): self.path, self.metadata, self.settings = Path(path), metadata, settings
+class _AtomicSink:
+    "A quantized file written through `atomic_path`; subclasses define `_open(tmp)`, `write(qt)`, `_finish()`, `_close()`"
     def __enter__(self):
         self._atomic = atomic_path(self.path); tmp = self._atomic.__enter__()
-        with reraise_as(IoError, path=self.path, what='writing'):
-            self.f = open(tmp, 'wb')
-            head = dict(format=FORMAT_TAG, format_version=FORMAT_VERSION, metadata=_meta_dict(self.metadata),
-                        quantization={k: v for k, v in self.settings.items() if k != 'tensors'})
-            self.f.write(orjson.dumps(head)[:-1] + b',"tensors":[\n'); self.first = True
+        try:
+            with reraise_as(IoError, path=self.path, what='writing'): self._open(tmp)
+        except BaseException as e:
+            try: self._close()
+            except Exception: pass
+            self._atomic.__exit__(type(e), e, e.__traceback__); raise
         return self
+    def __exit__(self, typ, exc, tb):
+        try:
+            with reraise_as(IoError, path=self.path, what='finishing'):
+                try:
+                    if typ is None: self._finish()
+                finally: self._close()
+        except BaseException as e:
+            self._atomic.__exit__(type(e), e, e.__traceback__); raise
+        return self._atomic.__exit__(typ, exc, tb)
+
+# %% ../nbs/04_quantize.ipynb #20fc6543
+class _JsonSink(_AtomicSink):
+    "Write the quantized JSON file tensor by tensor"
+    def __init__(self, path, entries, metadata, settings): self.path, self.metadata, self.settings = Path(path), metadata, settings
+    def _open(self, tmp):
+        self.f = open(tmp, 'wb')
+        head = dict(format=FORMAT_TAG, format_version=FORMAT_VERSION, metadata=_meta_dict(self.metadata),
+                    quantization={k: v for k, v in self.settings.items() if k != 'tensors'})
+        self.f.write(orjson.dumps(head)[:-1] + b',"tensors":[\n'); self.first = True
     def write(self, qt:QuantizedTensor):
         d = dict(name=qt.name, shape=list(qt.shape), dtype=dtype_code(qt.dtype), scheme=qt.scheme, data=_b64(qt.data))
         if qt.scale is not None: d['scale'] = _b64(qt.scale.astype(np.float32))
@@ -561,11 +580,9 @@ class _JsonSink:
         if qt.reason: d['reason'] = qt.reason
         with reraise_as(IoError, path=self.path, tensor=qt.name, what='writing'):
             self.f.write((b'' if self.first else b',\n') + orjson.dumps(d)); self.first = False
-    def __exit__(self, typ, exc, tb):
-        try:
-            if typ is None: self.f.write(b'\n]}\n')
-            self.f.close()
-        finally: return self._atomic.__exit__(typ, exc, tb)
+    def _finish(self): self.f.write(b'\n]}\n')
+    def _close(self):
+        if getattr(self, 'f', None) is not None: self.f.close()
 
 def _load_json(path) -> QuantizedModel:
     with reraise_as(SerializationError, path=path, what='reading the JSON'): d = orjson.loads(Path(path).read_bytes())
@@ -624,35 +641,30 @@ def _gguf_type(entry):
     return code, (np.dtype(np.uint8) if code == 'BF16' else dtype_from_code(code))
 
 # %% ../nbs/04_quantize.ipynb #dc14c16a
-class _GgufSink:
+class _GgufSink(_AtomicSink):
     "Write a GGUF file with `gguf.GGUFWriter`, header first, then each tensor as it comes"
     def __init__(self, path, entries, metadata, settings):
         self.path, self.entries, self.metadata, self.settings = Path(path), entries, metadata, settings
         for e in entries: e['gguf_name'] = gguf_name(e['name']); _gguf_type(e)
         if len({e['gguf_name'] for e in entries}) != len(entries): raise QuantizeError("two tensor names map to one GGUF name", path=path)
-    def __enter__(self):
+    def _open(self, tmp):
         import gguf
-        self._atomic = atomic_path(self.path); tmp = self._atomic.__enter__()
-        with reraise_as(IoError, path=self.path, what='writing the GGUF header'):
-            w = self.w = gguf.GGUFWriter(tmp, arch=self.metadata.architecture or 'unknown')
-            w.add_name(self.metadata.name); w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-            w.add_string('entrenar.metadata', json.dumps(_meta_dict(self.metadata)))
-            w.add_string('entrenar.quantization', json.dumps(self.settings))
-            for e in self.entries:
-                (_, dtype, shape), (code, wdtype) = _parts(e)[0], _gguf_type(e)
-                shape = shape or (1,)
-                if code == 'BF16': shape = (*shape[:-1], shape[-1] * 2)
-                w.add_tensor_info(e['gguf_name'], shape, wdtype, math.prod(shape) * wdtype.itemsize, raw_dtype=getattr(gguf.GGMLQuantizationType, code))
-            w.write_header_to_file(tmp); w.write_kv_data_to_file(); w.write_ti_data_to_file()
-        return self
+        w = self.w = gguf.GGUFWriter(tmp, arch=self.metadata.architecture or 'unknown')
+        w.add_name(self.metadata.name); w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        w.add_string('entrenar.metadata', json.dumps(_meta_dict(self.metadata)))
+        w.add_string('entrenar.quantization', json.dumps(self.settings))
+        for e in self.entries:
+            (_, dtype, shape), (code, wdtype) = _parts(e)[0], _gguf_type(e)
+            shape = shape or (1,)
+            if code == 'BF16': shape = (*shape[:-1], shape[-1] * 2)
+            w.add_tensor_info(e['gguf_name'], shape, wdtype, math.prod(shape) * wdtype.itemsize, raw_dtype=getattr(gguf.GGMLQuantizationType, code))
+        w.write_header_to_file(tmp); w.write_kv_data_to_file(); w.write_ti_data_to_file()
     def write(self, qt:QuantizedTensor):
-        a = np.ascontiguousarray(to_numpy(qt.data))
-        a = a.reshape(-1).view(np.uint8) if a.dtype == np.dtype('bfloat16') or a.dtype.kind == 'b' else a
-        if a.dtype.kind == 'u' and qt.scheme == 'none': a = a.view(f'i{a.dtype.itemsize}')
+        a = np.ascontiguousarray(to_numpy(qt.data)).reshape(-1).view(np.uint8)   # the header already holds the type
         with reraise_as(IoError, path=self.path, tensor=qt.name, what='writing'): self.w.write_tensor_data(a)
-    def __exit__(self, typ, exc, tb):
-        try: self.w.close()
-        finally: return self._atomic.__exit__(typ, exc, tb)
+    def _finish(self): pass
+    def _close(self):
+        if getattr(self, 'w', None) is not None: self.w.close()
 
 # %% ../nbs/04_quantize.ipynb #e402a0ca
 def _load_gguf(path) -> QuantizedModel:
@@ -773,9 +785,7 @@ class _NoSink:
     def __exit__(self, *exc): return False
 
 # %% ../nbs/04_quantize.ipynb #b911df4d
-def _to_backend(x):
-    from entrenar.backend import to_device
-    return to_device(x)
+def _to_backend(x): return to_device(x)
 
 def _on_host(qt:QuantizedTensor) -> QuantizedTensor:
     return dataclasses.replace(qt, **{k: to_numpy(getattr(qt, k)) for k in ('data', 'scale', 'zero_point') if getattr(qt, k) is not None})

@@ -144,3 +144,16 @@ def test_output_is_not_input(run_cli, tmp_path):
     line = _one_error_line(run_cli('dequantize', q, '--output', q))
     assert 'is also an input' in line
     ft.test_eq(q.read_bytes(), before)
+
+def test_dequantize_to_text_formats(run_cli, tmp_path):
+    q = tmp_path / 'q.safetensors'
+    ft.test_eq(run_cli('quantize', BASE, '--format', 'q5_0', '--output', q, '--quiet').returncode, 0)
+    outs = [tmp_path / n for n in ('d.safetensors', 'd.json', 'd.yaml', 'folder')]
+    for o in outs:
+        r = run_cli('dequantize', q, '--output', o)
+        ft.test_eq(r.returncode, 0)
+        assert f'wrote {o} (21 tensors' in r.stdout, r.stdout
+    ref = load_model(outs[0])
+    for o in outs[1:]:
+        m = load_model(o)
+        for n, a in ref: ft.test_eq(m.get_parameter(n).tobytes(), a.tobytes())

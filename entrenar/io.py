@@ -495,24 +495,30 @@ class ModelWriter:
         self._lock, self.written, self.parts, self.index_path = threading.Lock(), set(), [], None
         self._created_dir = False
 
+    def layout(self) -> tuple:
+        "The files this writer makes, as `(path, specs)` pairs, and the index's path (None unless sharded); creates nothing"
+        p, cfg = self.path, self.config
+        base = p / ('model' + ('.safetensors' if self.fmt == ModelFormat.SafeTensors else '.' + self.fmt.value + ('.gz' if cfg.compress else ''))) if self.is_dir else p
+        if self.fmt != ModelFormat.SafeTensors: return [(base, self.specs)], None
+        shards = _plan_shards(self.specs, cfg.shard_size)
+        if len(shards) == 1: return [(base, shards[0])], None
+        stem = base.name[:-len('.safetensors')] if base.name.lower().endswith('.safetensors') else base.name
+        return ([(base.with_name(f"{stem}-{i+1:05d}-of-{len(shards):05d}.safetensors"), g) for i, g in enumerate(shards)],
+                base.with_name(f"{stem}.safetensors.index.json"))
+
     def _open(self):
         p, cfg = self.path, self.config
         if self.is_dir:
             if not p.exists(): p.mkdir(parents=True); self._created_dir = True
-            base = p / ('model' + ('.safetensors' if self.fmt == ModelFormat.SafeTensors else '.' + self.fmt.value + ('.gz' if cfg.compress else '')))
-        else:
-            if p.parent and not p.parent.exists(): p.parent.mkdir(parents=True); self._created_dir = p.parent
-            base = p
+        elif p.parent and not p.parent.exists(): p.parent.mkdir(parents=True); self._created_dir = p.parent
+        files, self.index_path = self.layout()
         if self.fmt != ModelFormat.SafeTensors:
+            base = files[0][0]
             self.parts = [_TextPart(base, self.specs, self.metadata, self.fmt, cfg.pretty, cfg.compress or base.name.lower().endswith('.gz'))]
             self.part_of = {s.name: self.parts[0] for s in self.specs}
             return
-        shards, strings = _plan_shards(self.specs, cfg.shard_size), _metadata_to_strings(self.metadata)
-        stem = base.name[:-len('.safetensors')] if base.name.lower().endswith('.safetensors') else base.name
-        names = [base] if len(shards) == 1 else [base.with_name(f"{stem}-{i+1:05d}-of-{len(shards):05d}.safetensors") for i in range(len(shards))]
-        if len(shards) > 1: self.index_path = base.with_name(f"{stem}.safetensors.index.json")
-        self.part_of = {}
-        for fname, group in zip(names, shards):
+        strings, self.part_of = _metadata_to_strings(self.metadata), {}
+        for fname, group in files:
             part = _SafeTensorsPart(fname, group, strings); self.parts.append(part)
             self.part_of.update({s.name: part for s in group})
 
@@ -548,11 +554,15 @@ def _writer_methods():
             for part in self.parts: part.finish()
             idx_tmp = None
             if self.index_path is not None:
-                weight_map = {s.name: part.path.name for s in self.specs for part in [self.part_of[s.name]]}
-                idx = dict(metadata=dict(total_size=sum(s.nbytes for s in self.specs), **_metadata_to_strings(self.metadata)), weight_map=weight_map)
-                idx_tmp = _tmp_name(self.index_path); idx_tmp.write_text(json.dumps(idx, indent=2) + '\n'); _fsync(idx_tmp)
+                idx_tmp = _tmp_name(self.index_path); idx_tmp.write_text(self.index_text()); _fsync(idx_tmp)
             for part in self.parts: os.replace(part.tmp, part.path)
             if idx_tmp is not None: os.replace(idx_tmp, self.index_path)
+    def index_text(self) -> str:
+        "The index of a sharded output (total size, metadata, the file of each tensor) as the JSON text `close` writes"
+        where = {s.name: f.name for f, group in self.layout()[0] for s in group}
+        idx = dict(metadata=dict(total_size=sum(s.nbytes for s in self.specs), **_metadata_to_strings(self.metadata)),
+                   weight_map={s.name: where[s.name] for s in self.specs})
+        return json.dumps(idx, indent=2) + '\n'
     def abort(self):
         "Remove every temporary file; nothing appears at the target"
         for part in self.parts: part.abort()

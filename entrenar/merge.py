@@ -878,6 +878,7 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
                 allow_nonfinite:bool=False, # accept NaN/inf inputs
                 quiet:bool=True, # no progress bar or notes
                 progress:bool|None=None, # show a progress bar (default: unless `quiet`)
+                client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': one task per output shard on its workers
                 **params) -> MergeSummary:
     "Merge checkpoints on disk into `output`, one tensor at a time; nothing is written unless everything checks out"
     start, root, notes = time.perf_counter(), None, []
@@ -894,8 +895,12 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
         for msg in notes: print(f"note: {msg}")  # on stdout, once the merge is known to be valid: errors stay one line on stderr
     name = Path(output).name.split('.')[0] if Path(output).suffix else Path(output).name
     config = SaveConfig().with_shard_size(shard_size) if shard_size else None
-    with ModelWriter(output, [t.spec for t in tasks], _merge_metadata(recipe, models, seed, name or 'merged', paths), config) as w:
-        run_tasks(tasks, recipe.merge_method, models, w.write, seed, parse_dtype(recipe.dtype), allow_nonfinite, workers, progress=not quiet if progress is None else progress)
+    writer, bar = ModelWriter(output, [t.spec for t in tasks], _merge_metadata(recipe, models, seed, name or 'merged', paths), config), not quiet if progress is None else progress
+    if client is not None:
+        from entrenar.distributed import merge_on_cluster
+        merge_on_cluster(client, writer, tasks, paths, recipe.merge_method, seed, parse_dtype(recipe.dtype), allow_nonfinite, bar)
+    else:
+        with writer as w: run_tasks(tasks, recipe.merge_method, models, w.write, seed, parse_dtype(recipe.dtype), allow_nonfinite, workers, progress=bar)
     _write_config(recipe, models, paths, output, tasks)
     copied = sum(t.params is None for t in tasks)
     return MergeSummary(str(output), recipe.merge_method, len(tasks) - copied, copied, sum(t.spec.nbytes for t in tasks), time.perf_counter() - start)
@@ -923,6 +928,7 @@ def register_cli(subparsers):
     p.add_argument('--out-dtype', help='output dtype (default: the inputs\')')
     p.add_argument('--shard-size', help='split the output into shards of at most this size, e.g. 5GB')
     p.add_argument('--workers', type=int, default=1, help='tensors merged in parallel threads')
+    p.add_argument('--scheduler', help='run on Dask: tcp://HOST:PORT, or local:N for N local worker processes')
     p.add_argument('--allow-nonfinite', action='store_true', help='accept NaN/inf values in the inputs')
     p.add_argument('--quiet', '-q', action='store_true', help='no progress bar or summary')
     p.add_argument('--output', '-o', required=True, help='output .safetensors/.json/.yaml file or folder')
@@ -939,7 +945,7 @@ def merge_command(args):
         params[k.strip()] = yaml.safe_load(v)
     if args.weights is not None: params['weight'] = _numbers(args.weights, '--weights')
     common = dict(seed=args.seed, dtype=args.dtype, out_dtype=args.out_dtype, shard_size=args.shard_size, workers=args.workers,
-                  allow_nonfinite=args.allow_nonfinite, quiet=args.quiet, progress=not args.quiet and sys.stderr.isatty())
+                  allow_nonfinite=args.allow_nonfinite, quiet=args.quiet, progress=not args.quiet and sys.stderr.isatty(), client=args.scheduler)
     if args.config:
         if args.models or args.method or args.base or params: raise MergeError("--config gives the models, method and parameters: drop the others")
         s = merge_files(None, args.output, args.config, **common)

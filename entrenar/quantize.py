@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/quantize.html.md"""
 
 # %% ../nbs/04_quantize.ipynb #d3213cd1
 from __future__ import annotations
-import base64, dataclasses, hashlib, json, math, os, re, sys
+import base64, dataclasses, functools, hashlib, json, math, os, re, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -14,7 +14,7 @@ import orjson
 from tqdm.auto import tqdm
 from .errors import QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError, reraise_as
 from .backend import get_array_module, to_numpy, to_device
-from .io import (Model, ModelMetadata, TensorSpec, ModelWriter, load_model, atomic_path,
+from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
                          dtype_code, dtype_from_code, is_float_dtype)
 
 # %% auto #0
@@ -505,8 +505,9 @@ FORMAT_TAG, FORMAT_VERSION = 'entrenar-quantized', 1
 SUFFIXES = ('.json', '.safetensors', '.gguf')
 
 def quantized_format(path) -> str:
-    "'json', 'safetensors' or 'gguf' from the extension of `path`"
+    "'json', 'safetensors' or 'gguf' from the extension of `path` (a folder or an index of shards is 'safetensors')"
     ext = Path(path).suffix.lower()
+    if ext == '' or str(path).lower().endswith('.safetensors.index.json'): return 'safetensors'
     if ext not in SUFFIXES: raise QuantizeError(f"cannot tell the quantized format from {Path(path).name!r}: use .json, .safetensors or .gguf", path=path)
     return ext[1:]
 
@@ -601,13 +602,13 @@ def _load_json(path) -> QuantizedModel:
 # %% ../nbs/04_quantize.ipynb #229d8985
 class _SafeTensorsSink:
     "Write packed tensors (U8) plus scales through `ModelWriter`, the settings in the metadata"
-    def __init__(self, path, entries, metadata, settings):
+    def __init__(self, path, entries, metadata, settings, config=None):
         specs = [TensorSpec(e['name'] + suf, dt, shp) for e in entries for suf, dt, shp in _parts(e)]
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise QuantizeError("a scale tensor's name collides with a model tensor; write .json or .gguf instead", tensor=dup)
-        self.writer = ModelWriter(path, specs, metadata.with_custom('quantization', settings))
+        self.writer = ModelWriter(path, specs, metadata.with_custom('quantization', settings), config)
     def __enter__(self): self.writer.__enter__(); return self
     def write(self, qt:QuantizedTensor):
         for (suf, _, _), a in zip(_parts(dict(name=qt.name, shape=qt.shape, dtype=dtype_code(qt.dtype), scheme=qt.scheme)), _arrays(qt)):
@@ -735,15 +736,23 @@ def _settings(scheme, bits, method, granularity, include_1d, allow_nonfinite):
     return dict(scheme=scheme, bits=bits, method=method, granularity=granularity, block_size=block_size,
                 include_1d=include_1d, allow_nonfinite=allow_nonfinite)
 
+def _plan_entry(src, spec, scheme, include_1d, allow_nonfinite):
+    "The table entry of one tensor: what it becomes, and why if it is kept"
+    reason = plan_tensor(spec, scheme, include_1d)
+    if reason is None: reason = check_values(src.get_parameter(spec.name), scheme, spec.name, allow_nonfinite)
+    e = dict(name=spec.name, shape=list(spec.shape), dtype=dtype_code(spec.dtype), scheme=scheme if reason is None else 'none')
+    return {**e, 'reason': reason} if reason else e
+
 def _plan(src, scheme, include_1d, allow_nonfinite, quiet):
     "One table entry per tensor: what it becomes, and why if it is kept"
-    entries = []
-    for spec in tqdm(src.specs, desc='check', unit='tensor', disable=_no_bar(quiet), leave=False):
-        reason = plan_tensor(spec, scheme, include_1d)
-        if reason is None: reason = check_values(src.get_parameter(spec.name), scheme, spec.name, allow_nonfinite)
-        e = dict(name=spec.name, shape=list(spec.shape), dtype=dtype_code(spec.dtype), scheme=scheme if reason is None else 'none')
-        entries.append({**e, 'reason': reason} if reason else e)
-    return entries
+    return [_plan_entry(src, spec, scheme, include_1d, allow_nonfinite)
+            for spec in tqdm(src.specs, desc='check', unit='tensor', disable=_no_bar(quiet), leave=False)]
+
+def _quantize_entry(src, e, scheme):
+    "(the original array, its `QuantizedTensor`) for one table entry"
+    x = src.get_parameter(e['name'])
+    if e['scheme'] == 'none': return x, QuantizedTensor(e['name'], tuple(e['shape']), np.dtype(x.dtype), 'none', x, reason=e.get('reason'))
+    return x, quantize_tensor(_to_backend(x), scheme, e['name'])
 
 # %% ../nbs/04_quantize.ipynb #ee937be4
 def quantize_model(model, # a `Model`, or a path that `load_model` reads (lazily)
@@ -757,22 +766,27 @@ def quantize_model(model, # a `Model`, or a path that `load_model` reads (lazily
                    allow_nonfinite:bool=False, # keep tensors holding NaN/inf unquantized instead of refusing
                    report:bool=True, # measure each tensor's error (costs a dequantization)
                    quiet:bool=True, # no progress bar
+                   shard_size=None, # SafeTensors output: shards of at most this size (e.g. '5GB') plus an index
+                   client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': one task per shard on its workers
                   ) -> QuantizeReport:
     "Quantize every tensor that can be, keep the others, and write the result to `output`"
     scheme = resolve_scheme(bits, method, granularity, block_size, format)
     sink = _SINKS[quantized_format(output)] if output is not None else None
     if sink is _GgufSink and scheme not in BLOCK_FORMATS: raise QuantizeError(f"GGUF holds ggml block formats only, not {scheme}: write .json or .safetensors", path=output)
+    if (shard_size or client is not None) and sink is not _SafeTensorsSink: raise QuantizeError("shards (--shard-size, --scheduler) are written as SafeTensors: give a .safetensors file or a folder", path=output)
+    if shard_size: sink = functools.partial(_SafeTensorsSink, config=SaveConfig().with_shard_size(shard_size))
     src = model if isinstance(model, Model) else load_model(model, lazy=True)
     settings = _settings(scheme, bits, method, granularity, include_1d, allow_nonfinite)
+    if client is not None:
+        from entrenar.distributed import quantize_on_cluster
+        return quantize_on_cluster(client, src, output, scheme, settings, shard_size, report, quiet)
     entries = _plan(src, scheme, include_1d, allow_nonfinite, quiet)
     settings['tensors'] = entries
     rows, kept = [], {}
     ctx = sink(output, entries, src.metadata, settings) if sink else None
     with (ctx or _NoSink()) as out:
         for e in tqdm(entries, desc='quantize', unit='tensor', disable=_no_bar(quiet)):
-            x = src.get_parameter(e['name'])
-            qt = QuantizedTensor(e['name'], tuple(e['shape']), np.dtype(x.dtype), 'none', x, reason=e.get('reason')) if e['scheme'] == 'none' \
-                 else quantize_tensor(_to_backend(x), scheme, e['name'])
+            x, qt = _quantize_entry(src, e, scheme)
             out.write(qt)
             if sink is None: kept[e['name']] = _on_host(qt)
             rows.append(_report_row(e, x, qt, report))
@@ -830,7 +844,8 @@ def quantize_command(args):
     granularity = 'channel' if args.per_channel else 'tensor' if args.per_tensor else 'block'
     rep = quantize_model(args.model, args.output, bits=args.bits, method=args.method, granularity=granularity,
                          block_size=args.block_size, format=args.format, include_1d=args.include_1d,
-                         allow_nonfinite=args.allow_nonfinite, report=args.report, quiet=args.quiet)
+                         allow_nonfinite=args.allow_nonfinite, report=args.report, quiet=args.quiet,
+                         shard_size=args.shard_size, client=args.scheduler)
     if args.report: print(report_table(rep) + '\n')
     if not args.quiet or args.report: print(summary_text(rep) + f"\nwrote {args.output}")
 
@@ -857,6 +872,8 @@ def register_cli(sub):
     p.add_argument('--include-1d', action='store_true', help='quantize 1-d tensors (norms, biases) too')
     p.add_argument('--allow-nonfinite', action='store_true', help='keep tensors holding NaN/inf unquantized instead of refusing')
     p.add_argument('--report', action='store_true', help='print the per-tensor error table')
+    p.add_argument('--shard-size', default=None, help='SafeTensors output: shards of at most this size (e.g. 5GB) plus an index')
+    p.add_argument('--scheduler', default=None, help='run on Dask: tcp://HOST:PORT, or local:N for N local worker processes')
     p.add_argument('--quiet', action='store_true', help='no progress bar or summary')
     p.set_defaults(func=quantize_command)
     p = sub.add_parser('dequantize', help='turn a quantized .json/.safetensors/.gguf back into an ordinary model')

@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/distributed.html.md"""
 
 # %% ../nbs/07_distributed.ipynb #0f05441d
 from __future__ import annotations
-import contextlib, dataclasses, functools, hashlib, logging, os, shutil, socket, time, uuid
+import contextlib, dataclasses, functools, hashlib, importlib.util, logging, os, shutil, socket, time, uuid
 from dataclasses import dataclass
 from pathlib import Path
 from tqdm.auto import tqdm
@@ -40,7 +40,7 @@ def connect(scheduler, # a `Client`, 'local:N' (N worker processes here) or 'tcp
     if s.startswith('local'):
         n = s.partition(':')[2] or str(os.cpu_count() or 1)
         if not n.isdigit() or int(n) < 1: raise error(f"the scheduler 'local:N' needs a number of worker processes N, got {s!r}")
-        kw = dict(n_workers=int(n), threads_per_worker=1, processes=True, host='127.0.0.1', dashboard_address=None, silence_logs=logging.ERROR)
+        kw = dict(n_workers=int(n), threads_per_worker=1, processes=True, host='127.0.0.1', dashboard_address=':0', silence_logs=logging.ERROR)
         with reraise_as(error, what='starting a local Dask cluster'): cluster = dd.LocalCluster(**{**kw, **cluster_kwargs}); client = dd.Client(cluster)
     else:
         with reraise_as(error, what=f'connecting to the Dask scheduler at {s}'): client = dd.Client(s, timeout=timeout)
@@ -110,9 +110,9 @@ def _gather(client, futures:dict, error, progress, desc) -> list:
     return [results[k] for k in futures.values()]
 
 def _dashboard(client):
-    "The dashboard's link, if the scheduler serves one"
+    "The dashboard's link, if the scheduler serves one (it needs bokeh)"
     with contextlib.suppress(Exception):
-        if 'dashboard' in client.scheduler_info().get('services', {}): return client.dashboard_link
+        if 'dashboard' in client.scheduler_info().get('services', {}) and importlib.util.find_spec('bokeh'): return client.dashboard_link
     return None
 
 def _submit_all(client, fn, items:dict, *common) -> dict:

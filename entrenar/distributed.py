@@ -28,6 +28,11 @@ def _distributed():
     except ImportError: raise EntrenarError("Dask distributed is not installed: pip install 'entrenar[dask]'") from None
     return distributed
 
+def _keep_malloc():
+    "Dask config that leaves glibc's malloc tuning alone in the worker processes a nanny starts"
+    import dask
+    return dask.config.set({'distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_': None})
+
 @contextlib.contextmanager
 def connect(scheduler, # a `Client`, 'local:N' (N worker processes here) or 'tcp://HOST:PORT'
             error:type=EntrenarError, # the error class raised when no cluster can be had
@@ -41,7 +46,8 @@ def connect(scheduler, # a `Client`, 'local:N' (N worker processes here) or 'tcp
         n = s.partition(':')[2] or str(os.cpu_count() or 1)
         if not n.isdigit() or int(n) < 1: raise error(f"the scheduler 'local:N' needs a number of worker processes N, got {s!r}")
         kw = dict(n_workers=int(n), threads_per_worker=1, processes=True, host='127.0.0.1', dashboard_address=':0', silence_logs=logging.ERROR)
-        with reraise_as(error, what='starting a local Dask cluster'): cluster = dd.LocalCluster(**{**kw, **cluster_kwargs}); client = dd.Client(cluster)
+        with reraise_as(error, what='starting a local Dask cluster'), _keep_malloc():
+            cluster = dd.LocalCluster(**{**kw, **cluster_kwargs}); client = dd.Client(cluster)
     else:
         with reraise_as(error, what=f'connecting to the Dask scheduler at {s}'): client = dd.Client(s, timeout=timeout)
     try: yield client

@@ -15,7 +15,7 @@ from .errors import EntrenarError, IoError, MergeError, QuantizeError, reraise_a
 from .io import ModelWriter, SaveConfig, load_model
 from .merge import run_tasks
 from .quantize import (QuantizeReport, _SafeTensorsSink, _parts, _arrays, _plan_entry, _quantize_entry,
-                               _report_row, _no_bar)
+                               _report_row)
 
 # %% auto #0
 __all__ = ['connect', 'ShardResult', 'Failure', 'guarded', 'write_shard', 'run_shards', 'open_lazily', 'merge_shard',
@@ -106,9 +106,9 @@ def write_shard(work, # `work(writer, *args)`, run on the worker, writes every t
 def _gather(client, futures:dict, error, progress, desc) -> list:
     "The tasks' results as they complete, with a progress bar; the first failure is raised"
     dd, results = _distributed(), {}
-    link = _dashboard(client) if progress else None
+    link = _dashboard(client) if progress is not False else None
     if link: tqdm.write(f"Dask dashboard: {link}")
-    with tqdm(total=len(futures), desc=desc, unit='shard', disable=not progress, leave=False) as bar:
+    with tqdm(total=len(futures), desc=desc, unit='shard', disable={True: False, None: None}.get(progress, True), leave=False) as bar:
         for fut in dd.as_completed(list(futures)):
             with reraise_as(error, path=futures[fut], what='shard task'): r = fut.result()
             if isinstance(r, Failure): r.reraise()
@@ -154,7 +154,7 @@ def run_shards(client, # a Dask `Client`
                work, # `work(writer, *args_for(specs))`, run on a worker for each shard
                args_for, # on the client: the shard's specs -> the work function's other arguments
                error:type=EntrenarError, # the class of errors the run raises
-               progress:bool=False, # a progress bar over shards
+               progress:bool|None=False, # a progress bar over shards (None: where tqdm can show one)
                desc:str='shards', # the bar's label
               ) -> list:
     "Write every shard of `writer`'s output in Dask tasks, then the index; nothing appears unless all succeed"
@@ -241,11 +241,11 @@ def quantize_on_cluster(client, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT
     with connect(client, QuantizeError) as c:
         groups = {f"check-{i}": (path, [s.name for s in g], scheme, settings['include_1d'], settings['allow_nonfinite']) for i, g in enumerate(_groups(src.specs, size))}
         futures = _submit_all(c, guarded, groups, plan_entries)
-        entries = [e for part in _gather(c, futures, QuantizeError, not quiet, 'check') for e in part]
+        entries = [e for part in _gather(c, futures, QuantizeError, False if quiet else None, 'check') for e in part]
         settings = {**settings, 'tensors': entries}
         writer = _SafeTensorsSink(output, entries, src.metadata, settings, SaveConfig(shard_size=size)).writer
         owner = {e['name'] + suffix: e for e in entries for suffix, _, _ in _parts(e)}
         args_for = lambda group: (path, list({owner[s.name]['name']: owner[s.name] for s in group}.values()), scheme, report)
-        results = run_shards(c, writer, quantize_shard, args_for, QuantizeError, not quiet, 'quantize')
+        results = run_shards(c, writer, quantize_shard, args_for, QuantizeError, False if quiet else None, 'quantize')
     rows = {r['name']: r for res in results for r in res.info}
     return QuantizeReport(settings, [rows[e['name']] for e in entries], None, Path(output))

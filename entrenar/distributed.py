@@ -70,7 +70,10 @@ class ShardResult:
 @dataclass
 class Failure:
     "An entrenar error raised on a worker, carried back to the client"
-    kind: str; message: str; path: str|None = None; tensor: str|None = None
+    kind: str # the class's name in `entrenar.errors`
+    message: str
+    path: str|None = None
+    tensor: str|None = None
     @classmethod
     def of(cls, e:EntrenarError): return cls(type(e).__name__, e.message, e.path, e.tensor)
     def reraise(self): raise getattr(errors, self.kind, EntrenarError)(self.message, path=self.path, tensor=self.tensor)

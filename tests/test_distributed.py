@@ -89,11 +89,11 @@ class KillMidWrite(WorkerPlugin):
 def test_killed_worker_is_retried_same_bytes(client, tmp_path):
     "A worker dies while writing a shard: Dask runs the task again elsewhere, the output is the same, the partial file is gone"
     rng = np.random.default_rng(0)
-    big = {f'model.layers.{i}.mlp.up_proj.weight': rng.standard_normal((512, 1024), np.float32) for i in range(4)}
+    big = {f'model.layers.{i}.mlp.up_proj.weight': rng.standard_normal((1024, 1024), np.float32) for i in range(4)}
     for k, name in enumerate(('base', 'x', 'y')):
         save_model(Model(None, {n: a + k * 0.01 * rng.standard_normal(a.shape, np.float32) for n, a in big.items()}), tmp_path / f'{name}.safetensors')
     ins = [tmp_path / 'x.safetensors', tmp_path / 'y.safetensors']
-    recipe = dict(base=tmp_path / 'base.safetensors', method='dare_ties', weight=[0.6, 0.4], density=0.3, seed=5, shard_size='2MB')
+    recipe = dict(base=tmp_path / 'base.safetensors', method='dare_ties', weight=[0.6, 0.4], density=0.3, seed=5, shard_size='4MB')
     merge_files(ins, tmp_path / 'local' / 'm', **recipe)
     marker, out = tmp_path / 'killed', tmp_path / 'cluster'
     out.mkdir(); client.register_plugin(KillMidWrite(marker, out))
@@ -127,6 +127,9 @@ def test_cli_tcp_scheduler_and_local_cluster(client, run_cli, tmp_path):
     r = run_cli('merge', BASE, A, B, *common, '--quiet', '--output', tmp_path / 'local' / 'out')
     ft.test_eq(r.returncode, 0)
     ft.test_eq(digests(tmp_path / 'tcp' / 'out'), digests(tmp_path / 'local' / 'out'))
+    r = run_cli('merge', BASE, A, B, *common, '--quiet', '--scheduler', 'local:1', '--output', tmp_path / 'one-worker' / 'out')
+    ft.test_eq((r.returncode, r.stderr), (0, ''))
+    ft.test_eq(digests(tmp_path / 'one-worker' / 'out'), digests(tmp_path / 'local' / 'out'))   # 1 worker, 2 workers, no cluster: same bytes
     r = run_cli('quantize', A, '--bits', '4', '--shard-size', '300kB', '--scheduler', 'local:2', '--quiet', '--output', tmp_path / 'q2' / 'q')
     ft.test_eq((r.returncode, r.stderr), (0, ''))
     r = run_cli('quantize', A, '--bits', '4', '--shard-size', '300kB', '--quiet', '--output', tmp_path / 'q1' / 'q')

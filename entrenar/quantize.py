@@ -481,7 +481,8 @@ class QuantizedModel:
     def __getitem__(self, name) -> QuantizedTensor:
         t = self._tensors.get(name)
         if t is None: raise TensorNotFoundError(f"no tensor called '{name}' in this quantized model", path=self.path, tensor=name)
-        return t if isinstance(t, QuantizedTensor) else t()
+        if isinstance(t, QuantizedTensor): return t
+        with reraise_as(SerializationError, path=self.path, tensor=name, what='reading'): return t()
     def __iter__(self): return (self[n] for n in self.names)
     def __repr__(self):
         return f"QuantizedModel({self.metadata.name!r}, {self.settings.get('scheme')}, {len(self)} tensors)"
@@ -694,7 +695,7 @@ def _foreign_entry(t) -> dict:
     kind, shape = t.tensor_type.name, [int(s) for s in reversed(t.shape.tolist())]
     if kind.lower() in BLOCK_FORMATS: return dict(name=t.name, shape=shape, dtype='F32', scheme=kind.lower())
     if kind in _GGUF_TYPES: return dict(name=t.name, shape=shape, dtype=kind, scheme='none', reason='stored unquantized')
-    raise SerializationError(f"GGUF tensor type {kind} is not supported here (only {', '.join(sorted(BLOCK_FORMATS))} and plain types)", path=None, tensor=t.name)
+    raise SerializationError(f"GGUF tensor type {kind} is not supported here (only {', '.join(sorted(BLOCK_FORMATS))} and plain types)", tensor=t.name)
 
 # %% ../nbs/04_quantize.ipynb #0f9441b4
 _SINKS = dict(json=_JsonSink, safetensors=_SafeTensorsSink, gguf=_GgufSink)
@@ -705,7 +706,8 @@ def load_quantized(path, # a quantized .json, .safetensors or .gguf file
     p = Path(path)
     if not p.exists(): raise IoError("no such file", path=p)
     fmt = quantized_format(p)
-    return dict(json=_load_json, safetensors=_load_safetensors, gguf=_load_gguf)[fmt](p)
+    with reraise_as(SerializationError, path=p, what='reading the quantized model'):
+        return dict(json=_load_json, safetensors=_load_safetensors, gguf=_load_gguf)[fmt](p)
 
 # %% ../nbs/04_quantize.ipynb #b6b5d18e
 @dataclass

@@ -715,7 +715,7 @@ class QuantizeReport:
     "What `quantize_model` did: one row per tensor, the settings, and the result"
     settings: dict
     rows: list
-    model: QuantizedModel|None = None   # the quantized model (read back lazily when written to a file)
+    model: QuantizedModel|None = None   # the quantized model when kept in memory (no output); else read it with `load_quantized(path)`
     path: Path|None = None
 
     @property

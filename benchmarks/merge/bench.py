@@ -1,0 +1,123 @@
+"""entrenar merge vs mergekit: wall time and peak RSS on generated Llama-shaped models, side by side, in one run.
+
+mergekit lives in its own virtual environment (never a dependency of entrenar):
+    python3 -m venv /work/mk-venv && /work/mk-venv/bin/pip install torch==2.13.0 mergekit
+    python benchmarks/merge/bench.py                      # 4 models of 322M parameters (bfloat16), ~2.6 GB on disk
+    python benchmarks/merge/bench.py --layers 2 --vocab 8000   # a quick smoke run
+
+Each tool runs the same YAML recipe in its own subprocess; peak RSS is that subprocess tree's maximum resident set
+(ru_maxrss, file-backed pages of memory-mapped inputs included). Both sides use the same number of threads.
+For the deterministic methods the outputs are compared in the same run: max difference in units of the output
+dtype's rounding step (mergekit computes TIES in bfloat16, entrenar in float32, so TIES may differ by an ulp).
+"""
+import argparse, json, os, resource, subprocess, sys, tempfile, time
+from pathlib import Path
+import numpy as np, ml_dtypes
+from entrenar.io import ModelWriter, TensorSpec, ModelMetadata, load_model
+
+def llama_specs(layers, hidden, inter, vocab, dtype):
+    s = [('model.embed_tokens.weight', (vocab, hidden))]
+    for i in range(layers):
+        p = f'model.layers.{i}.'
+        s += [(p + f'self_attn.{k}_proj.weight', (hidden, hidden)) for k in 'qkvo']
+        s += [(p + 'mlp.gate_proj.weight', (inter, hidden)), (p + 'mlp.up_proj.weight', (inter, hidden)), (p + 'mlp.down_proj.weight', (hidden, inter))]
+        s += [(p + 'input_layernorm.weight', (hidden,)), (p + 'post_attention_layernorm.weight', (hidden,))]
+    s += [('model.norm.weight', (hidden,)), ('lm_head.weight', (vocab, hidden))]
+    return [TensorSpec(n, np.dtype(dtype), shape) for n, shape in s]
+
+def make_models(folder, n_models, layers, hidden, inter, vocab, dtype):
+    "A base and n-1 fine-tunes of it (base + small noise), each a folder with config.json"
+    specs = llama_specs(layers, hidden, inter, vocab, dtype)
+    cfg = dict(architectures=['LlamaForCausalLM'], model_type='llama', hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+               num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, vocab_size=vocab, rms_norm_eps=1e-6,
+               max_position_embeddings=2048, torch_dtype=np.dtype(dtype).name, tie_word_embeddings=False)
+    names = ['base'] + [f'ft{i}' for i in range(1, n_models)]
+    if all((folder / n / 'model.safetensors').exists() for n in names): return names, sum(s.size for s in specs)
+    writers = []
+    for n in names:
+        (folder / n).mkdir(parents=True, exist_ok=True); (folder / n / 'config.json').write_text(json.dumps(cfg, indent=2))
+        writers.append(ModelWriter(folder / n / 'model.safetensors', specs, ModelMetadata(n, 'LlamaForCausalLM')).__enter__())
+    rng = np.random.default_rng(0)
+    for s in specs:
+        base = rng.standard_normal(s.shape, dtype=np.float32) * 0.02 + (1.0 if len(s.shape) == 1 else 0.0)
+        writers[0].write(s.name, base.astype(dtype))
+        for w in writers[1:]:
+            w.write(s.name, (base + rng.standard_normal(s.shape, dtype=np.float32) * 0.002).astype(dtype))
+        del base
+    for w in writers: w.__exit__(None, None, None)
+    return names, sum(s.size for s in specs)
+
+def recipe(method, folder, names):
+    base, fts = str(folder / names[0]), [str(folder / n) for n in names[1:]]
+    if method == 'slerp':
+        return f"merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {fts[0]}\nparameters:\n  t: [0.2, 0.8]\n"
+    per = {'linear': '{weight: %.2f}', 'ties': '{weight: %.2f, density: 0.5}', 'dare_ties': '{weight: %.2f, density: 0.5}'}[method]
+    models = ([base] if method == 'linear' else []) + fts
+    lines = [f"merge_method: {method}"] + ([] if method == 'linear' else [f"base_model: {base}"]) + ["models:"]
+    lines += [f"  - model: {m}\n    parameters: " + per % (1 / len(models)) for m in models]
+    return '\n'.join(lines) + '\n'
+
+MEASURE = "import resource, subprocess, sys, time; t = time.perf_counter(); r = subprocess.run(sys.argv[1:]); " \
+          "print(r.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)"
+
+def measure(cmd, log):
+    "Run `cmd` in its own measuring subprocess: (wall seconds, peak RSS bytes of its process tree)"
+    out = subprocess.run([sys.executable, '-c', MEASURE, *map(str, cmd)], capture_output=True, text=True)
+    rc, wall, rss = out.stdout.strip().splitlines()[-1].split()
+    if rc != '0': sys.exit(f"failed: {' '.join(map(str, cmd))}\n{out.stderr[-3000:]}")
+    log.write(out.stderr)
+    return float(wall), int(rss)
+
+def compare(a, b):
+    "Max |a - b| over all tensors, in units of the output dtype's spacing at the value"
+    ma, mb = load_model(a, lazy=True), load_model(b, lazy=True)
+    assert sorted(ma.names) == sorted(mb.names), 'tensor names differ'
+    worst, n_diff, n = 0.0, 0, 0
+    for name in ma.names:
+        x, y = ma.get_parameter(name), mb.get_parameter(name)
+        xf, yf = x.astype(np.float32), y.astype(np.float32)
+        d = np.abs(xf - yf)
+        eps = ml_dtypes.finfo(x.dtype).eps if x.dtype.name == 'bfloat16' else np.finfo(x.dtype).eps
+        ulp = np.maximum(np.abs(yf), np.float32(ml_dtypes.finfo(x.dtype).tiny if x.dtype.name == 'bfloat16' else np.finfo(x.dtype).tiny)) * eps
+        worst = max(worst, float((d / ulp).max())); n_diff += int((d > 0).sum()); n += d.size
+    return worst, n_diff / n
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--workdir', default=os.path.join(tempfile.gettempdir(), 'entrenar-merge-bench'))
+    ap.add_argument('--models', type=int, default=4); ap.add_argument('--layers', type=int, default=20)
+    ap.add_argument('--hidden', type=int, default=1024); ap.add_argument('--intermediate', type=int, default=2816)
+    ap.add_argument('--vocab', type=int, default=32000); ap.add_argument('--dtype', default='bfloat16')
+    ap.add_argument('--methods', default='linear,slerp,ties,dare_ties')
+    ap.add_argument('--threads', type=int, default=os.cpu_count() or 1, help='threads for both tools')
+    ap.add_argument('--mergekit', default=os.environ.get('MERGEKIT_YAML', '/work/mk-venv/bin/mergekit-yaml'))
+    ap.add_argument('--entrenar', default=str(Path(sys.executable).parent / 'entrenar'))
+    ap.add_argument('--keep', action='store_true', help='keep the generated models for another run')
+    args = ap.parse_args()
+    if not Path(args.mergekit).exists(): sys.exit(f"mergekit-yaml not found at {args.mergekit}: install it in its own venv (see the docstring)")
+    folder = Path(args.workdir); folder.mkdir(parents=True, exist_ok=True)
+    dtype = np.dtype(getattr(ml_dtypes, args.dtype, None) or args.dtype)
+    t = time.perf_counter()
+    names, n_params = make_models(folder, args.models, args.layers, args.hidden, args.intermediate, args.vocab, dtype)
+    print(f"{args.models} models of {n_params / 1e6:.0f}M parameters ({dtype.name}, {n_params * dtype.itemsize / 1e9:.2f} GB each) "
+          f"ready in {time.perf_counter() - t:.0f} s; {args.threads} threads per tool; entrenar --workers {args.threads}")
+    env_threads = dict(OMP_NUM_THREADS=str(args.threads))
+    os.environ.update(env_threads)
+    rows, log = [], open(folder / 'bench.log', 'w')
+    print(f"\n| method | mergekit s | entrenar s | speed-up | mergekit peak RSS | entrenar peak RSS | RSS ratio | outputs |")
+    print(f"|---|---|---|---|---|---|---|---|")
+    for method in args.methods.split(','):
+        (folder / f'{method}.yml').write_text(recipe(method, folder, names))
+        mk_out, en_out = folder / f'out-mk-{method}', folder / f'out-en-{method}'
+        mk = measure([args.mergekit, folder / f'{method}.yml', mk_out, '--quiet', '--random-seed', '0', '-j', args.threads], log)
+        en = measure([args.entrenar, 'merge', '--config', folder / f'{method}.yml', '--output', en_out, '--quiet', '--workers', args.threads], log)
+        if method == 'dare_ties': verdict = 'random masks (not comparable bit for bit)'
+        else:
+            worst, frac = compare(en_out, mk_out)
+            verdict = f"max {worst:.2g} ulp, {frac:.2%} of elements differ"
+        print(f"| {method} | {mk[0]:.1f} | {en[0]:.1f} | {mk[0] / en[0]:.1f}x | {mk[1] / 2**30:.2f} GiB | {en[1] / 2**30:.2f} GiB | {en[1] / mk[1]:.2f} | {verdict} |", flush=True)
+        for o in (mk_out, en_out): subprocess.run(['rm', '-rf', str(o)])
+    if not args.keep:
+        for n in names: subprocess.run(['rm', '-rf', str(folder / n)])
+
+if __name__ == '__main__': main()

@@ -118,7 +118,7 @@ def _quantize(cls, x, # any float array whose last axis is a multiple of 32
     _check_rows(cls, x.shape, cls.block_size, 'values')
     blocks = x.reshape(-1, cls.block_size)
     out = xp.empty((blocks.shape[0], cls.type_size), np.uint8)
-    with np.errstate(over='ignore'):  # a scale beyond float16 becomes inf, as in ggml: see `scale_overflow`
+    with np.errstate(over='ignore', invalid='ignore'):  # scales beyond float16 become inf, as in ggml: see `scale_overflow`
         for s in range(0, blocks.shape[0], CHUNK_BLOCKS):
             chunk, o = xp.ascontiguousarray(blocks[s:s + CHUNK_BLOCKS], dtype=np.float32), out[s:s + CHUNK_BLOCKS]
             d, minimum = cls.scales(chunk, *_block_max_min(chunk))

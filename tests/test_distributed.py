@@ -143,3 +143,17 @@ def test_cli_errors_are_one_line(run_cli, client, tmp_path):
     ft.test_eq(r.returncode, 1)
     assert 'written as SafeTensors' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     ft.test_eq(leftovers(tmp_path, ''), [])
+
+@pytest.mark.gpu
+def test_gpu_workers_same_bytes_as_one_gpu_process(tmp_path):
+    "Workers started with ENTRENAR_BACKEND=cupy merge on the GPU, and write what one process on the GPU writes"
+    from entrenar.backend import use_backend
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host='127.0.0.1', dashboard_address=':0',
+                      silence_logs=logging.ERROR, env={'ENTRENAR_BACKEND': 'cupy'}) as cluster, Client(cluster) as c:
+        ft.test_eq(set(c.run(lambda: __import__('entrenar.backend').backend.get_backend()).values()), {'cupy'})
+        merge_files([A, B, C], tmp_path / 'cluster' / 'dare', base=BASE, client=c, **DARE)
+        quantize_model(A, tmp_path / 'cluster' / 'q', bits=4, shard_size='60kB', client=c)
+    with use_backend('cupy'):
+        merge_files([A, B, C], tmp_path / 'local' / 'dare', base=BASE, **DARE)
+        quantize_model(A, tmp_path / 'local' / 'q', bits=4, shard_size='60kB')
+    for name in ('dare', 'q'): ft.test_eq(digests(tmp_path / 'cluster' / name), digests(tmp_path / 'local' / name))

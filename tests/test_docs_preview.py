@@ -140,7 +140,10 @@ def test_internal_links_resolve(site):
             if u.scheme != 'file': continue
             target = Path(unquote(u.path))
             if target.parent != PREVIEW or target.name not in site: bad.append(f"{name} -> {target.name}"); continue
-            if u.fragment and unquote(u.fragment) not in site[target.name]['ids']: bad.append(f"{name} -> {target.name}#{u.fragment}")
+            frag = unquote(u.fragment)
+            # nbdev links private names too (`_Chunker`), but pandoc (and so Quarto) drops the leading underscore of
+            # heading ids and private names get no doc entry: for those the page is the target
+            if frag and not frag.startswith('_') and frag not in site[target.name]['ids']: bad.append(f"{name} -> {target.name}#{frag}")
     ft.test_eq(bad, [])
 
 def test_every_api_entry_is_on_its_page(site):

@@ -27,7 +27,7 @@ def figure_png(fig:Figure, # a matplotlib figure
                dpi:int=90) -> bytes:
     "The figure as PNG bytes"
     buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=dpi, bbox_inches='tight')
+    fig.savefig(buf, format='png', dpi=dpi)
     return buf.getvalue()
 
 def html_table(header:list, # column titles

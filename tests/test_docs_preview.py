@@ -6,7 +6,7 @@ websocket library or downloaded browser is needed. Checks: every page loads, eve
 at a page and an element that exist, every name in each module's `__all__` is on its page, and every
 image (the plots) loaded. Screenshots of two pages go to `screenshots/` (gitignored).
 """
-import base64, fcntl, importlib, json, os, shutil, subprocess, sys, tempfile, time
+import base64, fcntl, importlib, json, os, select, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 import pytest
@@ -44,7 +44,8 @@ class Chromium:
     def _read(self, timeout=60):
         end = time.time() + timeout
         while b'\0' not in self._buf:
-            if time.time() > end: raise TimeoutError('no reply from chromium')
+            left = end - time.time()
+            if left <= 0 or not select.select([self._r], [], [], left)[0]: raise TimeoutError('no reply from chromium')
             chunk = os.read(self._r, 1 << 20)
             if not chunk: raise RuntimeError('chromium closed the pipe')
             self._buf += chunk
@@ -111,6 +112,7 @@ def _stale():
 @pytest.fixture(scope='module')
 def site():
     "Every preview page as its state in the browser (the preview is rebuilt when stale)"
+    if CHROMIUM is None: pytest.fail('chromium not found: apt-get install -y chromium (tools/test.sh does, as root)')
     if _stale():
         subprocess.run([str(Path(sys.executable).parent / 'nbdev-proc-nbs')], cwd=ROOT, check=True, capture_output=True)
         subprocess.run([sys.executable, str(ROOT / 'tools' / 'preview_docs.py')], cwd=ROOT, check=True, capture_output=True)

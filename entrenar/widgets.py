@@ -52,6 +52,9 @@ class Explorer:
     def figure_png(self) -> bytes:
         "The explorer's figure as PNG bytes"
         return figure_png(self.figure())
+    def redraw(self, *_):
+        "Draw the figure again (after a change of the shown tensor, or of the result)"
+        if self.error is None: self.plot.value = self.figure_png()
     def snapshot(self) -> str:
         "The current state as HTML: status line, tables and the figure as an embedded PNG"
         img = base64.b64encode(self.plot.value).decode('ascii') if self.plot.value else ''
@@ -121,7 +124,8 @@ def _build(self:MergeExplorer, method:str):
     self.tensor = W.Dropdown(options=self.names, value=self.names[0], description='tensor')
     self.status, self.summary, self.table, self.plot = W.HTML(), W.HTML(), W.HTML(), W.Image(format='png')
     self.log = W.Output()
-    for w in (self.method, self.t, self.density, self.seed, self.tensor, *self.weights): w.observe(self.update, names='value')
+    for w in (self.method, self.t, self.density, self.seed, *self.weights): w.observe(self.update, names='value')
+    self.tensor.observe(self.redraw, names='value')   # another tensor: the same merge, another figure
     controls = W.VBox([self.method, self.t, self.density, W.HTML('<b>weights</b>'), *self.weights, self.seed, self.tensor])
     self.ui = W.VBox([W.HBox([controls, W.VBox([self.status, self.table])]), self.plot, self.log])
 
@@ -156,7 +160,7 @@ def update(self:MergeExplorer, *_):
     self.status.value = f'<p><b>{html.escape(method)}</b> {html.escape(shown)}{f" seed={seed}" if get_method(method).random else ""}</p>'
     self.table.value = html_table(['tensor', 'norm', *[f'cos {l}' for l in self.labels], 'sign agreement'],
                                   [[r['name'], f"{r['norm']:.4f}", *[f'{c:.5f}' for c in r['cosine']], f"{r['sign_agreement']:.2%}"] for r in self.rows])
-    self.plot.value = self.figure_png()
+    self.redraw()
 
 # %% ../nbs/06_widgets.ipynb #d8d77d21
 @patch
@@ -197,7 +201,8 @@ class QuantExplorer(Explorer):
         self.block_size = W.Dropdown(options=[16, 32, 64, 128], value=block_size, description='block size')
         self.tensor = W.Dropdown(options=names, value=tensor or max(specs, key=lambda s: s.size).name, description='tensor')
         self.status, self.summary, self.table, self.plot, self.log = W.HTML(), W.HTML(), W.HTML(), W.Image(format='png'), W.Output()
-        for w in (self.bits, self.method, self.granularity, self.block_size, self.tensor): w.observe(self.update, names='value')
+        for w in (self.bits, self.method, self.granularity, self.block_size): w.observe(self.update, names='value')
+        self.tensor.observe(self.redraw, names='value')
         controls = W.VBox([self.bits, self.method, self.granularity, self.block_size, self.tensor])
         self.ui = W.VBox([W.HBox([controls, W.VBox([self.status, self.summary])]), self.table, self.plot, self.log])
         self.update()
@@ -226,7 +231,7 @@ def update(self:QuantExplorer, *_):
              *((f"{r['rmse']:.4g}", f"{r['sqnr_db']:.2f}", f"{r['max_abs_error']:.4g}") if r['scheme'] != 'none' else (f"kept: {r['reason']}", '', ''))]
             for r in rep.rows]
     self.table.value = html_table(['tensor', 'scheme', 'bytes before', 'bytes after', 'RMSE', 'SQNR dB', 'max error'], rows)
-    self.plot.value = self.figure_png()
+    self.redraw()
 
 # %% ../nbs/06_widgets.ipynb #0818e42d
 @patch

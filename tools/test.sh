@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every test, in order: notebooks clean, package in sync with notebooks, notebook tests, docs preview, pytest.
+# Every test, in order: notebooks clean, package in sync with notebooks, notebook tests, pytest, docs pre-processing and preview.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup-venv.sh dev
@@ -30,10 +30,11 @@ python tools/make_readme.py --check
 echo "== 4/6 nbdev-test"
 nbdev-test --n-workers 2 --timing
 
-echo "== 5/6 docs pre-processing (nbdev-proc-nbs) and preview (_preview/, checked in Chromium by pytest)"
+echo "== 5/6 pytest"
+python -m pytest -q -p no:cacheprovider tests --deselect tests/test_docs_preview.py
+
+echo "== 6/6 docs pre-processing (nbdev-proc-nbs), the preview site (_preview/) and its check in headless Chromium"
 nbdev-proc-nbs
 python tools/preview_docs.py
-
-echo "== 6/6 pytest"
-python -m pytest -q -p no:cacheprovider tests
+python -m pytest -q -p no:cacheprovider tests/test_docs_preview.py
 echo "all checks passed"

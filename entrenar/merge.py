@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/merge.html.md"""
 
 # %% ../nbs/03_merge.ipynb #48e7a82d
 from __future__ import annotations
-import argparse, collections, hashlib, json, math, mmap, os, re, sys, time
+import argparse, collections, ctypes, hashlib, json, math, mmap, os, re, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +20,13 @@ from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load
                          is_float_dtype, dtype_from_code)
 
 # %% auto #0
-__all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'Param', 'MergeMethod', 'merge_method', 'get_method', 'check_inputs',
+__all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'CHUNK', 'Param', 'MergeMethod', 'merge_method', 'get_method', 'check_inputs',
            'bind_params', 'compute_dtype', 'tensor_rng', 'uniform', 'merge_tensors', 'linear', 'slerp_pair', 'slerp',
            'nuslerp', 'multislerp', 'karcher', 'nearswap', 'kth_value', 'rank_mask', 'magnitude_mask', 'random_mask',
            'outlier_mask', 'della_mask', 'sparsify', 'task_arithmetic_merge', 'model_stock', 'sce', 'passthrough',
            'methods_table', 'evaluate_setting', 'layer_index', 'with_layer', 'Source', 'Slice', 'Recipe',
            'parse_recipe', 'TensorTask', 'parse_dtype', 'plan_merge', 'release_pages', 'run_tasks', 'merge_models',
-           'MergeSummary', 'load_recipe', 'merge_files', 'register_cli', 'merge_command']
+           'MergeSummary', 'load_recipe', 'merge_files', 'register_cli', 'tune_allocator', 'merge_command']
 
 # %% ../nbs/03_merge.ipynb #9fe2ab26
 @dataclass(frozen=True)
@@ -292,8 +292,21 @@ def kth_value(values, # a flat array
     below = int(xp.count_nonzero(values < lo)) if lo is not None else 0
     candidates = values[inside]
     r = rank - below   # the candidates are exactly the ranks below..below+len-1
-    if 0 <= r < candidates.size: return xp.partition(candidates, r)[r]
-    return xp.partition(values, rank)[rank]   # the sample missed (rare): select over everything
+    if not 0 <= r < candidates.size: return xp.partition(values, rank)[rank]   # the sample missed (rare): select over everything
+    return _kth_in_range(candidates, r, lo)
+
+_UINT = {4: np.uint32, 8: np.uint64}
+
+def _kth_in_range(values, rank, lo):
+    "The element of ascending `rank` in `values`, all >= lo: for non-negative floats in a narrow range, by counting bit patterns"
+    xp = get_array_module(values)
+    if lo is not None and values.dtype.kind == 'f' and float(lo) >= 0:
+        bits, lo_bits = values.view(_UINT[values.itemsize]), xp.asarray(lo, values.dtype).reshape(1).view(_UINT[values.itemsize])[0]
+        span = int(bits.max() - lo_bits) + 1   # non-negative floats sort like their bit patterns
+        if span <= 1 << 22:
+            counts = xp.cumsum(xp.bincount((bits - lo_bits).astype(np.int64), minlength=span))
+            return (lo_bits + xp.searchsorted(counts, rank, side='right')).astype(bits.dtype).reshape(1).view(values.dtype)[0]
+    return xp.partition(values, rank)[rank]
 
 def rank_mask(values, # a flat array
               start:int, # lowest ascending rank to keep
@@ -368,6 +381,30 @@ def sparsify(delta, # a task vector
     return kept if before < 1e-7 or after < 1e-7 else kept * (before / after)
 
 # %% ../nbs/03_merge.ipynb #1c2e3be0
+CHUNK = 1 << 18 # elements per block in elementwise pipelines: temporaries stay in the CPU cache
+
+def _combine(deltas, base, weights, elect_sign, normalize, scale):
+    "base + scale * (elected) sum of the task vectors / divisor, on flat arrays of one block"
+    xp = get_array_module(base)
+    mixed = deltas[0].copy()
+    for delta in deltas[1:]: mixed += delta
+    if elect_sign:   # majority sign: that of the sum (0 elects +); an entry agrees when delta * sign > 0
+        sign = (mixed >= 0).astype(base.dtype); sign *= 2; sign -= 1
+        mixed[...] = 0; divisor = xp.zeros_like(base) if normalize else None
+        agreeing, agree = xp.empty_like(base), xp.empty(base.shape, bool)
+        for delta, w in zip(deltas, weights):   # max(delta * sign, 0) is |delta| where it agrees, else 0
+            xp.multiply(delta, sign, out=agreeing); xp.maximum(agreeing, 0, out=agreeing); mixed += agreeing
+            if divisor is not None: xp.greater(agreeing, 0, out=agree); divisor += agree * base.dtype.type(w)
+        mixed *= sign
+        if divisor is not None: divisor[divisor == 0] = 1
+    else:
+        divisor = sum(weights)
+        if abs(divisor) < 1e-8: divisor = 1
+    if normalize: mixed /= divisor
+    if scale != 1: mixed *= scale
+    mixed += base
+    return mixed
+
 def task_arithmetic_merge(xs, base, p, rng, sparsifier:str|None=None, elect_sign:bool=False):
     "Sparsify, weight, (elect signs), sum, normalise and scale the task vectors, and add them to the base"
     if not xs: return base.copy()
@@ -377,27 +414,13 @@ def task_arithmetic_merge(xs, base, p, rng, sparsifier:str|None=None, elect_sign
         if sparsifier:
             extra = {k: p[k][i] for k in ('gamma', 'epsilon') if k in p}
             delta = sparsify(delta, sparsifier, p.density[i], p.rescale, p.rescale_mode, rng=rng, **extra)
-        delta *= p.weight[i]
-        deltas.append(delta)
-    mixed = deltas[0].copy()
-    for delta in deltas[1:]: mixed += delta
-    if elect_sign:   # majority sign: that of the sum (0 elects +); an entry agrees when delta * sign > 0
-        sign = (mixed >= 0).astype(base.dtype); sign *= 2; sign -= 1
-        mixed[...] = 0; divisor = xp.zeros_like(base) if p.normalize else None
-        agreeing, agree, weights = xp.empty_like(base), xp.empty(base.shape, bool), xp.empty_like(base)
-        for delta, w in zip(deltas, p.weight):   # max(delta * sign, 0) is |delta| where it agrees, else 0
-            xp.multiply(delta, sign, out=agreeing); xp.maximum(agreeing, 0, out=agreeing); mixed += agreeing
-            if divisor is not None:
-                xp.greater(agreeing, 0, out=agree); xp.multiply(agree, base.dtype.type(w), out=weights); divisor += weights
-        mixed *= sign
-        if divisor is not None: divisor[divisor == 0] = 1
-    else:
-        divisor = sum(p.weight)
-        if abs(divisor) < 1e-8: divisor = 1
-    if p.normalize: mixed /= divisor
-    if p['lambda'] != 1: mixed *= p['lambda']
-    mixed += base
-    return mixed
+        if p.weight[i] != 1: delta *= p.weight[i]
+        deltas.append(delta.reshape(-1))
+    out, flat = xp.empty_like(base), base.reshape(-1)
+    for s in range(0, flat.size, CHUNK):   # elementwise from here: block by block
+        block = slice(s, s + CHUNK)
+        out.reshape(-1)[block] = _combine([d[block] for d in deltas], flat[block], p.weight, elect_sign, p.normalize, p['lambda'])
+    return out
 
 _TASK_ARITHMETIC = [ # name, sparsifier, sign election, normalize default, rescale default
     ('task_arithmetic', None, False, False, False), ('ties', 'magnitude', True, True, False),
@@ -930,8 +953,15 @@ def register_cli(subparsers):
     return p
 
 # %% ../nbs/03_merge.ipynb #03257712
+def tune_allocator():
+    "For the command: have glibc reuse freed memory for big arrays rather than map (and fault in) fresh pages for each"
+    try: mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError): return   # not glibc
+    for option, value in ((-8, 1), (-4, 0), (-1, 2**31 - 1)): mallopt(option, value)  # M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD
+
 def merge_command(args):
     "Run `entrenar merge` from parsed arguments"
+    tune_allocator()
     params = {k[2:]: _numbers(v, f'--{k[2:]}') for k, v in vars(args).items() if k.startswith('p_') and v is not None}
     for item in args.param:
         k, eq, v = item.partition('=')

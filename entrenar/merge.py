@@ -912,6 +912,8 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
     if out_dtype is not None: recipe.out_dtype = out_dtype
     paths = {ref: _local(ref, root) for ref in recipe.models}
     models = {ref: load_model(p, lazy=True) for ref, p in paths.items()}
+    from entrenar.cli import check_output_is_not_input   # here, not at the top: the command layer imports this module
+    check_output_is_not_input(output, [*paths.values(), *(mm.path for mm in models.values() if mm.path is not None)])
     tasks = plan_merge(recipe, models)
     if not quiet:
         for msg in notes: print(f"note: {msg}")  # on stdout, once the merge is known to be valid: errors stay one line on stderr

@@ -17,7 +17,7 @@ __all__ = ['COMMAND_MODULES', 'info_command', 'check_output_is_not_input', 'conv
            'main']
 
 # %% ../nbs/10_cli.ipynb #ad7483e9
-COMMAND_MODULES = ['entrenar.cli', 'entrenar.merge']
+COMMAND_MODULES = ['entrenar.cli', 'entrenar.merge', 'entrenar.quantize', 'entrenar.hf_pipeline']
 
 def _fmt_bytes(n:int) -> str:
     "A byte count for people: 1.84 MB"

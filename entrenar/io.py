@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np, ml_dtypes, orjson, yaml
 from .errors import *
 from .backend import to_numpy
+from .numtext import parse_numbers
 
 # %% auto #0
 __all__ = ['DTYPES', 'MAX_HEADER', 'dtype_from_code', 'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata',
            'ModelFormat', 'parse_size', 'SaveConfig', 'Model', 'Parameters', 'summary', 'atomic_path',
-           'SafeTensorsReader', 'format_numbers', 'ModelWriter', 'parse_numbers', 'save_model', 'load_model']
+           'SafeTensorsReader', 'format_numbers', 'ModelWriter', 'save_model', 'load_model']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
 DTYPES = {
@@ -350,8 +351,11 @@ def _metadata_from_strings(d:dict, path=None) -> ModelMetadata:
     return ModelMetadata(name, arch or _config_architecture(path) or 'unknown', version or '0.1.0', tc, custom, extra)
 
 def _default_name(path):
+    "A name for a model whose file names none: its folder (or `org/name` in a Hugging Face cache), else the file's stem"
     if path is None: return 'model'
     p = Path(path)
+    for part in reversed(p.parts):
+        if part.startswith('models--'): return '/'.join(part.split('--')[1:])
     return p.parent.name if p.stem.startswith('model') and p.parent.name else p.name.split('.')[0]
 
 def _config_architecture(path):
@@ -456,7 +460,7 @@ class _TextPart:
             text = json.dumps(head, indent=2 if pretty else None, ensure_ascii=False, allow_nan=False)
             self.f.write(text[:-1].rstrip().encode() + (b',\n  "data": [' if pretty else b',"data":['))
         else:
-            self.f.write(yaml.safe_dump(head, sort_keys=False, allow_unicode=True, width=1 << 30).encode() + b'data: [')
+            self.f.write(yaml.safe_dump(head, sort_keys=False, allow_unicode=False, width=1 << 30).encode() + b'data: [')
 
     def write(self, name, arr):
         self.pending[name] = arr
@@ -561,33 +565,11 @@ def _writer_methods():
     return locals()
 for k, v in _writer_methods().items(): setattr(ModelWriter, k, v)
 
-# %% ../nbs/02_io.ipynb #32ab906b
-_SPECIAL = {b'nan': math.nan, b'.nan': math.nan, b'+nan': math.nan, b'-nan': math.nan, b'inf': math.inf, b'+inf': math.inf,
-            b'infinity': math.inf, b'+infinity': math.inf, b'.inf': math.inf, b'+.inf': math.inf,
-            b'-inf': -math.inf, b'-infinity': -math.inf, b'-.inf': -math.inf}
-
-def parse_numbers(buf, # bytes of decimal numbers separated by commas (whitespace allowed)
-                  count:int|None=None, # the number of values expected, if known
-                 ) -> np.ndarray:
-    "Parse comma-separated decimal numbers (JSON's and YAML's spellings of NaN and infinities too) into float64"
-    buf = bytes(buf)
-    toks = buf.split(b',') if buf.strip() else []
-    if count is not None and len(toks) != count: raise ValueError(f"expected {count} numbers, found {len(toks)}")
-    out = np.empty(len(toks))
-    for i, t in enumerate(toks):
-        t = t.strip()
-        try: out[i] = float(t) if t[:1] not in b'.' and b'_' not in t else _SPECIAL[t.lower()]
-        except (ValueError, KeyError):
-            v = _SPECIAL.get(t.lower())
-            if v is None: raise ValueError(f"number {i} is not a number: {t[:40].decode('utf-8', 'replace')!r}") from None
-            out[i] = v
-    return out
-
 # %% ../nbs/02_io.ipynb #7bff5d2f
 def _cast_values(vals, spec, path):
     "Cast parsed float64 values to the spec's dtype, refusing values the dtype cannot hold"
     dt = spec.dtype
-    if dt == np.complex64: return vals.astype(np.float32).view(np.complex64)
+    if dt == np.complex64: return vals.astype(np.float32, copy=False).view(np.complex64)
     if dt == np.bool_:
         if not np.isin(vals, (0, 1)).all(): raise SerializationError("bool tensor holds values other than 0 and 1", path=path, tensor=spec.name)
         return vals.astype(np.bool_)
@@ -596,33 +578,66 @@ def _cast_values(vals, spec, path):
         if not (np.isfinite(vals).all() and (vals == np.round(vals)).all() and (vals >= info.min).all() and (vals <= info.max).all()):
             raise SerializationError(f"{dtype_code(dt).lower()} tensor holds a value that is not an integer in its range", path=path, tensor=spec.name)
         return vals.astype(dt)
-    with np.errstate(over='ignore'): return vals.astype(dt)
+    with np.errstate(over='ignore'): return vals.astype(dt, copy=False)
 
-def _fill_tensors(chunks, specs, path):
-    "Distribute a stream of float64 chunks over the tensors described by `specs`"
-    out, it = {}, iter(specs)
-    flat = {s.name: np.empty(s.size * (2 if s.dtype == np.complex64 else 1)) for s in specs}
-    names, pos, k = [s.name for s in specs], 0, 0
-    for vals in chunks:
-        while len(vals):
-            while k < len(names) and pos == flat[names[k]].size: k, pos = k + 1, 0
-            if k == len(names): raise SerializationError(f"data holds more values than the parameters' shapes need", path=path)
-            dst = flat[names[k]]
-            n = min(len(vals), dst.size - pos)
-            dst[pos:pos + n] = vals[:n]; vals, pos = vals[n:], pos + n
-    while k < len(names) and pos == flat[names[k]].size: k, pos = k + 1, 0
-    if k < len(names):
-        need = sum(flat[n].size for n in names[k:]) - pos
-        raise SerializationError(f"data is {need} values short of what the parameters' shapes need", path=path, tensor=names[k])
-    return {s.name: _cast_values(flat[s.name], s, path).reshape(s.shape) for s in specs}
+def _values_count(spec): return spec.size * (2 if spec.dtype == np.complex64 else 1)
 
-def _chunks_of(span, size=1 << 24):
-    "Cut bytes into pieces of about `size` bytes, each ending at a comma"
-    start = 0
-    while start < len(span):
-        end = span.find(b',', start + size) if start + size < len(span) else -1
-        end = len(span) if end < 0 else end
-        yield span[start:end]; start = end + 1
+def _nth_comma(data, pos, hi, n, block=1 << 24):
+    "Index of the `n`-th comma in `data[pos:hi]`, or -1 if there are fewer"
+    while pos < hi:
+        stop = min(pos + block, hi)
+        k = data.count(b',', pos, stop)
+        if k >= n: return pos + int(np.flatnonzero(np.frombuffer(data, np.uint8, stop - pos, pos) == 44)[n - 1])
+        n, pos = n - k, stop
+    return -1
+
+def _tensor_texts(data, lo, hi, specs, path):
+    "Cut the data text `data[lo:hi]` into each tensor's slice, by counting commas"
+    need = sum(_values_count(s) for s in specs)
+    if need > (hi - lo) // 2 + 1: raise SerializationError(f"the parameters' shapes need {need} values but data holds at most {(hi - lo) // 2 + 1}", path=path)
+    last = max([i for i, s in enumerate(specs) if _values_count(s)], default=None)
+    if last is None and data[lo:hi].strip(): raise SerializationError("data holds values but the parameters need none", path=path)
+    pos = lo
+    for i, s in enumerate(specs):
+        n = _values_count(s)
+        if n == 0: yield s, b''; continue
+        end = _nth_comma(data, pos, hi, n)
+        if i == last:
+            if end >= 0: raise SerializationError("data holds more values than the parameters' shapes need", path=path)
+            end = hi
+        elif end < 0: raise SerializationError("data ends before this tensor's values", path=path, tensor=s.name)
+        yield s, memoryview(data)[pos:end]; pos = end + 1
+
+def _to_int(t):
+    if isinstance(t, bool): return int(t)
+    try: return int(t)
+    except (ValueError, TypeError):
+        f = float(t)
+        if not f.is_integer(): raise ValueError(f"{t!r} is not an integer")
+        return int(f)
+
+def _parse_tensor(values, spec, path):
+    "One tensor from its slice of the data: text (the fast path) or a list of parsed JSON/YAML values"
+    n, dt = _values_count(spec), spec.dtype
+    if dt in (np.dtype(np.int64), np.dtype(np.uint64)):  # floats are exact only to 2**53: read 64-bit integers as integers
+        toks = bytes(values).split(b',') if not isinstance(values, list) else values
+        if n == 0: toks = []
+        if len(toks) != n: raise SerializationError(f"data: expected {n} numbers, found {len(toks)}", path=path, tensor=spec.name)
+        try: ints = [_to_int(t) for t in toks]
+        except (ValueError, TypeError, OverflowError) as e: raise SerializationError(f"data: {e}", path=path, tensor=spec.name) from None
+        info = np.iinfo(dt)
+        if ints and not (info.min <= min(ints) and max(ints) <= info.max):
+            raise SerializationError(f"{dtype_code(dt).lower()} tensor holds a value outside its range", path=path, tensor=spec.name)
+        return np.array(ints, dtype=dt).reshape(spec.shape)
+    try:
+        if isinstance(values, list):
+            vals = np.array([float(v) if not isinstance(v, str) else parse_numbers(v.encode())[0] for v in values], np.float64)
+            if len(vals) != n: raise ValueError(f"expected {n} numbers, found {len(vals)}")
+        elif dt in (np.float32, np.float64, np.complex64):  # parsed straight into the tensor's dtype, chunk by chunk
+            vals = parse_numbers(values, count=n, out=np.empty(n, np.float32 if dt == np.complex64 else dt))
+        else: vals = parse_numbers(values, count=n)
+    except (ValueError, TypeError, IndexError) as e: raise SerializationError(f"data: {e}", path=path, tensor=spec.name) from None
+    return _cast_values(vals, spec, path).reshape(spec.shape)
 
 # %% ../nbs/02_io.ipynb #a9c0e46a
 def _yaml_loader():
@@ -642,7 +657,7 @@ def _parse_head(text, fmt, path):
     return _safe_yaml(text, path)
 
 def _find_data(buf, fmt, path):
-    "(header dict, data bytes or None): the document without its `data` array, and the array's text"
+    "(header dict, (bytes, start, end) or None): the document without its `data` array, and where the array's text is"
     if fmt == ModelFormat.Json: cands = [(m.start(), m.end(), b']') for m in re.finditer(rb'"data"\s*:\s*\[', buf) if buf[m.start()-1:m.start()] != b'\\']
     else:
         cands = [(m.start(), m.end(), b']') for m in re.finditer(rb'(?m)^data:[ \t]*\[', buf)]
@@ -652,12 +667,13 @@ def _find_data(buf, fmt, path):
         if close is not None:
             end = buf.find(b']', body)
             if end < 0: continue
-            span, rest = buf[body:end], buf[end + 1:]
+            span, rest = (buf, body, end), buf[end + 1:]
         else:
             m = re.compile(rb'(?m)^(?![ \t]*-[ \t])').search(buf, body)
             end = m.start() if m else len(buf)
-            span, rest = buf[body:end], b'\n' + buf[end:]
-            span = re.sub(rb'(?m)^[ \t]*-[ \t]+', b'', span).replace(b'\r', b'').strip().replace(b'\n', b',')
+            rest = b'\n' + buf[end:]
+            block = re.sub(rb'(?m)^[ \t]*-[ \t]+', b'', buf[body:end]).replace(b'\r', b'').strip().replace(b'\n', b',')
+            span = (block, 0, len(block))
         key = b'"data": null' if fmt == ModelFormat.Json else b'data: null'
         try: head = _parse_head((buf[:start] + key + rest).decode('utf-8'), fmt, path)
         except (SerializationError, UnicodeDecodeError): continue
@@ -708,17 +724,17 @@ def _load_text(path, fmt):
     if not isinstance(head, dict): raise SerializationError("the document is not a mapping with metadata, parameters and data", path=path)
     specs, meta = _parse_specs(head, path), _parse_metadata(head, path)
     if span is not None:
-        def chunks():
-            for piece in _chunks_of(span):
-                try: yield parse_numbers(piece)
-                except ValueError as e: raise SerializationError(f"data: {e}", path=path) from None
+        data, lo, hi = span
+        params = {s.name: _parse_tensor(t, s, path) for s, t in _tensor_texts(data, lo, hi, specs, path)}
     else:
         data = head.get('data')
         if not isinstance(data, list): raise SerializationError("'data' is missing or not a list", path=path)
-        try: vals = np.array([float(v) if not isinstance(v, str) else parse_numbers(v.encode())[0] for v in data], np.float64)
-        except (ValueError, TypeError) as e: raise SerializationError(f"data holds a value that is not a number", path=path) from None
-        def chunks(): yield vals
-    params = _fill_tensors(chunks(), specs, path)
+        need = sum(_values_count(s) for s in specs)
+        if need != len(data): raise SerializationError(f"data holds {len(data)} values but the parameters' shapes need {need}", path=path)
+        params, pos = {}, 0
+        for s in specs:
+            n = _values_count(s)
+            params[s.name] = _parse_tensor(data[pos:pos + n], s, path); pos += n
     return Model(meta, [(s.name, params[s.name]) for s in specs], path=Path(path))
 
 # %% ../nbs/02_io.ipynb #5bd75f7c

@@ -305,7 +305,7 @@ def _kth_in_range(values, rank, lo):
         span = int(bits.max() - lo_bits) + 1   # non-negative floats sort like their bit patterns
         if span <= 1 << 22:
             counts = xp.cumsum(xp.bincount((bits - lo_bits).astype(np.int64), minlength=span))
-            return (lo_bits + xp.searchsorted(counts, rank, side='right')).astype(bits.dtype).reshape(1).view(values.dtype)[0]
+            return (lo_bits + xp.searchsorted(counts, xp.asarray(rank), side='right')).astype(bits.dtype).reshape(1).view(values.dtype)[0]
     return xp.partition(values, rank)[rank]
 
 def rank_mask(values, # a flat array

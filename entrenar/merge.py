@@ -303,7 +303,7 @@ def _kth_in_range(values, rank, lo):
     if lo is not None and values.dtype.kind == 'f' and float(lo) >= 0:
         bits, lo_bits = values.view(_UINT[values.itemsize]), xp.asarray(lo, values.dtype).reshape(1).view(_UINT[values.itemsize])[0]
         span = int(bits.max() - lo_bits) + 1   # non-negative floats sort like their bit patterns
-        if span <= 1 << 22:
+        if span <= max(1 << 16, 64 * values.size):   # counting costs O(span); partition is slow on many ties
             counts = xp.cumsum(xp.bincount((bits - lo_bits).astype(np.int64), minlength=span))
             return (lo_bits + xp.searchsorted(counts, xp.asarray(rank), side='right')).astype(bits.dtype).reshape(1).view(values.dtype)[0]
     return xp.partition(values, rank)[rank]
@@ -388,15 +388,25 @@ def _combine(deltas, base, weights, elect_sign, normalize, scale):
     xp = get_array_module(base)
     mixed = deltas[0].copy()
     for delta in deltas[1:]: mixed += delta
-    if elect_sign:   # majority sign: that of the sum (0 elects +); an entry agrees when delta * sign > 0
-        sign = (mixed >= 0).astype(base.dtype); sign *= 2; sign -= 1
-        mixed[...] = 0; divisor = xp.zeros_like(base) if normalize else None
+    if elect_sign:   # majority sign: that of the sum (0 elects +; a sum of -0.0 has only zero votes, which never agree)
+        sign = xp.copysign(base.dtype.type(1), mixed)
+        uniform = len(set(weights)) == 1   # then the divisor depends only on how many models agree
+        count = xp.zeros(base.shape, np.uint16) if normalize and uniform else None
+        divisor = xp.zeros_like(base) if normalize and not uniform else None
         agreeing, agree = xp.empty_like(base), xp.empty(base.shape, bool)
-        for delta, w in zip(deltas, weights):   # max(delta * sign, 0) is |delta| where it agrees, else 0
-            xp.multiply(delta, sign, out=agreeing); xp.maximum(agreeing, 0, out=agreeing); mixed += agreeing
-            if divisor is not None: xp.greater(agreeing, 0, out=agree); divisor += agree * base.dtype.type(w)
+        for i, (delta, w) in enumerate(zip(deltas, weights)):   # max(delta * sign, 0) is |delta| where it agrees, else 0
+            xp.multiply(delta, sign, out=agreeing); xp.maximum(agreeing, 0, out=mixed if i == 0 else agreeing)
+            if i: mixed += agreeing
+            if normalize:
+                xp.greater(mixed if i == 0 else agreeing, 0, out=agree)
+                if uniform: count += agree
+                else: divisor += agree * base.dtype.type(w)
         mixed *= sign
-        if divisor is not None: divisor[divisor == 0] = 1
+        if count is not None:   # the same sums as adding the agreeing weights one by one; none agreeing: 1
+            f, total, sums = base.dtype.type, base.dtype.type(0), [base.dtype.type(1)]
+            for _ in weights: total = f(total + f(weights[0])); sums.append(total if total != 0 else f(1))
+            divisor = xp.asarray(np.array(sums, base.dtype))[count]
+        elif divisor is not None: divisor[divisor == 0] = 1
     else:
         divisor = sum(weights)
         if abs(divisor) < 1e-8: divisor = 1

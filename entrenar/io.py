@@ -582,13 +582,32 @@ def _cast_values(vals, spec, path):
 
 def _values_count(spec): return spec.size * (2 if spec.dtype == np.complex64 else 1)
 
-def _nth_comma(data, pos, hi, n, block=1 << 24):
+_BLOCK = 1 << 24
+
+def _release(data, lo, hi):
+    "Drop the pages of a mapped file's `[lo, hi)` from this process's memory (the page cache keeps them)"
+    if isinstance(data, mmap.mmap) and hi > lo and hasattr(mmap, 'MADV_DONTNEED'):
+        start = lo - lo % mmap.PAGESIZE
+        data.madvise(mmap.MADV_DONTNEED, start, min(hi, len(data)) - start)
+
+def _nth_comma(data, pos, hi, n, block=_BLOCK):
     "Index of the `n`-th comma in `data[pos:hi]`, or -1 if there are fewer"
     while pos < hi:
         stop = min(pos + block, hi)
-        k = data.count(b',', pos, stop)
-        if k >= n: return pos + int(np.flatnonzero(np.frombuffer(data, np.uint8, stop - pos, pos) == 44)[n - 1])
-        n, pos = n - k, stop
+        hits = np.flatnonzero(np.frombuffer(data, np.uint8, stop - pos, pos) == 44)
+        _release(data, pos, stop)
+        if len(hits) >= n: return pos + int(hits[n - 1])
+        n, pos = n - len(hits), stop
+    return -1
+
+def _find_release(data, sub, lo, block=_BLOCK):
+    "`data.find(sub, lo)`, dropping mapped pages behind the search"
+    while lo < len(data):
+        stop = min(lo + block, len(data))
+        i = data.find(sub, lo, stop)
+        _release(data, lo, stop if i < 0 else i)
+        if i >= 0: return i
+        lo = stop
     return -1
 
 def _tensor_texts(data, lo, hi, specs, path):
@@ -596,17 +615,17 @@ def _tensor_texts(data, lo, hi, specs, path):
     need = sum(_values_count(s) for s in specs)
     if need > (hi - lo) // 2 + 1: raise SerializationError(f"the parameters' shapes need {need} values but data holds at most {(hi - lo) // 2 + 1}", path=path)
     last = max([i for i, s in enumerate(specs) if _values_count(s)], default=None)
-    if last is None and data[lo:hi].strip(): raise SerializationError("data holds values but the parameters need none", path=path)
+    if last is None and bytes(data[lo:hi]).strip(): raise SerializationError("data holds values but the parameters need none", path=path)
     pos = lo
     for i, s in enumerate(specs):
         n = _values_count(s)
-        if n == 0: yield s, b''; continue
+        if n == 0: yield s, (b'', 0, 0); continue
         end = _nth_comma(data, pos, hi, n)
         if i == last:
             if end >= 0: raise SerializationError("data holds more values than the parameters' shapes need", path=path)
             end = hi
         elif end < 0: raise SerializationError("data ends before this tensor's values", path=path, tensor=s.name)
-        yield s, memoryview(data)[pos:end]; pos = end + 1
+        yield s, (data, pos, end); pos = end + 1
 
 def _to_int(t):
     if isinstance(t, bool): return int(t)
@@ -616,11 +635,26 @@ def _to_int(t):
         if not f.is_integer(): raise ValueError(f"{t!r} is not an integer")
         return int(f)
 
+def _parse_blocks(values, n, out):
+    "Parse a long stretch of text into `out` a block at a time, so only one block of a mapped file is resident"
+    data, lo, hi = values if isinstance(values, tuple) else (values, 0, len(values))
+    k = 0
+    while lo < hi:
+        cut = data.find(b',', lo + _BLOCK, hi) if lo + _BLOCK < hi else -1
+        cut = hi if cut < 0 else cut
+        m = int(np.count_nonzero(np.frombuffer(data, np.uint8, cut - lo, lo) == 44)) + 1
+        if k + m > n: raise ValueError(f"expected {n} numbers, found more")
+        parse_numbers(memoryview(data)[lo:cut], count=m, out=out[k:k + m])
+        _release(data, lo, cut)
+        k, lo = k + m, cut + 1
+    if k != n: raise ValueError(f"expected {n} numbers, found {k}")
+    return out
+
 def _parse_tensor(values, spec, path):
     "One tensor from its slice of the data: text (the fast path) or a list of parsed JSON/YAML values"
     n, dt = _values_count(spec), spec.dtype
     if dt in (np.dtype(np.int64), np.dtype(np.uint64)):  # floats are exact only to 2**53: read 64-bit integers as integers
-        toks = bytes(values).split(b',') if not isinstance(values, list) else values
+        toks = values if isinstance(values, list) else bytes(memoryview(values[0])[values[1]:values[2]]).split(b',')
         if n == 0: toks = []
         if len(toks) != n: raise SerializationError(f"data: expected {n} numbers, found {len(toks)}", path=path, tensor=spec.name)
         try: ints = [_to_int(t) for t in toks]
@@ -633,9 +667,9 @@ def _parse_tensor(values, spec, path):
         if isinstance(values, list):
             vals = np.array([float(v) if not isinstance(v, str) else parse_numbers(v.encode())[0] for v in values], np.float64)
             if len(vals) != n: raise ValueError(f"expected {n} numbers, found {len(vals)}")
-        elif dt in (np.float32, np.float64, np.complex64):  # parsed straight into the tensor's dtype, chunk by chunk
-            vals = parse_numbers(values, count=n, out=np.empty(n, np.float32 if dt == np.complex64 else dt))
-        else: vals = parse_numbers(values, count=n)
+        elif dt in (np.float32, np.float64, np.complex64):  # parsed straight into the tensor's dtype
+            vals = _parse_blocks(values, n, np.empty(n, np.float32 if dt == np.complex64 else dt))
+        else: vals = parse_numbers(memoryview(values[0])[values[1]:values[2]], count=n)
     except (ValueError, TypeError, IndexError) as e: raise SerializationError(f"data: {e}", path=path, tensor=spec.name) from None
     return _cast_values(vals, spec, path).reshape(spec.shape)
 
@@ -656,21 +690,24 @@ def _parse_head(text, fmt, path):
         with reraise_as(SerializationError, path=path, what='JSON'): return json.loads(text, object_pairs_hook=_no_duplicates)
     return _safe_yaml(text, path)
 
+def _json_depth(prefix:bytes) -> int:
+    "Nesting depth at the end of a JSON prefix (strings removed first)"
+    p = re.sub(rb'"(?:[^"\\]|\\.)*"', b'""', prefix)
+    return p.count(b'{') + p.count(b'[') - p.count(b'}') - p.count(b']')
+
 def _find_data(buf, fmt, path):
     "(header dict, (bytes, start, end) or None): the document without its `data` array, and where the array's text is"
-    if fmt == ModelFormat.Json: cands = [(m.start(), m.end(), b']') for m in re.finditer(rb'"data"\s*:\s*\[', buf) if buf[m.start()-1:m.start()] != b'\\']
-    else:
-        cands = [(m.start(), m.end(), b']') for m in re.finditer(rb'(?m)^data:[ \t]*\[', buf)]
-        cands += [(m.start(), m.end(), None) for m in re.finditer(rb'(?m)^data:[ \t]*\r?\n(?=[ \t]*-[ \t])', buf)]
-        cands.sort()
-    for start, body, close in reversed(cands):
-        if close is not None:
-            end = buf.find(b']', body)
+    pat = rb'"data"\s*:\s*\[' if fmt == ModelFormat.Json else rb'(?m)^data:[ \t]*(?:\[|\r?\n(?=[ \t]*-[ \t]))'
+    for m in re.finditer(pat, buf):
+        start, body = m.start(), m.end()
+        if fmt == ModelFormat.Json and _json_depth(buf[:start]) != 1: continue   # a "data" key nested in the metadata
+        if buf[body - 1:body] == b'[':
+            end = _find_release(buf, b']', body)
             if end < 0: continue
             span, rest = (buf, body, end), buf[end + 1:]
         else:
-            m = re.compile(rb'(?m)^(?![ \t]*-[ \t])').search(buf, body)
-            end = m.start() if m else len(buf)
+            e = re.compile(rb'(?m)^(?![ \t]*-[ \t])').search(buf, body)
+            end = e.start() if e else len(buf)
             rest = b'\n' + buf[end:]
             block = re.sub(rb'(?m)^[ \t]*-[ \t]+', b'', buf[body:end]).replace(b'\r', b'').strip().replace(b'\n', b',')
             span = (block, 0, len(block))
@@ -678,7 +715,7 @@ def _find_data(buf, fmt, path):
         try: head = _parse_head((buf[:start] + key + rest).decode('utf-8'), fmt, path)
         except (SerializationError, UnicodeDecodeError): continue
         if isinstance(head, dict) and 'data' in head and head['data'] is None: return head, span
-    try: text = buf.decode('utf-8')
+    try: text = buf[:].decode('utf-8')
     except UnicodeDecodeError as e: raise SerializationError(f"file is not valid UTF-8 (byte {e.start})", path=path) from None
     return _parse_head(text, fmt, path), None
 
@@ -709,17 +746,19 @@ def _parse_metadata(head, path):
                          tc, {str(k): _check_json(v, k) for k, v in custom.items()}, {str(k): str(v) for k, v in extra.items()})
 
 # %% ../nbs/02_io.ipynb #7cdd03c4
-def _read_bytes(path):
-    with reraise_as(IoError, path=path, what='reading'):
-        with open(path, 'rb') as f: buf = f.read()
-    if buf[:2] == b'\x1f\x8b':
-        with reraise_as(SerializationError, path=path, what='gzip'): buf = gzip.decompress(buf)
-    return buf
+def _read_text(path):
+    "The text of a model file: a read-only map of a plain file (its pages dropped as they are parsed), or gunzipped bytes"
+    with reraise_as(IoError, path=path, what='reading'), open(path, 'rb') as f:
+        magic = f.read(2)
+        if magic != b'\x1f\x8b':
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if magic else b''
+        f.seek(0); buf = f.read()
+    with reraise_as(SerializationError, path=path, what='gzip'): return gzip.decompress(buf)
 
 def _load_text(path, fmt):
     "Load a JSON or YAML model file"
-    buf = _read_bytes(path)
-    if fmt == ModelFormat.Json and not buf.lstrip()[:1] == b'{': raise SerializationError("not a JSON object", path=path)
+    buf = _read_text(path)
+    if fmt == ModelFormat.Json and not buf[:1 << 16].lstrip()[:1] == b'{': raise SerializationError("not a JSON object", path=path)
     head, span = _find_data(buf, fmt, path)
     if not isinstance(head, dict): raise SerializationError("the document is not a mapping with metadata, parameters and data", path=path)
     specs, meta = _parse_specs(head, path), _parse_metadata(head, path)

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 from tqdm.auto import tqdm
 from .errors import QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError, reraise_as
-from .backend import get_array_module, to_numpy, to_device
+from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend
 from .io import (Model, ModelMetadata, TensorSpec, ModelWriter, load_model, atomic_path,
                          dtype_code, dtype_from_code, is_float_dtype)
 
@@ -68,7 +68,7 @@ def _put_nibbles(q, dst):
     w = xp.ascontiguousarray(q).reshape(-1).view(np.uint64)   # a block is 4 words: values 0-7, 8-15, 16-23, 24-31
     z = xp.empty_like(w)
     xp.left_shift(w[2:], np.uint64(4), out=z[:-2]); z[:-2] |= w[:-2]  # z[k] = w[k] | w[k+2] << 4, kept at k = 4b, 4b+1
-    dst[...] = z.reshape(-1, 4)[:, :2].view(np.uint8)
+    dst[...] = z.view(np.uint8).reshape(-1, 32)[:, :16]
 
 def _high_bits(q):
     "Bit 4 of each of 32 values -> a little-endian uint32 per block, as `(n, 4)` bytes"
@@ -118,7 +118,7 @@ def _quantize(cls, x, # any float array whose last axis is a multiple of 32
     _check_rows(cls, x.shape, cls.block_size, 'values')
     blocks = x.reshape(-1, cls.block_size)
     out = xp.empty((blocks.shape[0], cls.type_size), np.uint8)
-    with np.errstate(over='ignore'):  # a scale beyond float16 becomes inf, as in ggml: see `scale_overflow`
+    with np.errstate(over='ignore', invalid='ignore'):  # scales beyond float16 become inf, as in ggml: see `scale_overflow`
         for s in range(0, blocks.shape[0], CHUNK_BLOCKS):
             chunk, o = xp.ascontiguousarray(blocks[s:s + CHUNK_BLOCKS], dtype=np.float32), out[s:s + CHUNK_BLOCKS]
             d, minimum = cls.scales(chunk, *_block_max_min(chunk))
@@ -399,15 +399,21 @@ def quantize_tensor(x, # a float array, numpy or CuPy
     codes, scale, zero_point = linear_quantize(x, bits, symmetric, per_channel)
     return QuantizedTensor(name, shape, dtype, scheme, pack_codes(codes, bits), scale, zero_point)
 
-def _dequantize_tensor(self:QuantizedTensor):
-    "The tensor's values in its original dtype and shape"
-    if self.scheme == 'none': return self.data
-    if self.scheme in BLOCK_FORMATS: y = BLOCK_FORMATS[self.scheme].dequantize(self.data)
+_DEVICE_FLOATS = ('float16', 'float32', 'float64')   # CuPy has no bfloat16 or float8
+
+def _dequantize_tensor(self:QuantizedTensor,
+                       dtype=None, # default: the original dtype
+                      ):
+    "The tensor's values in its original shape and dtype (or `dtype`)"
+    dtype = np.dtype(dtype or self.dtype)
+    if self.scheme == 'none': y = self.data
+    elif self.scheme in BLOCK_FORMATS: y = BLOCK_FORMATS[self.scheme].dequantize(self.data)
     else:
         bits, _, per_channel = _linear_params(self.scheme)
         codes = unpack_codes(self.data, bits, math.prod(self.shape)).reshape(self.shape)
         y = linear_dequantize(codes, self.scale, self.zero_point, bits, per_channel)
-    return y.reshape(self.shape).astype(self.dtype, copy=False)
+    if is_device_array(y) and dtype.name not in _DEVICE_FLOATS: y = to_numpy(y)
+    return y.reshape(self.shape).astype(dtype, copy=False)
 QuantizedTensor.dequantize = _dequantize_tensor
 
 # %% ../nbs/04_quantize.ipynb #4dfe3f91
@@ -481,7 +487,8 @@ class QuantizedModel:
     def __getitem__(self, name) -> QuantizedTensor:
         t = self._tensors.get(name)
         if t is None: raise TensorNotFoundError(f"no tensor called '{name}' in this quantized model", path=self.path, tensor=name)
-        return t if isinstance(t, QuantizedTensor) else t()
+        if isinstance(t, QuantizedTensor): return t
+        with reraise_as(SerializationError, path=self.path, tensor=name, what='reading'): return t()
     def __iter__(self): return (self[n] for n in self.names)
     def __repr__(self):
         return f"QuantizedModel({self.metadata.name!r}, {self.settings.get('scheme')}, {len(self)} tensors)"
@@ -694,7 +701,7 @@ def _foreign_entry(t) -> dict:
     kind, shape = t.tensor_type.name, [int(s) for s in reversed(t.shape.tolist())]
     if kind.lower() in BLOCK_FORMATS: return dict(name=t.name, shape=shape, dtype='F32', scheme=kind.lower())
     if kind in _GGUF_TYPES: return dict(name=t.name, shape=shape, dtype=kind, scheme='none', reason='stored unquantized')
-    raise SerializationError(f"GGUF tensor type {kind} is not supported here (only {', '.join(sorted(BLOCK_FORMATS))} and plain types)", path=None, tensor=t.name)
+    raise SerializationError(f"GGUF tensor type {kind} is not supported here (only {', '.join(sorted(BLOCK_FORMATS))} and plain types)", tensor=t.name)
 
 # %% ../nbs/04_quantize.ipynb #0f9441b4
 _SINKS = dict(json=_JsonSink, safetensors=_SafeTensorsSink, gguf=_GgufSink)
@@ -705,7 +712,8 @@ def load_quantized(path, # a quantized .json, .safetensors or .gguf file
     p = Path(path)
     if not p.exists(): raise IoError("no such file", path=p)
     fmt = quantized_format(p)
-    return dict(json=_load_json, safetensors=_load_safetensors, gguf=_load_gguf)[fmt](p)
+    with reraise_as(SerializationError, path=p, what='reading the quantized model'):
+        return dict(json=_load_json, safetensors=_load_safetensors, gguf=_load_gguf)[fmt](p)
 
 # %% ../nbs/04_quantize.ipynb #b6b5d18e
 @dataclass
@@ -713,7 +721,7 @@ class QuantizeReport:
     "What `quantize_model` did: one row per tensor, the settings, and the result"
     settings: dict
     rows: list
-    model: QuantizedModel|None = None   # the quantized model (read back lazily when written to a file)
+    model: QuantizedModel|None = None   # the quantized model when kept in memory (no output); else read it with `load_quantized(path)`
     path: Path|None = None
 
     @property
@@ -772,7 +780,7 @@ def quantize_model(model, # a `Model`, or a path that `load_model` reads (lazily
         for e in tqdm(entries, desc='quantize', unit='tensor', disable=_no_bar(quiet)):
             x = src.get_parameter(e['name'])
             qt = QuantizedTensor(e['name'], tuple(e['shape']), np.dtype(x.dtype), 'none', x, reason=e.get('reason')) if e['scheme'] == 'none' \
-                 else quantize_tensor(_to_backend(x), scheme, e['name'])
+                 else dataclasses.replace(quantize_tensor(_to_backend(x), scheme, e['name']), dtype=np.dtype(x.dtype))
             out.write(qt)
             if sink is None: kept[e['name']] = _on_host(qt)
             rows.append(_report_row(e, x, qt, report))
@@ -785,7 +793,10 @@ class _NoSink:
     def __exit__(self, *exc): return False
 
 # %% ../nbs/04_quantize.ipynb #b911df4d
-def _to_backend(x): return to_device(x)
+def _to_backend(x):
+    "`x` on the active backend; dtypes CuPy lacks (bfloat16, float8) go as float32"
+    if get_backend() != 'numpy' and np.dtype(x.dtype).name not in _DEVICE_FLOATS: x = np.asarray(x).astype(np.float32)
+    return to_device(x)
 
 def _on_host(qt:QuantizedTensor) -> QuantizedTensor:
     return dataclasses.replace(qt, **{k: to_numpy(getattr(qt, k)) for k in ('data', 'scale', 'zero_point') if getattr(qt, k) is not None})
@@ -794,8 +805,7 @@ def _report_row(entry, x, qt, measure):
     row = dict(name=entry['name'], scheme=qt.scheme, shape=tuple(entry['shape']), dtype=entry['dtype'],
                bytes_before=int(x.nbytes), bytes_after=qt.nbytes, reason=entry.get('reason'))
     if measure and qt.scheme != 'none':
-        y = qt.dequantize()
-        row.update(tensor_error(_to_backend(x).astype(np.float32), y.astype(np.float32)))
+        row.update(tensor_error(_to_backend(x).astype(np.float32), qt.dequantize(np.float32)))
     return row
 
 # %% ../nbs/04_quantize.ipynb #472c032a

@@ -21,7 +21,7 @@ def render(nb_path=ROOT / 'nbs' / 'index.ipynb') -> str:
         directives = [l for l in lines if l.startswith('#|')]
         if any(re.match(r'#\|\s*(hide|exec_doc|eval:\s*false)', d) for d in directives if 'hide' in d): continue
         body = '\n'.join(l for l in lines if not l.startswith('#|')).strip()
-        if c['cell_type'] == 'markdown': parts.append(body)
+        if c['cell_type'] == 'markdown': parts.append(re.sub(r'\]\((?!https?:)([\w.-]+\.ipynb)\)', r'](nbs/\1)', body))  # site links -> the notebooks
         elif c['cell_type'] == 'code':
             if body: parts.append(f"```{'bash' if body.startswith('!') else 'python'}\n{body.lstrip('!')}\n```")
             for o in c.get('outputs', []):

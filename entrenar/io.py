@@ -18,7 +18,7 @@ from .numtext import parse_numbers
 # %% auto #0
 __all__ = ['DTYPES', 'MAX_HEADER', 'dtype_from_code', 'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata',
            'ModelFormat', 'parse_size', 'SaveConfig', 'Model', 'Parameters', 'summary', 'atomic_path',
-           'SafeTensorsReader', 'format_numbers', 'ModelWriter', 'save_model', 'load_model']
+           'SafeTensorsReader', 'release_pages', 'format_numbers', 'ModelWriter', 'save_model', 'load_model']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
 DTYPES = {
@@ -324,6 +324,26 @@ class SafeTensorsReader:
                 out[name] = a
         return out
 
+# %% ../nbs/02_io.ipynb #60fcb0b2
+def _release(data, lo, hi):
+    "Drop the pages of a mapped file's `[lo, hi)` from this process's memory (the page cache keeps them)"
+    if isinstance(data, mmap.mmap) and hi > lo and hasattr(mmap, 'MADV_DONTNEED'):
+        start = lo - lo % mmap.PAGESIZE
+        with contextlib.suppress(OSError, ValueError): data.madvise(mmap.MADV_DONTNEED, start, min(hi, len(data)) - start)
+
+def _mapping_of(a):
+    "The `mmap` an array's memory belongs to, or None"
+    while isinstance(a, np.ndarray): a = a.base
+    if isinstance(a, memoryview): a = a.obj
+    return a if isinstance(a, mmap.mmap) else None
+
+def release_pages(a:np.ndarray): # a tensor read lazily (a view into a mapped file); anything else is ignored
+    "Drop the pages of a memory-mapped tensor from this process's resident memory once it has been used"
+    mm = _mapping_of(a)
+    if mm is None or a.nbytes == 0: return
+    start = a.__array_interface__['data'][0] - np.frombuffer(mm, np.uint8, count=1).__array_interface__['data'][0]
+    _release(mm, start, start + a.nbytes)
+
 # %% ../nbs/02_io.ipynb #38ff3ca8
 _RESERVED = ('format', 'name', 'architecture', 'version', 'training_config')
 
@@ -593,12 +613,6 @@ def _cast_values(vals, spec, path):
 def _values_count(spec): return spec.size * (2 if spec.dtype == np.complex64 else 1)
 
 _BLOCK = 1 << 24
-
-def _release(data, lo, hi):
-    "Drop the pages of a mapped file's `[lo, hi)` from this process's memory (the page cache keeps them)"
-    if isinstance(data, mmap.mmap) and hi > lo and hasattr(mmap, 'MADV_DONTNEED'):
-        start = lo - lo % mmap.PAGESIZE
-        data.madvise(mmap.MADV_DONTNEED, start, min(hi, len(data)) - start)
 
 def _nth_comma(data, pos, hi, n, block=_BLOCK):
     "Index of the `n`-th comma in `data[pos:hi]`, or -1 if there are fewer"

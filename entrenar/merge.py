@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .errors import EntrenarError, IoError, MergeError, reraise_as
 from .backend import get_array_module, get_backend, is_device_array, to_device, to_numpy
 from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
-                         is_float_dtype, dtype_from_code)
+                         is_float_dtype, dtype_from_code, release_pages)
 
 # %% auto #0
 __all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'Param', 'MergeMethod', 'merge_method', 'get_method', 'check_inputs',
@@ -25,8 +25,8 @@ __all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'Param', 'MergeMethod', 'merge_m
            'nuslerp', 'multislerp', 'karcher', 'nearswap', 'kth_value', 'rank_mask', 'magnitude_mask', 'random_mask',
            'outlier_mask', 'della_mask', 'sparsify', 'task_arithmetic_merge', 'model_stock', 'sce', 'passthrough',
            'methods_table', 'evaluate_setting', 'layer_index', 'with_layer', 'Source', 'Slice', 'Recipe',
-           'parse_recipe', 'TensorTask', 'parse_dtype', 'plan_merge', 'release_pages', 'run_tasks', 'merge_models',
-           'MergeSummary', 'load_recipe', 'merge_files', 'register_cli', 'tune_allocator', 'merge_command']
+           'parse_recipe', 'TensorTask', 'parse_dtype', 'plan_merge', 'run_tasks', 'merge_models', 'MergeSummary',
+           'load_recipe', 'merge_files', 'register_cli', 'tune_allocator', 'merge_command']
 
 # %% ../nbs/03_merge.ipynb #9fe2ab26
 @dataclass(frozen=True)
@@ -763,22 +763,6 @@ def plan_merge(recipe:Recipe, # what to merge, how
     return tasks
 
 # %% ../nbs/03_merge.ipynb #ce2aa3d4
-def _mapping_of(a):
-    "The `mmap` an array's memory belongs to, or None"
-    while isinstance(a, np.ndarray): a = a.base
-    if isinstance(a, memoryview): a = a.obj
-    return a if isinstance(a, mmap.mmap) else None
-
-def release_pages(a):
-    "Drop the pages of a memory-mapped array from this process's resident memory once used (the OS page cache keeps them)"
-    mm = _mapping_of(a)
-    if mm is None or not hasattr(mmap, 'MADV_DONTNEED') or a.nbytes == 0: return
-    try:
-        start = a.__array_interface__['data'][0] - np.frombuffer(mm, np.uint8, count=1).__array_interface__['data'][0]
-        lo = start // mmap.PAGESIZE * mmap.PAGESIZE
-        mm.madvise(mmap.MADV_DONTNEED, lo, min(len(mm), start + a.nbytes) - lo)
-    except (OSError, ValueError): pass
-
 def _read(models, ref, name, in_dtype, allow_nonfinite, raw):
     "One input tensor: cast to `in_dtype` if given, checked to be finite, on the active backend"
     a = models[ref].get_parameter(name); raw.append(a)

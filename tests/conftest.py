@@ -29,3 +29,11 @@ def run_cli():
         return subprocess.run(entrenar_cmd() + [str(a) for a in args], capture_output=True, text=True, cwd=cwd,
                               env={**os.environ, **(env or {})}, timeout=timeout)
     return run
+
+def one_error_line(r):
+    "Check that a failed `entrenar` run printed exactly one `error: …` line, no traceback, and exited 1; return the line"
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
+    assert 'Traceback' not in r.stderr
+    return lines[0]

@@ -2,17 +2,10 @@
 import json
 import numpy as np
 import fastcore.test as ft
-from conftest import MODELS
+from conftest import MODELS, one_error_line
 from entrenar.io import load_model
 
 BASE = MODELS / 'tiny-llama' / 'model.safetensors'
-
-def _one_error_line(r):
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 1, (r.returncode, r.stderr)
-    assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
-    assert 'Traceback' not in r.stderr
-    return lines[0]
 
 def test_help_lists_subcommands(run_cli):
     r = run_cli('--help')
@@ -48,15 +41,15 @@ def test_convert_sharded(run_cli, tmp_path):
 
 def test_bad_inputs_one_line_no_output(run_cli, tmp_path):
     out = tmp_path / 'out.json'
-    line = _one_error_line(run_cli('convert', tmp_path / 'nope.safetensors', out))
+    line = one_error_line(run_cli('convert', tmp_path / 'nope.safetensors', out))
     assert 'nope.safetensors' in line and 'no such file' in line
     bad = tmp_path / 'bad.safetensors'; bad.write_bytes(BASE.read_bytes()[:5000])
-    line = _one_error_line(run_cli('convert', bad, out))
+    line = one_error_line(run_cli('convert', bad, out))
     assert 'bad.safetensors' in line
-    line = _one_error_line(run_cli('convert', BASE, tmp_path / 'out.bin'))
+    line = one_error_line(run_cli('convert', BASE, tmp_path / 'out.bin'))
     assert 'out.bin' in line and 'cannot tell the format' in line
     copy = tmp_path / 'copy.safetensors'; copy.write_bytes(BASE.read_bytes())
-    line = _one_error_line(run_cli('convert', copy, copy))
+    line = one_error_line(run_cli('convert', copy, copy))
     assert 'is also an input' in line
     assert copy.read_bytes() == BASE.read_bytes()
     ft.test_eq(sorted(p.name for p in tmp_path.iterdir()), ['bad.safetensors', 'copy.safetensors'])

@@ -4,19 +4,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import fastcore.test as ft
-from conftest import MODELS
+from conftest import MODELS, one_error_line
 from entrenar.io import Model, SaveConfig, load_model, save_model
 from entrenar.merge import merge_models
 
 BASE, A, B, C = (MODELS / f'tiny-llama{k}' for k in ('', '-a', '-b', '-c'))
 W = 'model.layers.1.self_attn.o_proj.weight'
-
-def _one_error_line(r):
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 1, (r.returncode, r.stderr)
-    assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
-    assert 'Traceback' not in r.stderr
-    return lines[0]
 
 def _nothing_written(folder, name):
     left = [p.name for p in Path(folder).iterdir() if name in p.name]
@@ -120,7 +113,7 @@ def test_bad_inputs_exit_1_one_line_no_output(run_cli, tmp_path):
         (('merge', A, B, '--method', 'linear', '--weights', '1,2,3'), ["3 values for 'weight'"]),
     ]
     for args, words in cases:
-        line = _one_error_line(run_cli(*args, '--output', out))
+        line = one_error_line(run_cli(*args, '--output', out))
         for w in words: assert w in line, (w, line)
         assert not out.exists(); _nothing_written(tmp_path, 'out.safetensors')
     r = run_cli('merge', A, tmp_path / 'inf.safetensors', '--method', 'linear', '--allow-nonfinite', '--quiet', '--output', out)
@@ -138,10 +131,10 @@ def test_bad_recipes(run_cli, tmp_path):
     }
     for name, (text, words) in recipes.items():
         (tmp_path / f'{name}.yml').write_text(text)
-        line = _one_error_line(run_cli('merge', '--config', tmp_path / f'{name}.yml', '--output', out))
+        line = one_error_line(run_cli('merge', '--config', tmp_path / f'{name}.yml', '--output', out))
         assert words in line, (name, line)
         assert not out.exists()
-    line = _one_error_line(run_cli('merge', '--config', tmp_path / 'nope.yml', '--output', out))
+    line = one_error_line(run_cli('merge', '--config', tmp_path / 'nope.yml', '--output', out))
     assert 'nope.yml' in line
     ft.test_eq(run_cli('merge', A, B, '--method', 'linear').returncode, 2)   # argparse: --output is required
 

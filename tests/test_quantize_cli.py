@@ -4,18 +4,11 @@ import numpy as np
 import pytest
 import fastcore.test as ft
 import gguf, safetensors.numpy
-from conftest import MODELS
+from conftest import MODELS, one_error_line
 from entrenar.io import load_model, save_model, Model, ModelMetadata
 from entrenar.quantize import load_quantized, Q4_0, Q8_0
 
 BASE = MODELS / 'tiny-llama' / 'model.safetensors'
-
-def _one_error_line(r):
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
-    assert 'Traceback' not in r.stderr
-    return lines[0]
 
 def test_help_lists_quantize(run_cli):
     r = run_cli('--help')
@@ -96,7 +89,7 @@ def test_nonfinite(run_cli, tmp_path):
     w = np.ones((4, 32), np.float32); w[2, 5] = np.nan
     save_model(Model(ModelMetadata('nan', 'test'), {'ok': np.ones((4, 32), np.float32), 'bad': w}), src)
     out = tmp_path / 'nan.gguf'
-    line = _one_error_line(run_cli('quantize', src, '--bits', '8', '--output', out))
+    line = one_error_line(run_cli('quantize', src, '--bits', '8', '--output', out))
     assert "tensor 'bad'" in line and '--allow-nonfinite' in line, line
     assert not out.exists()
     r = run_cli('quantize', src, '--bits', '8', '--output', out, '--allow-nonfinite', '--report')
@@ -123,17 +116,17 @@ def test_bad_requests_one_line_no_output(run_cli, tmp_path, args, msg):
     src = BASE
     if '--missing' in args: args = [a for a in args if a != '--missing']; src = tmp_path / 'missing.safetensors'
     out = tmp_path / f'out.{ext}'
-    line = _one_error_line(run_cli('quantize', src, *args, '--output', out))
+    line = one_error_line(run_cli('quantize', src, *args, '--output', out))
     assert msg in line, line
     ft.test_eq(sorted(p.name for p in tmp_path.iterdir()), [])
 
 def test_dequantize_bad_inputs(run_cli, tmp_path):
-    line = _one_error_line(run_cli('dequantize', tmp_path / 'none.json', '--output', tmp_path / 'o.safetensors'))
+    line = one_error_line(run_cli('dequantize', tmp_path / 'none.json', '--output', tmp_path / 'o.safetensors'))
     assert 'no such file' in line
-    line = _one_error_line(run_cli('dequantize', BASE, '--output', tmp_path / 'o.safetensors'))
+    line = one_error_line(run_cli('dequantize', BASE, '--output', tmp_path / 'o.safetensors'))
     assert 'not a quantized model' in line
     (tmp_path / 'broken.json').write_text('{"format": "entrenar-quantized", "tensors": [')
-    line = _one_error_line(run_cli('dequantize', tmp_path / 'broken.json', '--output', tmp_path / 'o.safetensors'))
+    line = one_error_line(run_cli('dequantize', tmp_path / 'broken.json', '--output', tmp_path / 'o.safetensors'))
     assert 'broken.json' in line
     ft.test_eq(sorted(p.name for p in tmp_path.iterdir()), ['broken.json'])
 
@@ -141,7 +134,7 @@ def test_output_is_not_input(run_cli, tmp_path):
     q = tmp_path / 'q.json'
     ft.test_eq(run_cli('quantize', BASE, '--bits', '8', '--output', q, '--quiet').returncode, 0)
     before = q.read_bytes()
-    line = _one_error_line(run_cli('dequantize', q, '--output', q))
+    line = one_error_line(run_cli('dequantize', q, '--output', q))
     assert 'is also an input' in line
     ft.test_eq(q.read_bytes(), before)
 

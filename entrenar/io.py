@@ -668,7 +668,7 @@ def _parse_blocks(values, n, out):
         cut = hi if cut < 0 else cut
         m = int(np.count_nonzero(np.frombuffer(data, np.uint8, cut - lo, lo) == 44)) + 1
         if k + m > n: raise ValueError(f"expected {n} numbers, found more")
-        parse_numbers(memoryview(data)[lo:cut], count=m, out=out[k:k + m])
+        with np.errstate(over='ignore'): parse_numbers(memoryview(data)[lo:cut], count=m, out=out[k:k + m])  # beyond float32's range: ±inf, as numpy casts
         _release(data, lo, cut)
         k, lo = k + m, cut + 1
     if k != n: raise ValueError(f"expected {n} numbers, found {k}")

@@ -7,6 +7,7 @@ Docs: https://entrenar.github.io/entrenar/quantize.html.md"""
 # %% ../nbs/04_quantize.ipynb #d3213cd1
 from __future__ import annotations
 import base64, dataclasses, functools, hashlib, json, math, os, re, sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -18,7 +19,7 @@ from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load
                          dtype_code, dtype_from_code, is_float_dtype)
 
 # %% auto #0
-__all__ = ['FLOAT32_TINY', 'BLOCK_FORMATS', 'CHUNK_BLOCKS', 'METHODS', 'GRANULARITIES', 'FORMAT_TAG', 'FORMAT_VERSION',
+__all__ = ['FLOAT32_TINY', 'BLOCK_FORMATS', 'CHUNK_BLOCKS', 'THREADS', 'METHODS', 'GRANULARITIES', 'FORMAT_TAG', 'FORMAT_VERSION',
            'SUFFIXES', 'BlockFormat', 'Q8_0', 'Q4_0', 'Q5_0', 'Q4_1', 'Q5_1', 'scale_overflow', 'get_block_format',
            'linear_quantize', 'linear_dequantize', 'pack_codes', 'unpack_codes', 'resolve_scheme', 'scheme_bits',
            'QuantizedTensor', 'quantize_tensor', 'tensor_error', 'plan_tensor', 'check_values', 'QuantizedModel',
@@ -95,6 +96,7 @@ def _unpack_high_bits(qh):
 # %% ../nbs/04_quantize.ipynb #a33ac828
 BLOCK_FORMATS = {}   # name -> BlockFormat subclass
 CHUNK_BLOCKS = 8192  # blocks per chunk: 1 MiB of float32, read from memory once and worked on in cache
+THREADS = min(os.cpu_count() or 1, 8)  # threads sharing one tensor's chunks on the CPU (numpy releases the GIL in its loops)
 
 class BlockFormat:
     "Base class of ggml's block formats; a subclass registers itself under its lower-case name"
@@ -111,6 +113,14 @@ def _check_rows(cls, shape, unit:int, what:str):
     if len(shape) == 0 or shape[-1] % unit:
         raise QuantizeError(f"{cls.name.upper()} needs rows of a multiple of {unit} {what}, got shape {tuple(shape)}")
 
+def _for_chunks(xp, n_blocks:int, work):
+    "Call `work(start)` for each chunk of blocks; on numpy, `THREADS` threads share them (each writes its own slice)"
+    starts = range(0, n_blocks, CHUNK_BLOCKS)
+    if xp is not np or THREADS < 2 or len(starts) < 4:
+        for s in starts: work(s)
+    else:
+        with ThreadPoolExecutor(THREADS) as ex: list(ex.map(work, starts))
+
 def _quantize(cls, x, # any float array whose last axis is a multiple of 32
              ):
     "Quantize `x` to packed blocks of ggml's byte shape `(..., row_bytes)` (uint8)"
@@ -118,13 +128,14 @@ def _quantize(cls, x, # any float array whose last axis is a multiple of 32
     _check_rows(cls, x.shape, cls.block_size, 'values')
     blocks = x.reshape(-1, cls.block_size)
     out = xp.empty((blocks.shape[0], cls.type_size), np.uint8)
-    with np.errstate(over='ignore', invalid='ignore'):  # scales beyond float16 become inf, as in ggml: see `scale_overflow`
-        for s in range(0, blocks.shape[0], CHUNK_BLOCKS):
+    def work(s):
+        with np.errstate(over='ignore', invalid='ignore'):  # scales beyond float16 become inf, as in ggml: see `scale_overflow`
             chunk, o = xp.ascontiguousarray(blocks[s:s + CHUNK_BLOCKS], dtype=np.float32), out[s:s + CHUNK_BLOCKS]
             d, minimum = cls.scales(chunk, *_block_max_min(chunk))
             _put_f16(o, 0, d)
             if minimum is not None: _put_f16(o, 2, minimum)
             cls.encode(chunk, _inverse_scale(d), minimum, o)
+    _for_chunks(xp, blocks.shape[0], work)
     return out.reshape(*x.shape[:-1], x.shape[-1] // cls.block_size * cls.type_size)
 
 def _dequantize(cls, data, # packed blocks, `(..., row_bytes)` uint8
@@ -134,7 +145,7 @@ def _dequantize(cls, data, # packed blocks, `(..., row_bytes)` uint8
     _check_rows(cls, data.shape, cls.type_size, 'bytes')
     blocks = data.reshape(-1, cls.type_size)
     out = xp.empty((blocks.shape[0], cls.block_size), np.float32)
-    for s in range(0, blocks.shape[0], CHUNK_BLOCKS): cls.decode(xp.ascontiguousarray(blocks[s:s + CHUNK_BLOCKS]), out[s:s + CHUNK_BLOCKS])
+    _for_chunks(xp, blocks.shape[0], lambda s: cls.decode(xp.ascontiguousarray(blocks[s:s + CHUNK_BLOCKS]), out[s:s + CHUNK_BLOCKS]))
     return out.reshape(*data.shape[:-1], data.shape[-1] // cls.type_size * cls.block_size)
 
 BlockFormat.quantize, BlockFormat.dequantize = classmethod(_quantize), classmethod(_dequantize)

@@ -444,19 +444,23 @@ def _as_text_array(a:np.ndarray) -> np.ndarray:
     if a.dtype.kind in 'iu' or a.dtype in (np.float64, np.float32): return a
     return a.astype(np.float32)  # f16, bf16, f8: exact in float32, shortest float32 digits read back exactly
 
-def format_numbers(a:np.ndarray, # any tensor
-                   fmt:ModelFormat=ModelFormat.Json, # decides how NaN and infinities are spelled
-                  ) -> bytes:
-    "The values of `a` as shortest round-trip decimal text separated by commas"
+def _number_text(a, fmt):
+    "The text of `format_numbers` as a view, without copying orjson's output"
     flat = _as_text_array(a)
-    if flat.size == 0: return b''
+    if flat.size == 0: return memoryview(b'')
     finite = True if flat.dtype.kind in 'iu' else bool(np.isfinite(flat).all())
-    if finite: return orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+    if finite: return memoryview(orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY))[1:-1]
     bad = ~np.isfinite(flat)
     toks = orjson.dumps(np.where(bad, 0, flat), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b',')
     nan, inf, ninf = _NONFINITE[fmt]
     for i in np.flatnonzero(bad): toks[i] = nan if np.isnan(flat[i]) else inf if flat[i] > 0 else ninf
-    return b','.join(toks)
+    return memoryview(b','.join(toks))
+
+def format_numbers(a:np.ndarray, # any tensor
+                   fmt:ModelFormat=ModelFormat.Json, # decides how NaN and infinities are spelled
+                  ) -> bytes:
+    "The values of `a` as shortest round-trip decimal text separated by commas"
+    return bytes(_number_text(a, fmt))
 
 # %% ../nbs/02_io.ipynb #c93772ce
 def _parameters_table(specs):
@@ -485,11 +489,11 @@ class _TextPart:
     def write(self, name, arr):
         self.pending[name] = arr
         while self.next < len(self.order) and self.order[self.next] in self.pending:
-            text = format_numbers(self.pending.pop(self.order[self.next]), self.fmt)
+            text = _number_text(self.pending.pop(self.order[self.next]), self.fmt)
             self.next += 1
-            if not text: continue
-            sep = b'' if self.first else (b',\n    ' if self.pretty else b',')
-            self.f.write((b'\n    ' if self.pretty and self.first else b'') + sep + text)
+            if not len(text): continue
+            self.f.write((b'\n    ' if self.pretty else b'') if self.first else (b',\n    ' if self.pretty else b','))
+            self.f.write(text)   # written from orjson's buffer as it is: no copy of a tensor's text
             self.first = False
 
     def finish(self):

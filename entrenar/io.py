@@ -399,7 +399,7 @@ def _plan_shards(specs, shard_size):
     return shards + [cur] if cur or not shards else shards
 
 def _resolve_target(path, config):
-    "Decide (format, folder-or-None, [file paths], index path or None, shards) for an output path"
+    "(path, format, is_folder) for an output path: a folder unless the path names a file by its extension"
     path, config = Path(path), config or SaveConfig()
     is_dir = path.is_dir() or (not path.suffix and config.format is None) or str(path).endswith(os.sep)
     fmt = config.format or (ModelFormat.SafeTensors if is_dir else ModelFormat.from_path(path))
@@ -670,7 +670,9 @@ def _parse_blocks(values, n, out):
     while lo < hi:
         cut = data.find(b',', lo + _BLOCK, hi) if lo + _BLOCK < hi else -1
         cut = hi if cut < 0 else cut
-        m = int(np.count_nonzero(np.frombuffer(data, np.uint8, cut - lo, lo) == 44)) + 1
+        # the last block holds whatever values remain; only earlier blocks need their commas counted
+        m = n - k if cut == hi else int(np.count_nonzero(np.frombuffer(data, np.uint8, cut - lo, lo) == 44)) + 1
+        if m <= 0: raise ValueError(f"expected {n} numbers, found more")
         if k + m > n: raise ValueError(f"expected {n} numbers, found more")
         with np.errstate(over='ignore'): parse_numbers(memoryview(data)[lo:cut], count=m, out=out[k:k + m])  # beyond float32's range: ±inf, as numpy casts
         _release(data, lo, cut)

@@ -30,15 +30,6 @@ def models(draw):
     for k, v in draw(st.dictionaries(names, json_values, max_size=4)).items(): meta = meta.with_custom(k, v)
     return Model(meta, params)
 
-def _same_bits(a, b):
-    if a.dtype.kind == 'f' and a.dtype.itemsize <= 8 or str(a.dtype) in ('bfloat16',):
-        pass
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-
-def _text_safe(a):
-    "Text formats store values, not bits: NaN payloads and the sign of NaN are not kept; compare NaN as NaN"
-    return a
-
 @pytest.mark.parametrize('ext', EXTS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(m=models())

@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/merge.html.md"""
 
 # %% ../nbs/03_merge.ipynb #48e7a82d
 from __future__ import annotations
-import argparse, collections, ctypes, hashlib, json, math, mmap, os, re, sys, time
+import argparse, collections, ctypes, functools, hashlib, json, math, mmap, os, re, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,6 +281,7 @@ def kth_value(values, # a flat array
              ):
     "The element of ascending `rank`, by partial selection; on large arrays a sorted sample first narrows the candidates"
     xp, n = get_array_module(values), values.size
+    if xp is not np: return xp.sort(values)[rank]   # on a GPU a radix sort is the fastest selection CuPy has
     if n <= 1 << 18: return xp.partition(values, rank)[rank]
     sample = xp.sort(values[::max(16, n >> 16)]); ns = sample.size
     q, margin = rank * ns / n, 4 * math.sqrt(ns) + 2
@@ -380,6 +381,89 @@ def sparsify(delta, # a task vector
     before, after = float(xp.abs(delta).sum()), float(xp.abs(kept).sum())
     return kept if before < 1e-7 or after < 1e-7 else kept * (before / after)
 
+# %% ../nbs/03_merge.ipynb #c5cbc2f2
+def _ties_select(x, b, k, scratch):
+    "The k-th largest |x - b| of flat float32 arrays by radix selection: (value, first position whose ties are kept, 1 if NaN)"
+    n = x.size
+    u = scratch.view(np.uint32)
+    hist = np.zeros(65536, np.int64)
+    for j in range(n):
+        a = abs(x[j] - b[j])
+        if a != a: return np.float32(0), n, 1
+        scratch[j] = a
+        hist[u[j] >> 16] += 1
+    r, below, hi = n - k, 0, 0   # ascending rank r: the first bin whose running count passes r holds it
+    while below + hist[hi] <= r:
+        below += hist[hi]; hi += 1
+    hist[:] = 0
+    for j in range(n):
+        if u[j] >> 16 == hi: hist[u[j] & 65535] += 1
+    r, lo = r - below, 0
+    while hist[lo] <= r:
+        r -= hist[lo]; below += hist[lo]; lo += 1
+    bits = np.uint32(hi * 65536 + lo)
+    keep, cut = k - (n - below - hist[lo]), n   # ties kept: k minus those strictly above, counted from the end
+    for j in range(n - 1, -1, -1):
+        if u[j] == bits:
+            keep -= 1
+            if keep == 0:
+                cut = j
+                break
+    v = np.empty(1, np.uint32); v[0] = bits
+    return v.view(np.float32)[0], cut, 0
+
+def _ties_combine(xs, b, thr, cut, w, normalize, scale, out):
+    "base + scale * (sum of the kept, weighted, sign-agreeing task vectors) / (their weights' sum), one block at a time"
+    m, n, one, zero, blk = len(xs), b.size, np.float32(1), np.float32(0), 4096
+    d, sign = np.empty((m, blk), np.float32), np.empty(blk, np.float32)
+    acc, div = np.empty(blk, np.float32), np.empty(blk, np.float32)
+    for s0 in range(0, n, blk):
+        L = min(blk, n - s0)
+        for i in range(m):   # the task vectors, times their mask (1 or 0: dropped values become ±0, as delta * mask) and weight
+            x, t, c, wi, row = xs[i], thr[i], cut[i], w[i], d[i]
+            for q in range(L):
+                di = x[s0 + q] - b[s0 + q]
+                a = abs(di)
+                row[q] = di * (one if (a > t) | ((a == t) & (s0 + q >= c)) else zero) * wi
+        for q in range(L): sign[q] = d[0, q]
+        for i in range(1, m):
+            for q in range(L): sign[q] += d[i, q]
+        for q in range(L):   # the elected sign: that of the sum; 0 elects +
+            sign[q] = np.float32(math.copysign(one, sign[q])); acc[q] = zero; div[q] = zero
+        for i in range(m):   # the values that agree with it, and their weights
+            wi = w[i]
+            for q in range(L):
+                v = d[i, q] * sign[q]
+                acc[q] += v if v > zero else zero
+                div[q] += wi if v > zero else zero
+        for q in range(L):
+            r = acc[q] * sign[q]
+            if normalize: r = r / (div[q] if div[q] != zero else one)
+            out[s0 + q] = r * scale + b[s0 + q] if scale != one else r + b[s0 + q]
+
+@functools.cache
+def _ties_kernels():
+    "`_ties_select` and `_ties_combine` compiled by numba (on first use; cached on disk)"
+    import numba
+    jit = numba.njit(nogil=True, cache=True, error_model='numpy')
+    return jit(_ties_select), jit(_ties_combine)
+
+def _ties_compiled(xs, base, p):
+    "TIES by the compiled loops, or None where they do not apply"
+    if (get_array_module(base, *xs) is not np or base.dtype != np.float32 or any(x.dtype != np.float32 for x in xs)
+        or p.rescale or base.size == 0 or min(p.density) <= 0): return None
+    select, combine = _ties_kernels()
+    b = np.ascontiguousarray(base).reshape(-1)
+    flat = tuple(np.ascontiguousarray(x).reshape(-1) for x in xs)
+    thr, cut, scratch = np.full(len(xs), -1, np.float32), np.zeros(len(xs), np.int64), np.empty(b.size, np.float32)
+    for i, (x, density) in enumerate(zip(flat, p.density)):
+        if density >= 1: continue   # keep everything: every magnitude beats -1
+        thr[i], cut[i], nan = select(x, b, max(1, int(density * b.size)), scratch)
+        if nan: return None
+    out = np.empty_like(b)
+    combine(flat, b, thr, cut, np.array(p.weight, np.float32), bool(p.normalize), np.float32(p['lambda']), out)
+    return out.reshape(base.shape)
+
 # %% ../nbs/03_merge.ipynb #1c2e3be0
 _BLOCK = 1 << 18 # elements per block in elementwise pipelines: temporaries stay in the CPU cache
 
@@ -415,9 +499,13 @@ def _combine(deltas, base, weights, elect_sign, normalize, scale):
     mixed += base
     return mixed
 
-def task_arithmetic_merge(xs, base, p, rng, sparsifier:str|None=None, elect_sign:bool=False):
+def task_arithmetic_merge(xs, base, p, rng, sparsifier:str|None=None, elect_sign:bool=False,
+                          compiled:bool=True): # TIES by the compiled loops where they apply
     "Sparsify, weight, (elect signs), sum, normalise and scale the task vectors, and add them to the base"
     if not xs: return base.copy()
+    if compiled and sparsifier == 'magnitude' and elect_sign:
+        out = _ties_compiled(xs, base, p)
+        if out is not None: return out
     xp, deltas = get_array_module(base, *xs), []
     for i, x in enumerate(xs):
         delta = x - base

@@ -7,6 +7,7 @@ mergekit lives in its own virtual environment (never a dependency of entrenar):
 
 Each tool runs the same YAML recipe in its own subprocess; peak RSS is that subprocess tree's maximum resident set
 (ru_maxrss, file-backed pages of memory-mapped inputs included). Both sides use the same number of threads.
+With --gpu, mergekit runs with --cuda and entrenar with ENTRENAR_BACKEND=cupy (both read and write on the CPU side).
 For the deterministic methods the outputs are compared in the same run. mergekit computes TIES in the inputs'
 dtype (bfloat16 here) and entrenar in float32, and bfloat16 task vectors have many ties at the top-k cut-off,
 so TIES outputs differ in places; a second TIES run with `dtype: float32` on both sides checks the math itself.
@@ -61,9 +62,9 @@ def recipe(method, folder, names):
 MEASURE = "import resource, subprocess, sys, time; t = time.perf_counter(); r = subprocess.run(sys.argv[1:]); " \
           "print(r.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)"
 
-def measure(cmd, log):
+def measure(cmd, log, env=None):
     "Run `cmd` in its own measuring subprocess: (wall seconds, peak RSS bytes of its process tree)"
-    out = subprocess.run([sys.executable, '-c', MEASURE, *map(str, cmd)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, '-c', MEASURE, *map(str, cmd)], capture_output=True, text=True, env={**os.environ, **(env or {})})
     rc, wall, rss = out.stdout.strip().splitlines()[-1].split()
     if rc != '0': sys.exit(f"failed: {' '.join(map(str, cmd))}\n{out.stderr[-3000:]}")
     log.write(out.stderr)
@@ -91,16 +92,19 @@ def main():
     ap.add_argument('--threads', type=int, default=os.cpu_count() or 1, help='threads for both tools')
     ap.add_argument('--mergekit', default=os.environ.get('MERGEKIT_YAML', '/work/mk-venv/bin/mergekit-yaml'))
     ap.add_argument('--entrenar', default=str(Path(sys.executable).parent / 'entrenar'))
+    ap.add_argument('--gpu', action='store_true', help='merge on the GPU: mergekit --cuda, entrenar on CuPy')
     ap.add_argument('--keep', action='store_true', help='keep the generated models for another run')
     ap.add_argument('--check-float32', action=argparse.BooleanOptionalAction, default=True, help='also compare TIES computed in float32 on both sides')
     args = ap.parse_args()
+    entrenar = [args.entrenar] if Path(args.entrenar).exists() else [sys.executable, '-c', 'import sys; from entrenar.cli import main; sys.exit(main())']
+    gpu_mk, gpu_en = (['--cuda'], dict(ENTRENAR_BACKEND='cupy')) if args.gpu else ([], None)
     if not Path(args.mergekit).exists(): sys.exit(f"mergekit-yaml not found at {args.mergekit}: install it in its own venv (see the docstring)")
     folder = Path(args.workdir); folder.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(getattr(ml_dtypes, args.dtype, None) or args.dtype)
     t = time.perf_counter()
     names, n_params = make_models(folder, args.models, args.layers, args.hidden, args.intermediate, args.vocab, dtype)
     print(f"{args.models} models of {n_params / 1e6:.0f}M parameters ({dtype.name}, {n_params * dtype.itemsize / 1e9:.2f} GB each) "
-          f"ready in {time.perf_counter() - t:.0f} s; {args.threads} threads per tool; entrenar --workers {args.threads}")
+          f"ready in {time.perf_counter() - t:.0f} s; {args.threads} threads per tool; entrenar --workers {args.threads}" + ("; on the GPU" if args.gpu else ""))
     env_threads = dict(OMP_NUM_THREADS=str(args.threads))
     os.environ.update(env_threads)
     rows, log = [], open(folder / 'bench.log', 'w')
@@ -109,8 +113,8 @@ def main():
     for method in args.methods.split(','):
         (folder / f'{method}.yml').write_text(recipe(method, folder, names))
         mk_out, en_out = folder / f'out-mk-{method}', folder / f'out-en-{method}'
-        mk = measure([args.mergekit, folder / f'{method}.yml', mk_out, '--quiet', '--random-seed', '0', '-j', args.threads], log)
-        en = measure([args.entrenar, 'merge', '--config', folder / f'{method}.yml', '--output', en_out, '--quiet', '--workers', args.threads], log)
+        mk = measure([args.mergekit, folder / f'{method}.yml', mk_out, '--quiet', '--random-seed', '0', '-j', args.threads, *gpu_mk], log)
+        en = measure([*entrenar, 'merge', '--config', folder / f'{method}.yml', '--output', en_out, '--quiet', '--workers', args.threads], log, gpu_en)
         if method == 'dare_ties': verdict = 'random masks (not comparable bit for bit)'
         else:
             worst, ulp, frac = compare(en_out, mk_out)
@@ -121,8 +125,8 @@ def main():
         text = recipe('ties', folder, names) + 'dtype: float32\n'
         (folder / 'ties32.yml').write_text(text)
         mk_out, en_out = folder / 'out-mk-ties32', folder / 'out-en-ties32'
-        measure([args.mergekit, folder / 'ties32.yml', mk_out, '--quiet', '-j', args.threads], log)
-        measure([args.entrenar, 'merge', '--config', folder / 'ties32.yml', '--output', en_out, '--quiet', '--workers', args.threads], log)
+        measure([args.mergekit, folder / 'ties32.yml', mk_out, '--quiet', '-j', args.threads, *gpu_mk], log)
+        measure([*entrenar, 'merge', '--config', folder / 'ties32.yml', '--output', en_out, '--quiet', '--workers', args.threads], log, gpu_en)
         worst, ulp, frac = compare(en_out, mk_out)
         print(f"\nties with `dtype: float32` (both compute in float32): max abs diff {worst:.2g} ({ulp:.2g} ulp), {frac:.4%} of elements differ")
         for o in (mk_out, en_out): subprocess.run(['rm', '-rf', str(o)])

@@ -20,9 +20,9 @@ step() { local name=$1 limit=$2; shift 2; echo "=== $name ($(date +%T), limit ${
   timeout "$limit" "$@" 2>&1 | tee "$LOG/$name.log"; local rc=${PIPESTATUS[0]}; echo "=== $name: exit $rc in $((SECONDS - t)) s"; }
 
 step env 60 bash -c "nvidia-smi -L; $PY -c 'import sys, numpy, cupy, numba; print(sys.version.split()[0], \"numpy\", numpy.__version__, \"cupy\", cupy.__version__, \"numba\", numba.__version__, cupy.cuda.runtime.getDeviceCount(), \"GPU\")'"
-step pytest-gpu 150 $PY -m pytest -q -p no:cacheprovider -m gpu -rs tests
-step nbdev-gpu 150 bash -c 'for nb in 01_backend 03_merge 04_quantize; do nbdev-test --flags gpu nbs/$nb.ipynb && echo "$nb: passed" || echo "$nb: FAILED"; done'
-step bench-quantize-gpu 60 $PY benchmarks/quantize/bench.py --gpu --repeat 3
+step pytest-gpu 100 $PY -m pytest -q -p no:cacheprovider -m gpu -rs tests
+step nbdev-gpu 120 bash -c 'for nb in 01_backend 03_merge 04_quantize; do nbdev-test --flags gpu nbs/$nb.ipynb && echo "$nb: passed" || echo "$nb: FAILED"; done'
+step bench-quantize-gpu 40 $PY benchmarks/quantize/bench.py --gpu --repeat 3
 MK=${MERGEKIT_YAML:-/tmp/site/bin/mergekit-yaml}
 step bench-merge-gpu 200 $PY benchmarks/merge/bench.py --gpu --keep --no-check-float32 --mergekit "$MK"
-step bench-merge-cpu 150 $PY benchmarks/merge/bench.py --methods ties,linear --no-check-float32 --mergekit "$MK"
+step bench-merge-cpu 110 $PY benchmarks/merge/bench.py --methods ties,linear --no-check-float32 --mergekit "$MK"

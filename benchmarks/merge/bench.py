@@ -7,7 +7,8 @@ mergekit lives in its own virtual environment (never a dependency of entrenar):
 
 Each tool runs the same YAML recipe in its own subprocess; peak RSS is that subprocess tree's maximum resident set
 (ru_maxrss, file-backed pages of memory-mapped inputs included). Both sides use the same number of threads.
-With --gpu, mergekit runs with --cuda and entrenar with ENTRENAR_BACKEND=cupy (both read and write on the CPU side).
+With --gpu, mergekit runs with --cuda and entrenar with ENTRENAR_BACKEND=cupy (both read and write on the CPU side),
+after one untimed merge of tiny models per method and tool (CuPy compiles its kernels on first use and caches them).
 For the deterministic methods the outputs are compared in the same run. mergekit computes TIES in the inputs'
 dtype (bfloat16 here) and entrenar in float32, and bfloat16 task vectors have many ties at the top-k cut-off,
 so TIES outputs differ in places; a second TIES run with `dtype: float32` on both sides checks the math itself.
@@ -103,11 +104,19 @@ def main():
     dtype = np.dtype(getattr(ml_dtypes, args.dtype, None) or args.dtype)
     t = time.perf_counter()
     names, n_params = make_models(folder, args.models, args.layers, args.hidden, args.intermediate, args.vocab, dtype)
+    os.sync()   # fresh models: let their write-back finish before anything is timed
     print(f"{args.models} models of {n_params / 1e6:.0f}M parameters ({dtype.name}, {n_params * dtype.itemsize / 1e9:.2f} GB each) "
           f"ready in {time.perf_counter() - t:.0f} s; {args.threads} threads per tool; entrenar --workers {args.threads}" + ("; on the GPU" if args.gpu else ""))
     env_threads = dict(OMP_NUM_THREADS=str(args.threads))
     os.environ.update(env_threads)
     rows, log = [], open(folder / 'bench.log', 'w')
+    if args.gpu:   # CuPy compiles each kernel on first use and caches it on disk: warm that cache (and CUDA) on tiny models first
+        small = folder / 'warm-up'; small_names, _ = make_models(small, args.models, 1, 128, 256, 512, dtype)
+        for method in args.methods.split(','):
+            (small / f'{method}.yml').write_text(recipe(method, small, small_names))
+            measure([args.mergekit, small / f'{method}.yml', small / 'out-mk', '--quiet', '--cuda'], log)
+            measure([*entrenar, 'merge', '--config', small / f'{method}.yml', '--output', small / 'out-en', '--quiet'], log, gpu_en)
+            for o in ('out-mk', 'out-en'): subprocess.run(['rm', '-rf', str(small / o)])
     print(f"\n| method | mergekit s | entrenar s | speed-up | mergekit peak RSS | entrenar peak RSS | RSS ratio | outputs |")
     print(f"|---|---|---|---|---|---|---|---|")
     for method in args.methods.split(','):

@@ -37,26 +37,26 @@ def _scan(a, pos, hi, stop, out, k, n, slow):
     while True:
         start = pos
         p = pos
-        while p < hi and (a[p] == 32 or a[p] == 10 or a[p] == 13 or a[p] == 9): p += 1
+        while p < hi and (a[_U(p)] == 32 or a[_U(p)] == 10 or a[_U(p)] == 13 or a[_U(p)] == 9): p += 1
         t0 = p
         neg = signed = False
         if p < hi:
-            neg = a[p] == 45
-            signed = neg or a[p] == 43
+            neg = a[_U(p)] == 45
+            signed = neg or a[_U(p)] == 43
             p += signed
         m = 0; e10 = 0; ndig = 0; big = False   # value = m * 10**e10, m < 10**18
         while p < hi:
-            d = np.int64(a[p]) - 48
+            d = np.int64(a[_U(p)]) - 48
             if d < 0 or d > 9: break
             if m < _E17: m = m * 10 + d
             else:
                 e10 += 1; big |= d != 0
             ndig += 1; p += 1
-        if p < hi and a[p] == 46:
+        if p < hi and a[_U(p)] == 46:
             p += 1
             if p + 8 <= hi and m < _E10:   # up to eight digits at once (SWAR)
                 w = _U0
-                for j in range(8): w |= _U(a[p + j]) << _U(8 * j)
+                for j in range(8): w |= _U(a[_U(p + j)]) << _U(8 * j)
                 x = ((w & _HI4) | (((w + _SIX) & _HI4) >> _U(4))) ^ _THREE   # zero bytes: digits
                 x = (((x & _LO7) + _LO7) | x) & _TOP                          # top bit: not a digit
                 nd = 8 if x == _U0 else np.int64((((x & (~x + _U(1))) >> _U(7)) * _IDX) >> _U(56))
@@ -65,32 +65,32 @@ def _scan(a, pos, hi, stop, out, k, n, slow):
                     w = ((w * _K1) >> _U(8)) & _M2
                     w = ((w * _K2) >> _U(16)) & _M3
                     w = (w * _K3) >> _U(32)
-                    m = m * _P10I[nd] + np.int64(w)
+                    m = m * _P10I[_U(nd)] + np.int64(w)
                     e10 -= nd; ndig += nd; p += nd
             while p < hi:
-                d = np.int64(a[p]) - 48
+                d = np.int64(a[_U(p)]) - 48
                 if d < 0 or d > 9: break
                 if m < _E17:
                     m = m * 10 + d; e10 -= 1
                 else: big |= d != 0
                 ndig += 1; p += 1
         ok = ndig > 0
-        if ok and p < hi and (a[p] | 32) == 101:
+        if ok and p < hi and (a[_U(p)] | 32) == 101:
             p += 1
             eneg = False
-            if p < hi and (a[p] == 45 or a[p] == 43):
-                eneg = a[p] == 45; p += 1
+            if p < hi and (a[_U(p)] == 45 or a[_U(p)] == 43):
+                eneg = a[_U(p)] == 45; p += 1
             ev = 0; ne = 0
             while p < hi:
-                d = np.int64(a[p]) - 48
+                d = np.int64(a[_U(p)]) - 48
                 if d < 0 or d > 9: break
                 if ev < 100000: ev = ev * 10 + d
                 ne += 1; p += 1
             ok = ne > 0
             e10 += -ev if eneg else ev
         te = p
-        while p < hi and (a[p] == 32 or a[p] == 10 or a[p] == 13 or a[p] == 9): p += 1
-        if p < hi and a[p] != 44: ok = False
+        while p < hi and (a[_U(p)] == 32 or a[_U(p)] == 10 or a[_U(p)] == 13 or a[_U(p)] == 9): p += 1
+        if p < hi and a[_U(p)] != 44: ok = False
         v = 0.0
         if not ok:      # NaN or infinity, spelled one of the _WORDS ways, or an error
             q = t0 + signed
@@ -101,31 +101,31 @@ def _scan(a, pos, hi, stop, out, k, n, slow):
                     if q + L > hi or (w == 4 and signed): continue
                     same = True
                     for j in range(L):
-                        c = np.int64(a[q + j])
+                        c = np.int64(a[_U(q + j)])
                         if 65 <= c <= 90: c += 32
                         if c != _WORD[w, j]:
                             same = False; break
                     if not same: continue
                     p = q + L
-                    while p < hi and (a[p] == 32 or a[p] == 10 or a[p] == 13 or a[p] == 9): p += 1
-                    if p == hi or a[p] == 44:
+                    while p < hi and (a[_U(p)] == 32 or a[_U(p)] == 10 or a[_U(p)] == 13 or a[_U(p)] == 9): p += 1
+                    if p == hi or a[_U(p)] == 44:
                         found = True
                         v = np.nan if w == 2 or w == 4 else (-np.inf if neg else np.inf)
                         break
             if not found: return _BAD, start, k, ns
-            out[k] = v
+            out[_U(k)] = v
         elif big or (m != 0 and not (-22 <= e10 <= 22 and m <= _TWO53)
                      and not (e10 > 22 and e10 - 22 < 16 and m <= _TWO53 // _P10I[e10 - 22])
                      and not -22 <= e10 <= 0):
-            out[k] = 0.0       # outside every exact path: float() converts it afterwards
+            out[_U(k)] = 0.0       # outside every exact path: float() converts it afterwards
             slow[ns, 0] = t0; slow[ns, 1] = te; slow[ns, 2] = k
             ns += 1
         else:
             if m == 0: v = 0.0
             elif -22 <= e10 <= 22 and m <= _TWO53:    # Clinger: m and 10**|e10| exact, one rounding
                 v = float(m)
-                if e10 >= 0: v *= _P10[e10]
-                else: v /= _P10[-e10]
+                if e10 >= 0: v *= _P10[_U(e10)]
+                else: v /= _P10[_U(-e10)]
             elif e10 > 22:                            # m * 10**(e10 - 22) still exact, then one rounding
                 v = float(m * _P10I[e10 - 22]) * 1e22
             elif e10 == 0: v = float(m)               # a single rounding of the integer
@@ -138,7 +138,7 @@ def _scan(a, pos, hi, stop, out, k, n, slow):
                     Q = (Q << 8) | (R // D); R = R % D; sh += 8
                 if R != 0: Q |= 1
                 v = math.ldexp(float(Q), -sh)
-            out[k] = -v if neg else v
+            out[_U(k)] = -v if neg else v
         k += 1
         if p == hi: return _END, hi, k, ns
         if k == n: return _FULL, p, k, ns

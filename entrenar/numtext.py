@@ -159,6 +159,7 @@ def _kernel():
 # %% ../nbs/02a_numtext.ipynb #ac7ecc2c
 def _fill(a, pos, hi, out, k, n, release=None, block=1 << 24):
     "Parse values into out[k:n] from a[pos:hi], a block at a time"
+    if not 0 <= k < n <= len(out): raise ValueError(f'no room for values in out[{k}:{n}]')   # the loop writes before it checks
     scan, slow = _kernel(), np.empty((1024, 3), np.int64)
     while True:
         why, p, k, ns = scan(a, pos, hi, min(pos + block, hi), out, k, n, slow)
@@ -210,6 +211,7 @@ def _read(a, pos, hi, out, base=0, release=None, block=1 << 24, threads=None, mi
         why, p, k = _fill(a, pos, hi, out, 0, n, release, block)
         if why == _BAD: raise _bad_token(a, p, hi, base + k)
         return p, k
+    _kernel()                                 # compiled (or loaded) before the threads need it
     res = [None] * len(parts)
     def work(i):
         s, e, g, lim = parts[i]

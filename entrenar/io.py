@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np, ml_dtypes, orjson, yaml
 from .errors import *
 from .backend import to_numpy
-from .numtext import parse_numbers
+from .numtext import parse_numbers, _read
 
 # %% auto #0
 __all__ = ['DTYPES', 'MAX_HEADER', 'dtype_from_code', 'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata',
@@ -619,7 +619,7 @@ def _values_count(spec): return spec.size * (2 if spec.dtype == np.complex64 els
 _BLOCK = 1 << 24
 
 def _nth_comma(data, pos, hi, n, block=_BLOCK):
-    "Index of the `n`-th comma in `data[pos:hi]`, or -1 if there are fewer"
+    "Index of the `n`-th comma in `data[pos:hi]`, or -1 if there are fewer (64-bit integer tensors are cut out this way)"
     while pos < hi:
         stop = min(pos + block, hi)
         hits = np.flatnonzero(np.frombuffer(data, np.uint8, stop - pos, pos) == 44)
@@ -638,23 +638,6 @@ def _find_release(data, sub, lo, block=_BLOCK):
         lo = stop
     return -1
 
-def _tensor_texts(data, lo, hi, specs, path):
-    "Cut the data text `data[lo:hi]` into each tensor's slice, by counting commas"
-    need = sum(_values_count(s) for s in specs)
-    if need > (hi - lo) // 2 + 1: raise SerializationError(f"the parameters' shapes need {need} values but data holds at most {(hi - lo) // 2 + 1}", path=path)
-    last = max([i for i, s in enumerate(specs) if _values_count(s)], default=None)
-    if last is None and bytes(data[lo:hi]).strip(): raise SerializationError("data holds values but the parameters need none", path=path)
-    pos = lo
-    for i, s in enumerate(specs):
-        n = _values_count(s)
-        if n == 0: yield s, (b'', 0, 0); continue
-        end = _nth_comma(data, pos, hi, n)
-        if i == last:
-            if end >= 0: raise SerializationError("data holds more values than the parameters' shapes need", path=path)
-            end = hi
-        elif end < 0: raise SerializationError("data ends before this tensor's values", path=path, tensor=s.name)
-        yield s, (data, pos, end); pos = end + 1
-
 def _to_int(t):
     if isinstance(t, bool): return int(t)
     try: return int(t)
@@ -663,25 +646,8 @@ def _to_int(t):
         if not f.is_integer(): raise ValueError(f"{t!r} is not an integer")
         return int(f)
 
-def _parse_blocks(values, n, out):
-    "Parse a long stretch of text into `out` a block at a time, so only one block of a mapped file is resident"
-    data, lo, hi = values if isinstance(values, tuple) else (values, 0, len(values))
-    k = 0
-    while lo < hi:
-        cut = data.find(b',', lo + _BLOCK, hi) if lo + _BLOCK < hi else -1
-        cut = hi if cut < 0 else cut
-        # the last block holds whatever values remain; only earlier blocks need their commas counted
-        m = n - k if cut == hi else int(np.count_nonzero(np.frombuffer(data, np.uint8, cut - lo, lo) == 44)) + 1
-        if m <= 0: raise ValueError(f"expected {n} numbers, found more")
-        if k + m > n: raise ValueError(f"expected {n} numbers, found more")
-        with np.errstate(over='ignore'): parse_numbers(memoryview(data)[lo:cut], count=m, out=out[k:k + m])  # beyond float32's range: ±inf, as numpy casts
-        _release(data, lo, cut)
-        k, lo = k + m, cut + 1
-    if k != n: raise ValueError(f"expected {n} numbers, found {k}")
-    return out
-
 def _parse_tensor(values, spec, path):
-    "One tensor from its slice of the data: text (the fast path) or a list of parsed JSON/YAML values"
+    "One tensor from a list of parsed JSON/YAML values, or a 64-bit integer tensor from its slice `(data, lo, hi)` of the text"
     n, dt = _values_count(spec), spec.dtype
     if dt in (np.dtype(np.int64), np.dtype(np.uint64)):  # floats are exact only to 2**53: read 64-bit integers as integers
         toks = values if isinstance(values, list) else bytes(memoryview(values[0])[values[1]:values[2]]).split(b',')
@@ -694,14 +660,41 @@ def _parse_tensor(values, spec, path):
             raise SerializationError(f"{dtype_code(dt).lower()} tensor holds a value outside its range", path=path, tensor=spec.name)
         return np.array(ints, dtype=dt).reshape(spec.shape)
     try:
-        if isinstance(values, list):
-            vals = np.array([float(v) if not isinstance(v, str) else parse_numbers(v.encode())[0] for v in values], np.float64)
-            if len(vals) != n: raise ValueError(f"expected {n} numbers, found {len(vals)}")
-        elif dt in (np.float32, np.float64, np.complex64):  # parsed straight into the tensor's dtype
-            vals = _parse_blocks(values, n, np.empty(n, np.float32 if dt == np.complex64 else dt))
-        else: vals = parse_numbers(memoryview(values[0])[values[1]:values[2]], count=n)
+        vals = np.array([float(v) if not isinstance(v, str) else parse_numbers(v.encode())[0] for v in values], np.float64)
+        if len(vals) != n: raise ValueError(f"expected {n} numbers, found {len(vals)}")
     except (ValueError, TypeError, IndexError) as e: raise SerializationError(f"data: {e}", path=path, tensor=spec.name) from None
     return _cast_values(vals, spec, path).reshape(spec.shape)
+
+# %% ../nbs/02_io.ipynb #bf523aec
+def _read_tensor(a, data, pos, hi, spec, path, last):
+    "(tensor, where the next one's text starts) for the tensor whose values start at `a[pos]`; `last`: no tensor after it has values"
+    n, dt = _values_count(spec), spec.dtype
+    if n == 0: return np.zeros(spec.shape, dt), pos
+    if dt in (np.dtype(np.int64), np.dtype(np.uint64)):
+        end = _nth_comma(data, pos, hi, n)
+        if last:
+            if end >= 0: raise SerializationError("data holds more values than the parameters' shapes need", path=path)
+            end = hi
+        elif end < 0: raise SerializationError("data ends before this tensor's values", path=path, tensor=spec.name)
+        return _parse_tensor((data, pos, end), spec, path), end + 1
+    out = np.empty(n, np.float32 if dt == np.complex64 else dt if dt in (np.float32, np.float64) else np.float64)
+    try: end, k = _read(a, pos, hi, out, release=lambda lo, up: _release(data, lo, up), block=_BLOCK)
+    except ValueError as e: raise SerializationError(f"data: {e}", path=path, tensor=spec.name) from None
+    if end < hi:    # n values read, more follow
+        if last: raise SerializationError("data holds more values than the parameters' shapes need", path=path)
+    elif last and k < n: raise SerializationError(f"data: expected {n} numbers, found {k}", path=path, tensor=spec.name)
+    elif not last: raise SerializationError("data ends before this tensor's values", path=path, tensor=spec.name)
+    return _cast_values(out, spec, path).reshape(spec.shape), end + 1
+
+def _parse_data(data, lo, hi, specs, path):
+    "{name: tensor} from the text of the data array, `data[lo:hi]`"
+    need = sum(_values_count(s) for s in specs)
+    if need > (hi - lo) // 2 + 1: raise SerializationError(f"the parameters' shapes need {need} values but data holds at most {(hi - lo) // 2 + 1}", path=path)
+    last = max([i for i, s in enumerate(specs) if _values_count(s)], default=None)
+    if last is None and bytes(data[lo:hi]).strip(): raise SerializationError("data holds values but the parameters need none", path=path)
+    a, params, pos = np.frombuffer(data, np.uint8), {}, lo
+    for i, s in enumerate(specs): params[s.name], pos = _read_tensor(a, data, pos, hi, s, path, i == last)
+    return params
 
 # %% ../nbs/02_io.ipynb #a9c0e46a
 def _yaml_loader():
@@ -794,7 +787,7 @@ def _load_text(path, fmt):
     specs, meta = _parse_specs(head, path), _parse_metadata(head, path)
     if span is not None:
         data, lo, hi = span
-        params = {s.name: _parse_tensor(t, s, path) for s, t in _tensor_texts(data, lo, hi, specs, path)}
+        params = _parse_data(data, lo, hi, specs, path)
     else:
         data = head.get('data')
         if not isinstance(data, list): raise SerializationError("'data' is missing or not a list", path=path)

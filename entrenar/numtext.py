@@ -1,4 +1,4 @@
-"""Parse millions of decimal numbers per second from JSON/YAML text into numpy arrays, exactly
+"""Parse hundreds of millions of decimal numbers from JSON/YAML text into numpy arrays, exactly, in one pass
 
 Docs: https://entrenar.github.io/entrenar/numtext.html.md"""
 
@@ -6,443 +6,246 @@ Docs: https://entrenar.github.io/entrenar/numtext.html.md"""
 
 # %% ../nbs/02a_numtext.ipynb #14f6d240
 from __future__ import annotations
-import math
+import math, os, threading
 import numpy as np
 
 # %% auto #0
 __all__ = ['parse_numbers']
 
 # %% ../nbs/02a_numtext.ipynb #135ecd26
+_P10 = np.array([10.0 ** k for k in range(23)])            # exact in float64
+_P10I = np.array([10 ** k for k in range(19)], np.int64)
+_P5 = np.array([5 ** k for k in range(23)], np.int64)       # 5**22 < 2**52
+_TWO53 = 1 << 53
+_WORDS = [b'infinity', b'inf', b'nan', b'.inf', b'.nan']     # longest first: 'infinity' before 'inf'
+_WORD = np.zeros((len(_WORDS), 8), np.uint8)
+for _i, _w in enumerate(_WORDS): _WORD[_i, :len(_w)] = np.frombuffer(_w, np.uint8)
+_WLEN = np.array([len(w) for w in _WORDS], np.int64)
+_MORE, _FULL, _END, _BAD = 0, 1, 2, 3    # why the loop returned
+_E10, _E17 = 10 ** 10, 10 ** 17
+# eight digits at once: the masks that find the leading digits of a little-endian word, and the three
+# multiply-and-mask steps that add them up (SWAR)
 _U = np.uint64
-_M1, _M2, _M3 = _U(0x0F0F0F0F0F0F0F0F), _U(0x00FF00FF00FF00FF), _U(0x0000FFFF0000FFFF)
+_U0, _LOW4, _HI4, _SIX, _THREE = _U(0), _U(0x0F0F0F0F0F0F0F0F), _U(0xF0F0F0F0F0F0F0F0), _U(0x0606060606060606), _U(0x3333333333333333)
+_LO7, _TOP, _IDX = _U(0x7F7F7F7F7F7F7F7F), _U(0x8080808080808080), _U(0x0001020304050607)
 _K1, _K2, _K3 = _U(2561), _U(6553601), _U(42949672960001)
-_S8, _S16, _S32 = _U(8), _U(16), _U(32)
-_P10I = np.array([10**k for k in range(20)], dtype=np.uint64)
-_P10F = np.array([10.0**k for k in range(23)], dtype=np.float64)  # all exact
-_P5 = np.array([5**k for k in range(23)], dtype=np.uint64)   # 5**22 < 2**52
-_SHIFT = np.array([8 * (8 - n) for n in range(9)], dtype=np.uint64)  # n digits kept -> shift
-_TWO53 = 2**53
-_RX = None
-_PAD = 32
-_WS = (32, 9, 10, 13)
-
-# non-finite spellings (JSON5 / Python / YAML), compared lower-cased: the same set as
-# entrenar.io's current parse_numbers accepts
-_NONFINITE = {'nan': math.nan, '.nan': math.nan, '+nan': math.nan, '-nan': math.nan,
-              'inf': math.inf, '+inf': math.inf, 'infinity': math.inf, '+infinity': math.inf,
-              '.inf': math.inf, '+.inf': math.inf,
-              '-inf': -math.inf, '-infinity': -math.inf, '-.inf': -math.inf}
+_M2, _M3 = _U(0x00FF00FF00FF00FF), _U(0x0000FFFF0000FFFF)
 
 # %% ../nbs/02a_numtext.ipynb #abea47af
-def _bad_token(index, text):
-    t = bytes(text)[:40].decode('utf-8', 'replace')
-    return ValueError(f'number {index} is not a number: {t!r}')
-
-
-def _load(A, pos):
-    "The 8 bytes at byte offsets `pos` of the buffer viewed by the aligned uint64 array A."
-    q = pos >> 3
-    r = np.bitwise_and(pos, 7).view(np.uint64)
-    r <<= _U(3)
-    lo = np.take(A, q)
-    q += 1
-    hi = np.take(A, q)
-    lo >>= r
-    r ^= _U(63)          # 63 - 8*(pos & 7)
-    hi <<= r
-    hi <<= _U(1)
-    lo |= hi
-    return lo
-
-
-def _swar(A, pos, n):
-    "Value of the n (0..8, per element) decimal digits starting at byte positions `pos`."
-    w = _load(A, pos)
-    sh = np.subtract(8, n)
-    sh <<= 3
-    w <<= sh.view(np.uint64)  # keep the first n bytes, as the high bytes
-    w &= _M1
-    w *= _K1; w >>= _S8
-    w &= _M2
-    w *= _K2; w >>= _S16
-    w &= _M3
-    w *= _K3; w >>= _S32
-    return w
-
-
-def _digits(A, pos, n, nmax):
-    "Value of n (0..19 per element, max nmax) digits starting at `pos`, as uint64."
-    if nmax <= 8: return _swar(A, pos, n)
-    v = _swar(A, pos, np.minimum(n, 8))
-    lng = np.flatnonzero(n > 8)
-    if lng.size:
-        nl = np.take(n, lng); nl -= 8
-        p = np.take(pos, lng); p += 8
-        v2 = np.take(v, lng)
-        v2 *= np.take(_P10I, nl)
-        v2 += _digits(A, p, nl, nmax - 8)
-        v[lng] = v2
-    return v
-
-
-def _div_pow10(M, k):
-    """Correctly rounded float64 of M / 10**k, for uint64 M and k in 0..22 (int64 arrays).
-    10**k = 5**k * 2**k: long-divide M by 5**k (< 2**52) in uint64 until the quotient has
-    at least 56 bits, OR the remainder's non-zeroness into bit 0 (sticky bit), convert (one
-    correct rounding), then scale by a power of two (exact: the results here are normal)."""
-    D = np.take(_P5, k)
-    Q, R = np.divmod(M, D)
-    sh = k.copy()
-    lim = _U(1 << 55)
-    todo = np.flatnonzero(Q < lim)
-    while todo.size:
-        q = np.take(Q, todo); r = np.take(R, todo); dd = np.take(D, todo)
-        q <<= _U(9); r <<= _U(9)          # q < 2**55, r < 2**52: no overflow
-        q2, r = np.divmod(r, dd)
-        q |= q2
-        Q[todo] = q; R[todo] = r
-        sh[todo] += 9
-        todo = todo[q < lim]
-    Q |= (R != 0).astype(np.uint64)
-    return np.ldexp(Q.astype(np.float64), -sh)
+def _scan(a, pos, hi, stop, out, k, n, slow):
+    ns = 0
+    while True:
+        start = pos
+        p = pos
+        while p < hi and (a[_U(p)] == 32 or a[_U(p)] == 10 or a[_U(p)] == 13 or a[_U(p)] == 9): p += 1
+        t0 = p
+        neg = signed = False
+        if p < hi:
+            neg = a[_U(p)] == 45
+            signed = neg or a[_U(p)] == 43
+            p += signed
+        m = 0; e10 = 0; ndig = 0; big = False   # value = m * 10**e10, m < 10**18
+        while p < hi:
+            d = np.int64(a[_U(p)]) - 48
+            if d < 0 or d > 9: break
+            if m < _E17: m = m * 10 + d
+            else:
+                e10 += 1; big |= d != 0
+            ndig += 1; p += 1
+        if p < hi and a[_U(p)] == 46:
+            p += 1
+            if p + 8 <= hi and m < _E10:   # up to eight digits at once (SWAR)
+                w = _U0
+                for j in range(8): w |= _U(a[_U(p + j)]) << _U(8 * j)
+                x = ((w & _HI4) | (((w + _SIX) & _HI4) >> _U(4))) ^ _THREE   # zero bytes: digits
+                x = (((x & _LO7) + _LO7) | x) & _TOP                          # top bit: not a digit
+                nd = 8 if x == _U0 else np.int64((((x & (~x + _U(1))) >> _U(7)) * _IDX) >> _U(56))
+                if nd:
+                    w = (w & _LOW4) << _U(64 - 8 * nd)
+                    w = ((w * _K1) >> _U(8)) & _M2
+                    w = ((w * _K2) >> _U(16)) & _M3
+                    w = (w * _K3) >> _U(32)
+                    m = m * _P10I[_U(nd)] + np.int64(w)
+                    e10 -= nd; ndig += nd; p += nd
+            while p < hi:
+                d = np.int64(a[_U(p)]) - 48
+                if d < 0 or d > 9: break
+                if m < _E17:
+                    m = m * 10 + d; e10 -= 1
+                else: big |= d != 0
+                ndig += 1; p += 1
+        ok = ndig > 0
+        if ok and p < hi and (a[_U(p)] | 32) == 101:
+            p += 1
+            eneg = False
+            if p < hi and (a[_U(p)] == 45 or a[_U(p)] == 43):
+                eneg = a[_U(p)] == 45; p += 1
+            ev = 0; ne = 0
+            while p < hi:
+                d = np.int64(a[_U(p)]) - 48
+                if d < 0 or d > 9: break
+                if ev < 100000: ev = ev * 10 + d
+                ne += 1; p += 1
+            ok = ne > 0
+            e10 += -ev if eneg else ev
+        te = p
+        while p < hi and (a[_U(p)] == 32 or a[_U(p)] == 10 or a[_U(p)] == 13 or a[_U(p)] == 9): p += 1
+        if p < hi and a[_U(p)] != 44: ok = False
+        v = 0.0
+        if not ok:      # NaN or infinity, spelled one of the _WORDS ways, or an error
+            q = t0 + signed
+            found = False
+            if ndig == 0:
+                for w in range(_WLEN.size):
+                    L = _WLEN[w]
+                    if q + L > hi or (w == 4 and signed): continue
+                    same = True
+                    for j in range(L):
+                        c = np.int64(a[_U(q + j)])
+                        if 65 <= c <= 90: c += 32
+                        if c != _WORD[w, j]:
+                            same = False; break
+                    if not same: continue
+                    p = q + L
+                    while p < hi and (a[_U(p)] == 32 or a[_U(p)] == 10 or a[_U(p)] == 13 or a[_U(p)] == 9): p += 1
+                    if p == hi or a[_U(p)] == 44:
+                        found = True
+                        v = np.nan if w == 2 or w == 4 else (-np.inf if neg else np.inf)
+                        break
+            if not found: return _BAD, start, k, ns
+            out[_U(k)] = v
+        elif big or (m != 0 and not (-22 <= e10 <= 22 and m <= _TWO53)
+                     and not (e10 > 22 and e10 - 22 < 16 and m <= _TWO53 // _P10I[e10 - 22])
+                     and not -22 <= e10 <= 0):
+            out[_U(k)] = 0.0       # outside every exact path: float() converts it afterwards
+            slow[ns, 0] = t0; slow[ns, 1] = te; slow[ns, 2] = k
+            ns += 1
+        else:
+            if m == 0: v = 0.0
+            elif -22 <= e10 <= 22 and m <= _TWO53:    # Clinger: m and 10**|e10| exact, one rounding
+                v = float(m)
+                if e10 >= 0: v *= _P10[_U(e10)]
+                else: v /= _P10[_U(-e10)]
+            elif e10 > 22:                            # m * 10**(e10 - 22) still exact, then one rounding
+                v = float(m * _P10I[e10 - 22]) * 1e22
+            elif e10 == 0: v = float(m)               # a single rounding of the integer
+            else:                                     # m / 10**-e10, m > 2**53: exact long division
+                kk = -e10
+                D = _P5[kk]                           # 10**kk = 5**kk * 2**kk
+                Q = m // D; R = m % D; sh = kk
+                while Q < (1 << 55):                  # quotient bits until 56+ of them, then a sticky bit
+                    R <<= 8
+                    Q = (Q << 8) | (R // D); R = R % D; sh += 8
+                if R != 0: Q |= 1
+                v = math.ldexp(float(Q), -sh)
+            out[_U(k)] = -v if neg else v
+        k += 1
+        if p == hi: return _END, hi, k, ns
+        if k == n: return _FULL, p, k, ns
+        pos = p + 1
+        if ns == slow.shape[0] or pos >= stop: return _MORE, pos, k, ns
 
 # %% ../nbs/02a_numtext.ipynb #a46fe1e9
-class _Chunker:
-    "Parses one chunk (a uint8 array without surrounding separators) into float64 values."
+_KERNEL = None
 
-    def __init__(self):
-        self.cap = 0
+def _kernel():
+    "The compiled `_scan`, built (or loaded from Numba's cache) on first use"
+    global _KERNEL
+    if _KERNEL is None:
+        import numba
+        _KERNEL = numba.njit(nogil=True, cache=True)(_scan)
+    return _KERNEL
 
-    def _scratch(self, m):
-        if m + _PAD > self.cap:
-            self.cap = max(m + _PAD, int(self.cap * 1.25))
-            self.cap = (self.cap + 7) & ~7
-            self.pad = np.zeros(self.cap + 16, np.uint8)
-            self.W = self.pad.view('<u8')   # aligned little-endian words; _load assembles unaligned ones
-            self.tb = np.empty(self.cap, bool)
-            self.tu8 = np.empty(self.cap, np.uint8)
-        return self.pad, self.W
+# %% ../nbs/02a_numtext.ipynb #ac7ecc2c
+def _fill(a, pos, hi, out, k, n, release=None, block=1 << 24):
+    "Parse values into out[k:n] from a[pos:hi], a block at a time"
+    if not 0 <= k < n <= len(out): raise ValueError(f'no room for values in out[{k}:{n}]')   # the loop writes before it checks
+    scan, slow = _kernel(), np.empty((1024, 3), np.int64)
+    while True:
+        why, p, k, ns = scan(a, pos, hi, min(pos + block, hi), out, k, n, slow)
+        for t0, te, i in slow[:ns].tolist(): out[i] = float(a[t0:te].tobytes())
+        if release is not None: release(pos, p)
+        if why != _MORE: return why, p, k
+        pos = p
 
-    def _fast(self, b, W, v, m):
-        """Common case: no whitespace, every token [+-]digits.digits (exactly one dot), at most a
-        few tokens with an exponent (done by float()). Returns None when the chunk is not like that
-        (the general path then redoes it and reports errors)."""
-        tb, t = self.tb[:m], self.tu8[:m]
-        np.bitwise_or(v, 2, out=t)                  # ',' (44) and '.' (46) -> 46, nothing else
-        pos = np.flatnonzero(np.equal(t, 46, out=tb))
-        if pos.size % 2 == 0: return None
-        ntok = (pos.size + 1) // 2
-        ncomma = ntok - 1
-        cpos = pos[1::2]
-        d = pos[0::2].copy()
-        # dots and commas alternate, dot first: exactly one dot per token
-        vals = np.take(v, pos)      # must read . , . , ... . (uint16 0x2C2E = b'.,')
-        if vals[-1] != 46 or not (vals[:-1].view('<u2') == 0x2C2E).all(): return None
-        del vals
-        start = np.empty(ntok, np.int64); start[0] = 0; np.add(cpos, 1, out=start[1:])
-        first = np.take(b, start)
-        neg = first == 45
-        sg = neg | (first == 43)
-        ni = d - start
-        np.subtract(ni, sg, out=ni, casting='unsafe')
-        nsgn = int(np.count_nonzero(sg))
-        del sg
-        nf = np.empty(ntok, np.int64)
-        np.subtract(cpos, d[:-1], out=nf[:-1]); nf[-1] = m - d[-1]
-        nf -= 1
-        nimin, nimax, nfmax = int(ni.min()), int(ni.max()), int(nf.max())
-        # validation by counting: the bytes that are not digits must be exactly the commas, the
-        # dots and the leading signs found above (all distinct bytes), plus, in the (few,
-        # regex-checked) exponent tokens, their e/E and exponent sign.
-        np.subtract(v, 48, out=t)
-        extra = m - int(np.count_nonzero(np.less_equal(t, 9, out=tb))) - (ncomma + ntok + nsgn)
-        etoks = []
-        if extra:
-            isE = np.bitwise_or(v, 32, out=t) == 101
-            nE = int(np.count_nonzero(isE))
-            if nE == 0 or nE * 256 > ntok: return None
-            epos = np.flatnonzero(isE)
-            del isE
-            etok = np.unique(np.searchsorted(cpos, epos))
-            nf[etok] = 0
-            nfmax = int(nf.max())
-            global _RX
-            if _RX is None:
-                import re
-                _RX = re.compile(rb'[+-]?([0-9]+\.[0-9]*|\.[0-9]+)[eE][+-]?[0-9]+')
-            for i in etok.tolist():
-                tk = b[start[i]:(cpos[i] if i < ncomma else m)].tobytes()
-                if not _RX.fullmatch(tk): return None
-                etoks.append((i, tk))
-                # its non-digits beyond the dot and leading sign: the e and maybe a sign
-                extra -= 1 + (tk.count(b'-') + tk.count(b'+') - (tk[0] in b'+-'))
-            if extra: return None
-        if nimin < 0 or nimax > 8 or nimax + nfmax > 19: return None
-        if nimin == 0 and int((ni + nf).min()) < 1: return None   # '.', '-.'
-        # mantissa M = I * 10**nf + F, value M / 10**nf
-        d1 = d + 1
-        F = _digits(W, d1, nf, nfmax)
-        if nimax + nfmax <= 15:     # M < 10**15 < 2**53: I * 10**nf + F is exact in float64
-            val = F.astype(np.float64)
-            del F
-            p = np.take(_P10F, nf)
-            if nimax == 1 and nimin == 1:
-                d1 -= 2
-                If = np.take(b, d1).astype(np.float64)
-                If -= 48.0
-            elif nimax > 0:
-                d1 -= 1; d1 -= ni
-                If = _swar(W, d1, ni).astype(np.float64)
-            else:
-                If = None
-            if If is not None:
-                If *= p
-                val += If
-                del If
-        else:
-            if nimax > 0:
-                d1 -= 1; d1 -= ni
-                I = _swar(W, d1, ni)
-                I *= np.take(_P10I, nf)
-                F += I
-                del I
-            val = F.astype(np.float64)
-            p = np.take(_P10F, nf)
-        del d1
-        val /= p     # Clinger: M <= 2**53, 10**nf exact -> one correctly rounded division
-        if nimax + nfmax > 15:
-            big = np.flatnonzero(F > _U(_TWO53))   # long mantissas (float64 data): exact long division
-            if big.size:
-                val[big] = _div_pow10(np.take(F, big), np.take(nf, big))
-        # sign: val >= 0 here, so setting the sign bit negates exactly (-0.0 included)
-        sb = neg.astype(np.uint64)
-        sb <<= _U(63)
-        vb = val.view(np.uint64)
-        vb |= sb
-        for i, t in etoks: val[i] = float(t)
-        return val
+def _bad_token(a, pos, hi, index):
+    "The error for the token that starts at a[pos], cut at the next comma"
+    seg = a[pos:min(hi, pos + 4096)]
+    c = np.flatnonzero(seg == 44)
+    t = seg[:c[0] if c.size else seg.size].tobytes().strip(b' \t\r\n')[:40].decode('utf-8', 'replace')
+    return ValueError(f'number {index} is not a number: {t!r}')
 
-    def parse(self, chunk, base):
-        """Parse `chunk` (uint8 array) into a new float64 array; `base` is the global index of its
-        first token (for error messages). Returns the values (length = number of tokens)."""
-        tried = False
-        if not np.count_nonzero(chunk[:4096] <= 32):   # looks compact: try the fast path as is
-            tried = True
-            m = chunk.size
-            b, W = self._scratch(m)
-            b[:m] = chunk
-            b[m:m + _PAD] = 44
-            val = self._fast(b, W, b[:m], m)
-            if val is not None: return val
-        nle = int(np.count_nonzero(chunk <= 32))
-        if nle:
-            nws = sum(int(np.count_nonzero(chunk == c)) for c in _WS)
-            if nws == nle:   # only proper whitespace: drop it, checking none is inside a token
-                nws_ = chunk > 32                                  # non-whitespace bytes
-                last = np.zeros(chunk.size, bool)                  # last byte before a ws run
-                np.greater(nws_[:-1], nws_[1:], out=last[:-1])
-                comp = chunk[nws_]
-                lastc = last[nws_]
-                del last, nws_
-                nc = comp != 44
-                inner = lastc[:-1] & nc[:-1] & nc[1:]
-                if not inner.any(): nle = 0; chunk = comp; tried = False
-                del lastc, nc, inner
-        if nle:
-            ws = (chunk == 32) | (chunk == 9) | (chunk == 10) | (chunk == 13)
-            keep = np.flatnonzero(~ws)
-            del ws
-            comp = chunk[keep]
-            # whitespace inside a token ("1 2") is an error; it may only touch a comma or an end
-            gap = np.flatnonzero(np.diff(keep) > 1)
-            if gap.size:
-                inner = gap[(comp[gap] != 44) & (comp[gap + 1] != 44)]
-                if inner.size:
-                    g = inner[0]
-                    k = int(np.count_nonzero(comp[:g + 1] == 44))
-                    lo = keep[g]
-                    while lo > 0 and chunk[lo - 1] != 44: lo -= 1
-                    hi = keep[g + 1]
-                    while hi < chunk.size and chunk[hi] != 44: hi += 1
-                    raise _bad_token(base + k, bytes(chunk[lo:hi]).strip())
-            chunk = comp
-        m = chunk.size
-        b, W = self._scratch(m)
-        b[:m] = chunk
-        b[m:m + _PAD] = 44
-        v = b[:m]
-        if not tried:
-            val = self._fast(b, W, v, m)
-            if val is not None: return val
+# %% ../nbs/02a_numtext.ipynb #c412915b
+_THREADS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1), 8))
 
-        comma = np.flatnonzero(v == 44)
-        ntok = comma.size + 1
-        end = np.empty(ntok, np.int64); end[:-1] = comma; end[-1] = m
-        start = np.empty(ntok, np.int64); start[0] = 0; np.add(comma, 1, out=start[1:])
-        first = b[start]
-        neg = first == 45
-        sgn = neg | (first == 43)
-        del first
-        ms = start + sgn
-        nsgn = int(np.count_nonzero(sgn))
-        bad = None   # tokens that are not plain numbers (non-finite spellings or errors)
-        slow = None  # valid numbers outside the fast path
-        flagb = []
+def _plan(a, pos, hi, n, threads):
+    "[(start, end, first slot, slot limit)] for each part, or None when the text is too short to share"
+    sample = a[pos:min(hi, pos + (1 << 20))]
+    c = int(np.count_nonzero(sample == 44))
+    if c < 64: return None
+    per = sample.size / c                     # bytes per value
+    cuts = [pos]
+    for i in range(1, threads):
+        b = pos + int(n * per * i / threads)
+        if b <= cuts[-1] or b >= hi: break
+        w = np.flatnonzero(a[b:min(hi, b + 4096)] == 44)
+        if not w.size: break
+        cuts.append(b + int(w[0]) + 1)
+    if len(cuts) < 2: return None
+    parts, g = [], 0
+    for s, e in zip(cuts, cuts[1:] + [hi]):
+        cap = n - g if e == hi else min(n - g, int((e - s) / per * 1.02) + 64)
+        if cap <= 0: return None
+        parts.append((s, e if e == hi else e - 1, g, g + cap)); g += cap
+    return parts
 
-        # --- exponents
-        isE = np.bitwise_or(v, 32) == 101
-        nE = int(np.count_nonzero(isE))
-        nexps = 0
-        if nE:
-            epos = np.flatnonzero(isE)
-            etok = np.searchsorted(comma, epos)
-            dup = np.flatnonzero(np.diff(etok) == 0)
-            if dup.size: flagb.append(etok[dup])
-            mend = end.copy()
-            mend[etok] = epos
-            es = epos + 1
-            f2 = b[es]
-            eneg = f2 == 45
-            esg = eneg | (f2 == 43)
-            nexps = int(np.count_nonzero(esg))
-            ds = es + esg
-            nexp = end[etok] - ds
-            flagb.append(etok[nexp < 1])
-            ev = _swar(W, ds, np.clip(nexp, 0, 8)).astype(np.int64)
-            np.negative(ev, out=ev, where=eneg)
-            expv = np.zeros(ntok, np.int64)
-            expv[etok] = ev
-            sl = etok[nexp > 8]
-            if sl.size: slow = np.zeros(ntok, bool); slow[sl] = True
-            del epos, es, f2, eneg, esg, ds, nexp, ev
-        else:
-            mend = end
-            expv = None
-        del isE
+# %% ../nbs/02a_numtext.ipynb #ed4f08bf
+def _read(a, pos, hi, out, base=0, release=None, block=1 << 24, threads=None, min_split=1 << 18):
+    """Parse up to len(out) values from a[pos:hi] into `out` (float32 or float64, 1-d).
+    Returns (end, k): k values were read; end is hi when the text ran out, otherwise (k == len(out)) the
+    comma after the last value. A bad token raises ValueError with its index (plus `base`)."""
+    n = len(out)
+    threads = _THREADS if threads is None else threads
+    parts = _plan(a, pos, hi, n, threads) if threads > 1 and n >= max(min_split, 1) else None
+    if parts is None:
+        why, p, k = _fill(a, pos, hi, out, 0, n, release, block)
+        if why == _BAD: raise _bad_token(a, p, hi, base + k)
+        return p, k
+    _kernel()                                 # compiled (or loaded) before the threads need it
+    res = [None] * len(parts)
+    def work(i):
+        s, e, g, lim = parts[i]
+        try: res[i] = _fill(a, s, e, out, g, lim, release, block)
+        except BaseException as x: res[i] = x
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(1, len(parts))]
+    for t in pool: t.start()
+    work(0)
+    for t in pool: t.join()
+    k = 0
+    for i, (s, e, g, lim) in enumerate(parts):
+        if isinstance(res[i], BaseException): raise res[i]
+        why, p, kk = res[i]
+        if why == _BAD: raise _bad_token(a, p, hi, base + k + kk - g)
+        if g != k: out[k:k + kk - g] = out[g:kk]   # close the gap
+        k += kk - g
+        if why == _END and e != hi: continue       # the part was read to its end: the next one follows
+        if why == _END or k == n: return p, k
+        break                                     # slots full before the part's end: read on from p
+    why, p, k = _fill(a, p + 1, hi, out, k, n, release, block)
+    if why == _BAD: raise _bad_token(a, p, hi, base + k)
+    return p, k
 
-        # --- dots
-        dpos = np.flatnonzero(v == 46)
-        ndot = dpos.size
-        if ndot == ntok and (dpos < mend).all() and (dpos[1:] > comma).all():
-            d = dpos
-            nf = mend - d; nf -= 1
-            alldot = True
-        else:
-            alldot = False
-            d = mend.copy()
-            if ndot:
-                dtok = np.searchsorted(comma, dpos)
-                dup = np.flatnonzero(np.diff(dtok) == 0)
-                if dup.size: flagb.append(dtok[dup])
-                d[dtok] = dpos
-                flagb.append(dtok[dpos >= mend[dtok]])
-            nf = mend - d; nf -= 1
-            np.maximum(nf, 0, out=nf)
-        ni = d - ms
-
-        # --- validation by counting non-digit bytes
-        ndig = int(np.count_nonzero(np.subtract(v, 48, dtype=np.uint8) < 10))
-        npm = int(np.count_nonzero(v == 45)) + int(np.count_nonzero(v == 43))
-        ok_count = (m - ndig == (ntok - 1) + ndot + nE + npm) and npm == nsgn + nexps
-        if not ok_count:
-            nondig = np.subtract(v, 48, dtype=np.uint8) >= 10
-            cs = np.zeros(m + 1, np.int32)
-            np.cumsum(nondig, out=cs[1:])
-            del nondig
-            cnt = cs[end] - cs[start]
-            del cs
-            expect = sgn.astype(np.int32)
-            if nE:
-                expect[etok] += 1
-                f2 = b[mend[etok] + 1]
-                expect[etok] += (f2 == 45) | (f2 == 43)
-            if alldot: expect += 1
-            elif ndot: expect[dtok] += 1
-            flagb.append(np.flatnonzero(cnt != expect))
-            del cnt, expect
-        nmant = ni + nf
-        flagb.append(np.flatnonzero(nmant < 1))
-        if flagb:
-            fb = np.concatenate(flagb)
-            if fb.size:
-                bad = np.zeros(ntok, bool)
-                bad[fb] = True
-        # mantissa digit limits for the fast path
-        big = nmant > 19
-        if big.any():
-            slow = big if slow is None else (slow | big)
-        del big
-        if bad is not None:
-            # keep garbage values in range for the vector code below
-            ni[bad] = 0; nf[bad] = 0
-        if slow is not None:
-            ni[slow] = 0; nf[slow] = 0
-        np.clip(ni, 0, 19, out=ni)
-        np.clip(nf, 0, 19, out=nf)
-
-        # --- mantissa
-        nimax = int(ni.max()); nfmax = int(nf.max())
-        F = _digits(W, d + 1, nf, nfmax)
-        if nimax > 0:
-            if nimax == 1 and int(ni.min()) == 1:
-                I = b[ms].astype(np.uint64); I -= _U(48)
-            else:
-                I = _digits(W, ms, ni, nimax)
-            I *= _P10I[nf]
-            F += I
-            del I
-        M = F
-        # --- scale: value = M * 10**E
-        val = M.astype(np.float64)
-        if expv is None and nimax + nfmax <= 15:
-            np.divide(val, _P10F[nf], out=val)   # M < 2**53 and 10**nf exact: one rounding
-        else:
-            E = -nf if expv is None else expv - nf
-            fast = (M <= _U(_TWO53)) & (E >= -22) & (E <= 22)
-            fast |= M == 0
-            Ec = np.clip(E, -22, 22)
-            p = _P10F[np.abs(Ec)]
-            np.divide(val, p, out=val, where=Ec < 0)
-            np.multiply(val, p, out=val, where=Ec > 0)
-            nf_ = ~fast
-            if bad is not None: nf_ &= ~bad
-            mid = nf_ & (E >= -22) & (E <= 0)      # long mantissa: exact long division
-            if slow is not None: mid &= ~slow
-            mid = np.flatnonzero(mid)
-            if mid.size:
-                val[mid] = _div_pow10(M[mid], -E[mid])
-                nf_[mid] = False
-            if nf_.any():
-                slow = nf_ if slow is None else (slow | nf_)
-        np.negative(val, out=val, where=neg)
-
-        # --- per-token fallbacks
-        fix = slow
-        if bad is not None: fix = bad if fix is None else (fix | bad)
-        if fix is not None:
-            for i in np.flatnonzero(fix).tolist():
-                s0, e0 = int(start[i]), int(end[i])
-                tok = b[s0:e0].tobytes()
-                if bad is not None and bad[i]:
-                    t = tok.decode('latin-1').lower()
-                    if t in _NONFINITE:
-                        val[i] = _NONFINITE[t]
-                        continue
-                    raise _bad_token(base + i, tok)
-                val[i] = float(tok)
-        return val
-
-# %% ../nbs/02a_numtext.ipynb #e9fa722f
-def parse_numbers(buf, count=None, out=None, chunk_bytes=1 << 19):
+# %% ../nbs/02a_numtext.ipynb #a48f5668
+def parse_numbers(buf, count=None, out=None, chunk_bytes=1 << 24):
     """Parse comma-separated decimal numbers into a float array, each value equal to Python's
-    `float(token)` (correctly rounded float64; then cast to `out.dtype` chunk by chunk).
+    `float(token)` (correctly rounded float64; then cast to `out.dtype`).
 
     buf: bytes, bytearray, memoryview or mmap: numbers separated by commas, ASCII whitespace
         allowed around them, no brackets. Blank gives an empty array.
     count: number of values expected (default: len(out), else counted first); a different
         number found raises ValueError('expected N numbers, found M').
     out: optional preallocated 1-d float array of length `count`, filled and returned.
-    chunk_bytes: text processed per step; peak extra memory is about 12 * chunk_bytes.
+    chunk_bytes: text parsed per call of the compiled loop.
     Raises ValueError("number I is not a number: 'TOKEN'") for a bad token (I 0-based).
     """
     a = np.frombuffer(buf, dtype=np.uint8)
@@ -453,56 +256,34 @@ def parse_numbers(buf, count=None, out=None, chunk_bytes=1 << 19):
     del a              # mmap can be closed while the error propagates
     raise ValueError(msg)
 
+# %% ../nbs/02a_numtext.ipynb #9dc45144
+def _commas(a, lo=0, step=1 << 24):
+    return sum(int(np.count_nonzero(a[j:j + step] == 44)) for j in range(lo, a.size, step))
 
 def _parse_all(a, count, out, chunk_bytes):
     n = a.size
-    chunk_bytes = max(int(chunk_bytes), 1)
-    # blank input -> no numbers
+    block = max(int(chunk_bytes), 1)
     i = 0
-    while i < n:
+    while i < n:      # blank input -> no numbers
         w = a[i:i + 4096]
-        nz = np.flatnonzero((w != 32) & (w != 9) & (w != 10) & (w != 13))
-        if nz.size: break
+        if np.flatnonzero((w != 32) & (w != 9) & (w != 10) & (w != 13)).size: break
         i += w.size
     blank = i >= n
     if count is None and out is not None: count = len(out)
-    if count is None:
-        if blank: count = 0
-        else:
-            count = 1
-            for j in range(0, n, chunk_bytes):
-                count += int(np.count_nonzero(a[j:j + chunk_bytes] == 44))
+    if count is None: count = 0 if blank else 1 + _commas(a)
     if out is None: out = np.empty(count, np.float64)
     elif len(out) != count: raise ValueError(f'out has length {len(out)}, expected {count}')
-    if blank:
-        if count != 0: raise ValueError(f'expected {count} numbers, found 0')
+    if blank or count == 0:
+        found = 0 if blank else 1 + _commas(a)
+        if found != count: raise ValueError(f'expected {count} numbers, found {found}')
         return out
-    ck = _Chunker()
-    pos = 0; off = 0
-    while True:
-        cut = pos + chunk_bytes
-        if cut >= n: cut = n
-        else:
-            # cut at the first comma at or after pos+chunk_bytes
-            win = 64
-            while cut < n:
-                w = a[cut:cut + win]
-                c = np.flatnonzero(w == 44)
-                if c.size: cut += int(c[0]); break
-                cut += w.size
-                win = min(win * 4, 1 << 20)
-        vals = ck.parse(a[pos:cut], off)
-        k = vals.size
-        if off + k > count:
-            found = off + k
-            if cut < n: found += 1 + sum(int(np.count_nonzero(a[j:min(j + chunk_bytes, n)] == 44))
-                                         for j in range(cut + 1, n, chunk_bytes))
-            raise ValueError(f'expected {count} numbers, found {found}')
-        out[off:off + k] = vals
-        off += k
-        if cut >= n: break
-        pos = cut + 1
-        if pos == n:  # trailing comma: empty last token
-            raise _bad_token(off, b'')
-    if off != count: raise ValueError(f'expected {count} numbers, found {off}')
+    if out.dtype in (np.float32, np.float64): end, k = _read(a, 0, n, out, block=block)
+    else:
+        k, end, buf = 0, -1, np.empty(min(count, 1 << 16))
+        while k < count and end < n:
+            e, got = _read(a, end + 1, n, buf[:min(buf.size, count - k)], base=k, block=block)
+            with np.errstate(over='ignore'): out[k:k + got] = buf[:got]
+            k, end = k + got, e
+    if end < n: raise ValueError(f'expected {count} numbers, found {count + _commas(a, end)}')
+    if k != count: raise ValueError(f'expected {count} numbers, found {k}')
     return out

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import fastcore.test as ft
 from entrenar.io import Model, ModelMetadata, load_model, save_model
+from entrenar.errors import SerializationError
 
 def _model():
     meta = ModelMetadata('x').with_custom('data', [1, 2, 3]).with_custom('note', '"data": [9]')
@@ -32,3 +33,37 @@ def test_large_text_tensor_in_blocks(tmp_path):
     b = load_model(tmp_path / 'big.json')
     assert b.get_parameter('a').tobytes() == a.tobytes()
     assert b.get_parameter('b').tobytes() == a[:5].tobytes()
+
+def test_one_pass_over_mixed_tensors(tmp_path):
+    "Tensors of every parse route one after another (split across threads, 64-bit integers, through float64, complex): each gets exactly its values"
+    rng = np.random.default_rng(1)
+    params = {'big': rng.standard_normal(400_000).astype(np.float32),         # long enough to be read in parts
+              'ids': np.array([2**63 - 1, -2**63, 7], np.int64),
+              'half': rng.standard_normal((3, 5)).astype(np.float16),
+              'cplx': (rng.standard_normal(300_000) + 1j * rng.standard_normal(300_000)).astype(np.complex64),
+              'empty': np.zeros((0, 3), np.float32),
+              'f64': rng.standard_normal(300_001) * 1e-300,                    # subnormal and tiny: float() for some
+              'flag': np.array([True, False, True])}
+    for ext in ('json', 'yaml'):
+        back = load_model(save_model(Model(None, params), tmp_path / f'mixed.{ext}'))
+        for n, a in params.items():
+            b = back.get_parameter(n)
+            assert (b.dtype, b.shape) == (a.dtype, a.shape) and b.tobytes() == a.tobytes(), (ext, n)
+
+def _text_model(tmp_path, data, shapes=((4,), (3,))):
+    params = ','.join(f'{{"name":"t{i}","shape":{list(s)},"dtype":"f32"}}' for i, s in enumerate(shapes))
+    p = tmp_path / 'm.json'
+    p.write_text(f'{{"metadata":{{"name":"x"}},"parameters":[{params}],"data":[{data}]}}')
+    return p
+
+def test_counts_and_bad_tokens_name_the_tensor(tmp_path):
+    ok = load_model(_text_model(tmp_path, '1,2,3,4, 5,6,7'))
+    ft.test_eq(ok.get_parameter('t1'), np.array([5, 6, 7], np.float32))
+    with ft.ExceptionExpected(SerializationError, "tensor 't1': data: expected 3 numbers, found 2"): load_model(_text_model(tmp_path, '1,2,3,4,5,66'))
+    with ft.ExceptionExpected(SerializationError, "data holds more values than the parameters' shapes need"): load_model(_text_model(tmp_path, '1,2,3,4,5,6,7,8'))
+    with ft.ExceptionExpected(SerializationError, "tensor 't1': data: number 1 is not a number: 'x'"): load_model(_text_model(tmp_path, '1,2,3,4,5,x,7'))
+    with ft.ExceptionExpected(SerializationError, "tensor 't0': data ends before this tensor's values"): load_model(_text_model(tmp_path, '1, 2, 3, 4   ', ((4,), (0,), (1,))))
+    big = np.random.default_rng(2).standard_normal(300_000).astype(np.float32)
+    toks = [repr(float(v)) for v in big]; toks[250_000] = '1..5'
+    with ft.ExceptionExpected(SerializationError, "tensor 't0': data: number 250000 is not a number: '1..5'"):
+        load_model(_text_model(tmp_path, ','.join(toks + ['1', '2', '3']), ((300_000,), (3,))))

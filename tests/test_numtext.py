@@ -248,17 +248,16 @@ def test_hyp_garbage_agrees_with_float(s):
 
 
 def test_fast_path_taken_and_mixed_tokens():
-    """Chunks of plain 'd.ddd' tokens take the vectorised fast path; a few odd tokens mixed in
-    (exponents, '+', long mantissas, more integer digits) must still come out exact."""
-    from entrenar.numtext import _Chunker
+    """orjson's float32 text never needs float(): the compiled loop converts every token exactly itself;
+    a few odd tokens mixed in (exponents, '+', long mantissas, more integer digits) must still come out exact."""
+    from entrenar.numtext import _kernel, _END
     rng = np.random.default_rng(5)
     a = rng.standard_normal(50_000).astype(np.float32)
     text = orjson_f32(a)
-    ck = _Chunker()
     u = np.frombuffer(text, np.uint8)
-    b, W = ck._scratch(u.size)
-    b[:u.size] = u
-    assert ck._fast(b, W, b[:u.size], u.size) is not None
+    out, slow = np.empty(a.size, np.float32), np.empty((16, 3), np.int64)
+    assert _kernel()(u, 0, u.size, u.size, out, 0, a.size, slow) == (_END, u.size, a.size, 0)
+    assert out.tobytes() == a.tobytes()
     toks = text.split(b',')
     odd = [b'1.5e-7', b'+0.25', b'-1.0E+300', b'12345.678', b'0.12345678901234567', b'123456789.5',
            b'1.2e+5', b'-.5e1', b'-0.0', b'+1.', b'9007199254740993.0', b'1.00000000000000000001']
@@ -307,3 +306,45 @@ def test_orjson_float64():
     x = x[np.isfinite(x)]
     text = orjson.dumps(x, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
     assert np.array_equal(bits(parse_numbers(text)), bits(x))
+
+
+# reading in parts on several threads: the same bytes as one thread, whatever the cuts and estimates
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(['', '-', '+']), digits, st.booleans(), digits,
+                          st.sampled_from(['', 'e', 'E']), st.sampled_from(['', '-', '+']),
+                          st.text('0123456789', min_size=1, max_size=4)), min_size=1, max_size=300),
+       st.sampled_from([2, 3, 8]), st.sampled_from([1, 7, 1 << 24]), st.integers(0, 400), st.sampled_from([b',', b' , ']))
+def test_hyp_parts_equal_one_thread(parts, threads, block, stop, sep):
+    from entrenar.numtext import _read
+    toks = []
+    for s, i, dot, f, e, es, ed in parts:
+        if not (i or f): i = '0'
+        toks.append((s + i + ('.' + f if dot or f else '') + ((e + es + ed) if e else '')).encode())
+    toks = toks * (1 + 300 // len(toks))          # long enough to share out (64+ commas in the sample)
+    text = sep.join(toks)
+    a = np.frombuffer(text, np.uint8)
+    n = min(len(toks), max(1, stop))
+    one, many = np.empty(n), np.full(n, np.nan)
+    r1 = _read(a, 0, a.size, one, threads=1, block=block)
+    r2 = _read(a, 0, a.size, many, threads=threads, min_split=1, block=block)
+    assert r1 == r2 and one.tobytes() == many.tobytes()
+    assert np.array_equal(bits(one), bits(ref(toks[:n])))
+    end, k = r1
+    assert k == n and (end == a.size) == (n == len(toks))
+    if end < a.size: assert a[end] == 44 and np.count_nonzero(a[:end] == 44) == n - 1
+
+
+def test_parts_float32_big_and_exact():
+    "Two million float32 values through the threads: every bit pattern class, same bytes as one thread"
+    from entrenar.numtext import _read
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = x[np.isfinite(x)]
+    text = orjson_f32(x)
+    a = np.frombuffer(text, np.uint8)
+    outs = []
+    for th in (1, 2, 4):
+        o = np.empty(x.size, np.float32)
+        assert _read(a, 0, a.size, o, threads=th, min_split=1) == (a.size, x.size)
+        outs.append(o.tobytes())
+    assert outs[0] == x.tobytes() and outs[1] == outs[0] and outs[2] == outs[0]

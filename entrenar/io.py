@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/io.html.md"""
 
 # %% ../nbs/02_io.ipynb #65e5df8f
 from __future__ import annotations
-import contextlib, copy, dataclasses, enum, gzip, json, math, mmap, os, re, struct, tempfile, threading
+import contextlib, copy, ctypes, dataclasses, enum, gzip, json, math, mmap, os, re, struct, tempfile, threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -483,12 +483,36 @@ def _metadata_dict(meta:ModelMetadata) -> dict:
     if meta.extra: d['extra'] = meta.extra
     return d
 
+def _sync_file_range():
+    "Linux's `sync_file_range` through libc (Python's os lacks it), or None"
+    try:
+        f = ctypes.CDLL(None, use_errno=True).sync_file_range
+        f.argtypes, f.restype = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint], ctypes.c_int
+        return f
+    except (OSError, AttributeError): return None
+
+class _WriteBehind:
+    "Start writing a growing file to disk as it is written, and drop what is on disk from the page cache"
+    def __init__(self, raw, step=1 << 26):
+        self.raw, self.step, self.done, self.sfr = raw, step, 0, _sync_file_range()
+    def __call__(self):
+        "Call after writes: each full window of `step` bytes is sent to disk, the one before it waited for and dropped"
+        if self.sfr is None: return
+        end = self.raw.tell()
+        while self.done + 2 * self.step <= end:
+            fd, a = self.raw.fileno(), self.done
+            self.sfr(fd, a + self.step, self.step, 2)   # SYNC_FILE_RANGE_WRITE: start the newer window
+            self.sfr(fd, a, self.step, 7)               # WAIT_BEFORE | WRITE | WAIT_AFTER: the older one is on disk
+            with contextlib.suppress(OSError): os.posix_fadvise(fd, a, self.step, os.POSIX_FADV_DONTNEED)
+            self.done += self.step
+
 class _TextPart:
     "A JSON or YAML model file being written: header, then the data array tensor by tensor in spec order"
     def __init__(self, path, specs, meta, fmt, pretty, compress):
         self.path, self.tmp, self.fmt, self.pretty = Path(path), _tmp_name(Path(path)), fmt, pretty
         self.order, self.next, self.pending, self.first = [s.name for s in specs], 0, {}, True
         self.f = gzip.open(self.tmp, 'wb', compresslevel=3) if compress else open(self.tmp, 'wb', buffering=1 << 20)
+        self.behind = _WriteBehind(self.f.fileobj if compress else self.f)   # a save of gigabytes neither fills the page cache nor waits at fsync
         head = dict(metadata=_metadata_dict(meta), parameters=_parameters_table(specs))
         if fmt == ModelFormat.Json:
             text = json.dumps(head, indent=2 if pretty else None, ensure_ascii=False, allow_nan=False)
@@ -507,6 +531,7 @@ class _TextPart:
                 self.f.write(sep)
                 self.f.write(text)   # written from the formatter's buffer as it is: no copy
                 self.first, sep = False, b','   # a tensor's numbers stay on one line
+                self.behind()
 
     def finish(self):
         self.f.write((b'\n  ]\n}\n' if self.pretty else b']}') if self.fmt == ModelFormat.Json else b']\n')

@@ -8,7 +8,9 @@ Docs: https://entrenar.github.io/entrenar/numfmt.html.md"""
 from __future__ import annotations
 import collections, concurrent.futures, math, os, threading
 import numpy as np, orjson
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 # %% auto #0
 __all__ = ['MAX_TEXT', 'JSON_NONFINITE', 'YAML_NONFINITE', 'format_float32_into', 'format_float32', 'awkward_float32',
@@ -167,6 +169,26 @@ def _decimal(a):
     return _shortest(a)
 
 # %% ../nbs/02b_numfmt.ipynb #b2a4e0f3
+@intrinsic
+def _store8(typingctx, arr, idx, word):
+    "Store the 64-bit `word` at byte `idx` of the uint8 array `arr`, unaligned, low byte first"
+    def codegen(context, builder, sig, args):
+        a, i, w = args
+        ptr = builder.gep(context.make_array(sig.args[0])(context, builder, a).data, [i])
+        builder.store(w, builder.bitcast(ptr, ir.IntType(64).as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.void(arr, idx, word), codegen
+
+@njit(**_JIT, inline='always')
+def _ascii8(v):
+    "The 8 digits of v < 10**8, zero-padded, as ASCII bytes of a uint64, the first digit in the low byte"
+    a = v // np.uint64(10000)
+    x = a | ((v - a * np.uint64(10000)) << np.uint64(32))                           # two 4-digit lanes
+    h = ((x * np.uint64(5243)) >> np.uint64(19)) & np.uint64(0x0000007F0000007F)    # each // 100
+    x = h | ((x - h * np.uint64(100)) << np.uint64(16))                             # four 2-digit lanes
+    t = ((x * np.uint64(103)) >> np.uint64(10)) & np.uint64(0x000F000F000F000F)     # each // 10
+    return (t | ((x - t * np.uint64(10)) << np.uint64(8))) | np.uint64(0x3030303030303030)
+
 @njit(**_JIT, inline='always')
 def _digits9(dig, N):
     "The 9 decimal digits of N < 10**9, zero-padded, into dig[0:9]"
@@ -190,21 +212,24 @@ def _copy9(out, pos, dig, start):
 # %% ../nbs/02b_numfmt.ipynb #3cf338f7
 @njit(**_JIT, inline='always')
 def _put_number(out, pos, N, n, dig):
-    "Write N/10**n in orjson's layout at out[pos:] and return its end; writes up to 12 bytes past it"
-    _digits9(dig, N)
+    "Write N/10**n in orjson's layout at out[pos:] and return its end; writes up to 16 bytes past it"
     L = _ndigits9(N)
     kk = L - n
-    s = 9 - L                                  # dig[s:9] are N's digits
-    if -6 < kk <= 0:                           # 1234e-6 -> 0.001234
-        out[pos] = 48; out[pos + 1] = 46
-        for i in range(6): out[pos + 2 + i] = 48
-        _copy9(out, pos + 2 - kk, dig, s)
-        return pos + 2 - kk + L
-    if 0 < kk < L:                             # 1234e-2 -> 12.34
-        _copy9(out, pos, dig, s)
-        out[pos + kk] = 46
-        _copy9(out, pos + kk + 1, dig, s + kk)
-        return pos + L + 1
+    s = 9 - L                                  # N's digits are the last L of its 9 zero-padded ones, D0 D1..D8
+    if -6 < kk < L:                            # 1234e-6 -> 0.001234 and 1234e-2 -> 12.34, with stores and selects only
+        hi = N // np.uint64(100_000_000)
+        w = _ascii8(N - hi * np.uint64(100_000_000))      # D1..D8
+        after = kk > 0                         # the point falls after the first digit
+        _store8(out, pos, np.uint64(0x3030303030302E30))   # '0.000000': the point and zeros of 0.001234
+        at = pos if after else pos + 2 - kk
+        out[at] = np.uint8(48) + np.uint8(hi)  # D0, overwritten below unless N has 9 digits
+        first = at + (s == 0)
+        _store8(out, first, w >> np.uint64(8 * max(s - 1, 0)))
+        dot = pos + kk if after else pos + 1
+        out[dot] = 46
+        _store8(out, dot + 1 if after else first, w >> np.uint64(8 * (s + kk - 1) if after else 8 * max(s - 1, 0)))   # 12.34: the digits after the point
+        return pos + L + 1 if after else pos + 2 - kk + L
+    _digits9(dig, N)
     if L <= kk <= 13:                          # 1234e2 -> 123400.0
         _copy9(out, pos, dig, s)
         for i in range(kk - L): out[pos + L + i] = 48

@@ -11,11 +11,12 @@ import numpy as np
 from .errors import BackendError
 
 # %% auto #0
-__all__ = ['BACKENDS', 'get_backend', 'set_backend', 'use_backend', 'xp', 'is_device_array', 'get_array_module', 'to_numpy',
-           'to_device']
+__all__ = ['BACKENDS', 'CPU_THREADS', 'get_backend', 'set_backend', 'use_backend', 'xp', 'is_device_array', 'get_array_module',
+           'to_numpy', 'to_device']
 
 # %% ../nbs/01_backend.ipynb #03d39461
 BACKENDS = ('numpy', 'cupy')
+CPU_THREADS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1), 8))
 _state = threading.local()
 
 def _load_cupy():

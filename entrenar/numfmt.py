@@ -6,9 +6,10 @@ Docs: https://entrenar.github.io/entrenar/numfmt.html.md"""
 
 # %% ../nbs/02b_numfmt.ipynb #397d8f60
 from __future__ import annotations
-import collections, concurrent.futures, math, os, threading
+import collections, concurrent.futures, math, threading
 import numpy as np, orjson
 from llvmlite import ir
+from .backend import CPU_THREADS
 from numba import njit, types
 from numba.extending import intrinsic
 
@@ -347,14 +348,11 @@ def awkward_float32(n:int, # about how many
 # %% ../nbs/02b_numfmt.ipynb #e7d0d186
 _POOL, _POOL_LOCK, _BUFFERS = None, threading.Lock(), []
 
-def _workers():
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)))
-
 def _pool():
     "One thread pool for formatting, made on first use"
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None: _POOL = concurrent.futures.ThreadPoolExecutor(_workers(), thread_name_prefix='entrenar-numfmt')
+        if _POOL is None: _POOL = concurrent.futures.ThreadPoolExecutor(CPU_THREADS, thread_name_prefix='entrenar-numfmt')
     return _POOL
 
 def _take_buffer(nbytes):
@@ -366,7 +364,7 @@ def _take_buffer(nbytes):
 def _give_back(buf):
     "Keep a few buffers for the next chunks: fresh memory costs page faults on every chunk"
     with _POOL_LOCK:
-        if len(_BUFFERS) < 2 * _workers() + 2: _BUFFERS.append(buf)
+        if len(_BUFFERS) < 2 * CPU_THREADS + 2: _BUFFERS.append(buf)
 
 # %% ../nbs/02b_numfmt.ipynb #0a708230
 def float32_text_chunks(values:np.ndarray, # float32, contiguous
@@ -379,7 +377,7 @@ def float32_text_chunks(values:np.ndarray, # float32, contiguous
     if len(starts) <= 1:
         if values.size: yield memoryview(format_float32(values, nonfinite))
         return
-    pool, ahead, pending, nxt, current = _pool(), _workers() + 1, collections.deque(), 0, None
+    pool, ahead, pending, nxt, current = _pool(), CPU_THREADS + 1, collections.deque(), 0, None
     def submit(s):
         buf = _take_buffer(_capacity(min(chunk_size, values.size - s)))
         pending.append((buf, pool.submit(format_float32_into, values[s:s + chunk_size], buf, nonfinite)))

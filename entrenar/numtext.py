@@ -6,8 +6,9 @@ Docs: https://entrenar.github.io/entrenar/numtext.html.md"""
 
 # %% ../nbs/02a_numtext.ipynb #14f6d240
 from __future__ import annotations
-import math, os, threading
+import math, threading
 import numpy as np
+from .backend import CPU_THREADS
 
 # %% auto #0
 __all__ = ['parse_numbers']
@@ -176,8 +177,6 @@ def _bad_token(a, pos, hi, index):
     return ValueError(f'number {index} is not a number: {t!r}')
 
 # %% ../nbs/02a_numtext.ipynb #c412915b
-_THREADS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1), 8))
-
 def _plan(a, pos, hi, n, threads):
     "[(start, end, first slot, slot limit)] for each part, or None when the text is too short to share"
     sample = a[pos:min(hi, pos + (1 << 20))]
@@ -205,7 +204,7 @@ def _read(a, pos, hi, out, base=0, release=None, block=1 << 24, threads=None, mi
     Returns (end, k): k values were read; end is hi when the text ran out, otherwise (k == len(out)) the
     comma after the last value. A bad token raises ValueError with its index (plus `base`)."""
     n = len(out)
-    threads = _THREADS if threads is None else threads
+    threads = CPU_THREADS if threads is None else threads
     parts = _plan(a, pos, hi, n, threads) if threads > 1 and n >= max(min_split, 1) else None
     if parts is None:
         why, p, k = _fill(a, pos, hi, out, 0, n, release, block)

@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 from tqdm.auto import tqdm
 from .errors import QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError, reraise_as
-from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend
+from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend, CPU_THREADS
 from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
                          dtype_code, dtype_from_code, is_float_dtype)
 
@@ -96,7 +96,7 @@ def _unpack_high_bits(qh):
 # %% ../nbs/04_quantize.ipynb #a33ac828
 BLOCK_FORMATS = {}   # name -> BlockFormat subclass
 CHUNK_BLOCKS = 8192  # blocks per chunk: 1 MiB of float32, read from memory once and worked on in cache
-THREADS = min(os.cpu_count() or 1, 8)  # threads sharing one tensor's chunks on the CPU (numpy releases the GIL in its loops)
+THREADS = CPU_THREADS  # threads sharing one tensor's chunks on the CPU (numpy releases the GIL in its loops)
 
 class BlockFormat:
     "Base class of ggml's block formats; a subclass registers itself under its lower-case name"

@@ -17,7 +17,7 @@ __all__ = ['COMMAND_MODULES', 'info_command', 'check_output_is_not_input', 'conv
            'main']
 
 # %% ../nbs/10_cli.ipynb #ad7483e9
-COMMAND_MODULES = ['entrenar.cli', 'entrenar.merge', 'entrenar.quantize', 'entrenar.hf_pipeline']
+COMMAND_MODULES = ['entrenar.cli', 'entrenar.merge', 'entrenar.quantize', 'entrenar.gguf', 'entrenar.hf_pipeline']   # gguf extends quantize, convert, info, dequantize
 
 def _fmt_bytes(n:int) -> str:
     "A byte count for people: 1.84 MB"
@@ -66,13 +66,13 @@ def convert_command(args):
 def register_cli(sub):
     "Declare `info` and `convert`"
     p = sub.add_parser('info', help='describe a model: name, architecture, tensors, parameters, bytes by dtype')
-    p.add_argument('model', help='model file (.safetensors, .json, .yaml), checkpoint folder or index .json')
+    p.add_argument('model', help='model file (.safetensors, .json, .yaml, .gguf), checkpoint folder or index .json')
     p.add_argument('--tensors', action='store_true', help='also list every tensor with its shape and dtype')
     p.add_argument('--json', action='store_true', help='print the description as JSON')
     p.set_defaults(func=info_command)
-    p = sub.add_parser('convert', help='convert a model between SafeTensors, JSON and YAML (formats from the extensions)')
+    p = sub.add_parser('convert', help='convert a model between SafeTensors, JSON, YAML and GGUF (formats from the extensions)')
     p.add_argument('model', help='input model')
-    p.add_argument('output', help='output file (.safetensors, .json, .yaml, .json.gz, .yaml.gz) or folder')
+    p.add_argument('output', help='output file (.safetensors, .json, .yaml, .json.gz, .yaml.gz, .gguf) or folder')
     p.add_argument('--pretty', action='store_true', help='indent JSON output')
     p.add_argument('--compress', action='store_true', help='gzip JSON/YAML output')
     p.add_argument('--shard-size', default=None, help='split SafeTensors output into shards of at most this size, e.g. 5GB')

@@ -17,7 +17,7 @@ from .numtext import parse_numbers, _read
 
 # %% auto #0
 __all__ = ['DTYPES', 'MAX_HEADER', 'dtype_from_code', 'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata',
-           'ModelFormat', 'parse_size', 'SaveConfig', 'Model', 'Parameters', 'summary', 'atomic_path',
+           'ModelFormat', 'parse_size', 'SaveConfig', 'Model', 'lazy_tensor', 'Parameters', 'summary', 'atomic_path',
            'SafeTensorsReader', 'release_pages', 'format_numbers', 'ModelWriter', 'save_model', 'load_model']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
@@ -149,6 +149,18 @@ class Model:
             if not isinstance(value, _Lazy) and not hasattr(value, '__array_namespace__') and not hasattr(value, 'dtype'):
                 value = np.asarray(value)
             self._store[name] = value
+
+class _CallLoader:
+    "A reader whose one tensor comes from a function"
+    __slots__ = ('f',)
+    def __init__(self, f): self.f = f
+    def read(self, name): return self.f()
+
+def lazy_tensor(spec:TensorSpec, # name, dtype and shape of the tensor
+                load, # load() -> the array, called each time the tensor is asked for
+               ):
+    "A tensor for `Model` that stays unread until it is asked for (how other formats, e.g. GGUF, make lazy models)"
+    return _Lazy(spec, _CallLoader(load))
 
 # %% ../nbs/02_io.ipynb #fe070fcd
 class Parameters(Sequence):

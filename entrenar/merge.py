@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/merge.html.md"""
 
 # %% ../nbs/03_merge.ipynb #48e7a82d
 from __future__ import annotations
-import argparse, collections, ctypes, functools, hashlib, json, math, mmap, os, re, sys, time
+import argparse, collections, ctypes, functools, hashlib, json, math, mmap, os, re, shutil, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +20,14 @@ from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load
                          is_float_dtype, dtype_from_code, release_pages)
 
 # %% auto #0
-__all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'Param', 'MergeMethod', 'merge_method', 'get_method', 'check_inputs',
-           'bind_params', 'compute_dtype', 'tensor_rng', 'uniform', 'merge_tensors', 'linear', 'slerp_pair', 'slerp',
-           'nuslerp', 'multislerp', 'karcher', 'nearswap', 'kth_value', 'rank_mask', 'magnitude_mask', 'random_mask',
-           'outlier_mask', 'della_mask', 'sparsify', 'task_arithmetic_merge', 'model_stock', 'sce', 'passthrough',
-           'methods_table', 'evaluate_setting', 'layer_index', 'with_layer', 'Source', 'Slice', 'Recipe',
-           'parse_recipe', 'TensorTask', 'parse_dtype', 'plan_merge', 'run_tasks', 'merge_models', 'MergeSummary',
-           'load_recipe', 'merge_files', 'register_cli', 'tune_allocator', 'merge_command']
+__all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'TOKENIZER_FILES', 'Param', 'MergeMethod', 'merge_method', 'get_method',
+           'check_inputs', 'bind_params', 'compute_dtype', 'tensor_rng', 'uniform', 'merge_tensors', 'linear',
+           'slerp_pair', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'nearswap', 'kth_value', 'rank_mask',
+           'magnitude_mask', 'random_mask', 'outlier_mask', 'della_mask', 'sparsify', 'task_arithmetic_merge',
+           'model_stock', 'sce', 'passthrough', 'methods_table', 'evaluate_setting', 'layer_index', 'with_layer',
+           'Source', 'Slice', 'Recipe', 'parse_recipe', 'TensorTask', 'parse_dtype', 'plan_merge', 'run_tasks',
+           'merge_models', 'MergeSummary', 'load_recipe', 'merge_files', 'register_cli', 'tune_allocator',
+           'merge_command']
 
 # %% ../nbs/03_merge.ipynb #9fe2ab26
 @dataclass(frozen=True)
@@ -959,8 +960,11 @@ def _local(ref, root):
     return p if p.is_absolute() or p.exists() or root is None or not (Path(root) / p).exists() else Path(root) / p
 
 # %% ../nbs/03_merge.ipynb #e999fe61
+TOKENIZER_FILES = ('tokenizer.model', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
+                   'added_tokens.json', 'generation_config.json', 'merges.txt', 'vocab.json')
+
 def _write_config(recipe, models, paths, output, tasks):
-    "Copy config.json from the base's (or first model's) folder into the output folder"
+    "Copy config.json and the tokenizer files from the base's (or first model's) folder into the output folder"
     src = paths[recipe.base_model or recipe.models[0]]
     out = Path(output)
     if not (Path(src).is_dir() and (Path(src) / 'config.json').is_file()) or out.suffix: return
@@ -970,6 +974,9 @@ def _write_config(recipe, models, paths, output, tasks):
     if (recipe.out_dtype or recipe.dtype) and isinstance(cfg, dict) and 'torch_dtype' in cfg:
         cfg['torch_dtype'] = parse_dtype(recipe.out_dtype or recipe.dtype).name
     with atomic_path(out / 'config.json') as tmp: Path(tmp).write_text(json.dumps(cfg, indent=2) + '\n')
+    for name in TOKENIZER_FILES:   # so the merge can be loaded by transformers and converted for llama.cpp as it is
+        if (Path(src) / name).is_file():
+            with atomic_path(out / name) as tmp: shutil.copyfile(Path(src) / name, tmp)
 
 # %% ../nbs/03_merge.ipynb #3a572269
 def merge_files(inputs:list, # model files or folders (sharded checkpoints too); None with a recipe file

@@ -1,4 +1,4 @@
-import os, shutil, subprocess, sys
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -37,3 +37,42 @@ def one_error_line(r):
     assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
     assert 'Traceback' not in r.stderr
     return lines[0]
+
+# ---- the peer tools (llama.cpp, its converter, transformers, mergekit), installed by tools/peers.sh ----
+PEERS = Path(os.environ.get('ENTRENAR_PEERS') or ROOT / '.cache' / 'peers')
+PEER_SKIPS = []
+
+class Peers:
+    "Where the peer tools are: the peer venv's python, llama.cpp's source tree, the SmolLM2 GGUF"
+    python = PEERS / 'venv' / 'bin' / 'python'
+    llama_cpp = PEERS / 'llama.cpp'
+    smollm2 = PEERS / 'SmolLM2-135M-Instruct.Q4_1.gguf'
+    scripts = ROOT / 'tests' / 'peers'
+    def run(self, script, *args, timeout=600):
+        "Run tests/peers/SCRIPT with the peer python; its JSON output (or the exit status when it prints none)"
+        r = subprocess.run([str(self.python), str(self.scripts / script), *map(str, args)], capture_output=True, text=True,
+                           timeout=timeout, env={**os.environ, 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'})
+        assert r.returncode == 0, f"{script} failed ({r.returncode}):\n{r.stderr[-3000:]}"
+        return json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else None
+    def convert(self, model_dir, outfile, outtype):
+        "llama.cpp's own convert_hf_to_gguf.py"
+        r = subprocess.run([str(self.python), str(self.llama_cpp / 'convert_hf_to_gguf.py'), str(model_dir), '--outtype', outtype,
+                            '--outfile', str(outfile)], capture_output=True, text=True, timeout=900, env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+        assert r.returncode == 0, r.stderr[-3000:]
+        return outfile
+
+@pytest.fixture(scope='session')
+def peers():
+    "The peer tools; a failure in CI (the CI variable is set) when they are missing, else a loud skip"
+    missing = [str(p) for p in (Peers.python, Peers.llama_cpp / 'convert_hf_to_gguf.py', Peers.smollm2) if not p.exists()]
+    if missing:
+        msg = f"peer tools missing ({', '.join(missing)}): run `bash tools/peers.sh`"
+        if os.environ.get('CI'): pytest.fail(msg)
+        PEER_SKIPS.append(msg); pytest.skip(msg)
+    return Peers()
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = [r for r in terminalreporter.stats.get('skipped', []) if 'peer' in str(r.longrepr) or 'mergekit' in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(f"!!! {len(skipped)} comparisons with the peer tools were SKIPPED; `bash tools/peers.sh` installs them "
+                                    f"(then rerun; CI fails instead of skipping)", red=True, bold=True)

@@ -21,7 +21,8 @@ def test_help_lists_quantize(run_cli):
 @pytest.mark.parametrize('ext', ['json', 'safetensors', 'gguf'])
 def test_quantize_and_back(run_cli, tmp_path, ext):
     out = tmp_path / f'q4.{ext}'
-    r = run_cli('quantize', BASE, '--bits', '4', '--method', 'symmetric', '--output', out)
+    only = ['--tensors-only'] if ext == 'gguf' else []   # entrenar's own tensor file (the llama.cpp layout: test_gguf_cli.py)
+    r = run_cli('quantize', BASE, '--bits', '4', '--method', 'symmetric', '--output', out, *only)
     ft.test_eq(r.returncode, 0)
     assert 'quantized 16 tensors to q4_0, kept 5' in r.stdout, r.stdout
     assert 'x smaller' in r.stdout and f'wrote {out}' in r.stdout
@@ -40,9 +41,9 @@ def test_quantize_and_back(run_cli, tmp_path, ext):
         if a.ndim == 1: ft.test_eq(b.tobytes(), a.tobytes())   # norms are kept
         else: ft.test_close(b, a, eps=float(abs(a).max()) / 7)
 
-def test_gguf_file_is_ggml(run_cli, tmp_path):
+def test_tensors_only_gguf_file_is_ggml(run_cli, tmp_path):
     out = tmp_path / 'q8.gguf'
-    ft.test_eq(run_cli('quantize', BASE, '--bits', '8', '--output', out, '--quiet').returncode, 0)
+    ft.test_eq(run_cli('quantize', BASE, '--bits', '8', '--tensors-only', '--output', out, '--quiet').returncode, 0)
     r = gguf.GGUFReader(out)
     ft.test_eq(r.fields['general.architecture'].contents(), 'LlamaForCausalLM')
     ft.test_eq(r.fields['general.quantization_version'].contents(), 2)
@@ -89,10 +90,10 @@ def test_nonfinite(run_cli, tmp_path):
     w = np.ones((4, 32), np.float32); w[2, 5] = np.nan
     save_model(Model(ModelMetadata('nan', 'test'), {'ok': np.ones((4, 32), np.float32), 'bad': w}), src)
     out = tmp_path / 'nan.gguf'
-    line = one_error_line(run_cli('quantize', src, '--bits', '8', '--output', out))
+    line = one_error_line(run_cli('quantize', src, '--bits', '8', '--tensors-only', '--output', out))
     assert "tensor 'bad'" in line and '--allow-nonfinite' in line, line
     assert not out.exists()
-    r = run_cli('quantize', src, '--bits', '8', '--output', out, '--allow-nonfinite', '--report')
+    r = run_cli('quantize', src, '--bits', '8', '--tensors-only', '--output', out, '--allow-nonfinite', '--report')
     ft.test_eq(r.returncode, 0)
     assert 'kept: non-finite values' in r.stdout
     back = tmp_path / 'back.safetensors'

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the models that ship in models/ (no download): describe the model, convert it,
-# merge its three fine-tuned variants, quantize the merge to ggml blocks and GGUF, and dequantize it back.
+# merge its three fine-tuned variants, quantize the merge to GGUF files that llama.cpp runs (and JSON), and read it back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup-venv.sh quant
@@ -17,7 +17,9 @@ $E merge models/tiny-llama-a models/tiny-llama-b models/tiny-llama-c --base mode
     --method dare --density 0.5 --seed 0 --output "$OUT/merged-dare.safetensors"
 $E merge models/tiny-llama-a models/tiny-llama-b --method slerp --t 0.3 --output "$OUT/merged-slerp.safetensors"
 $E info "$OUT/merged-ties"
-$E quantize "$OUT/merged-ties" --bits 4 --method symmetric --report --output "$OUT/merged-q4_0.gguf"
+$E quantize "$OUT/merged-ties" --bits 4 --method symmetric --report --output "$OUT/merged-q4_0.gguf"   # llama.cpp runs it
+$E quantize "$OUT/merged-ties" --type Q8_0 --output "$OUT/merged-q8_0.gguf"
+$E info "$OUT/merged-q4_0.gguf"
 $E quantize "$OUT/merged-ties" --bits 8 --method symmetric --output "$OUT/merged-q8_0.json"
 $E dequantize "$OUT/merged-q4_0.gguf" --output "$OUT/merged-q4_0-dequantized.safetensors"
 $E info "$OUT/merged-q4_0-dequantized.safetensors"

@@ -2,8 +2,10 @@
 
 tiny-llama is a Llama-shaped model (hidden 128, 2 layers, vocab 512, float32) with random weights;
 tiny-llama-{a,b,c} are three "fine-tunes" of it: the base plus small, differently seeded task vectors.
+All four share a real (small) tokenizer: a SentencePiece BPE model of 512 pieces with byte fallback, laid out as
+Llama's (<unk>, <s>, </s>), trained on models/tokenizer-corpus.txt, so that llama.cpp and transformers can run them on text.
 """
-import json, sys
+import io, json, sys
 from pathlib import Path
 import numpy as np
 from entrenar.io import Model, ModelMetadata, save_model
@@ -28,7 +30,32 @@ def base_params(rng):
 def config():
     return dict(architectures=['LlamaForCausalLM'], model_type='llama', hidden_size=HIDDEN, intermediate_size=INTER,
                 num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=4, vocab_size=VOCAB,
-                rms_norm_eps=1e-6, max_position_embeddings=256, torch_dtype='float32', tie_word_embeddings=False)
+                rms_norm_eps=1e-6, max_position_embeddings=256, torch_dtype='float32', tie_word_embeddings=False,
+                bos_token_id=1, eos_token_id=2)
+
+CHAT_TEMPLATE = ("{% for m in messages %}{{ '<s>' if loop.first else '' }}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+
+def tokenizer_model() -> bytes:
+    "A SentencePiece BPE model trained on the corpus (deterministic: one thread, fixed input)"
+    import sentencepiece as spm
+    lines = [l.strip() for l in (ROOT / 'tokenizer-corpus.txt').read_text('utf-8').splitlines() if l.strip()]
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=out, vocab_size=VOCAB, model_type='bpe',
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, split_digits=True,
+        allow_whitespace_only_pieces=True, normalization_rule_name='identity', remove_extra_whitespaces=False, minloglevel=2)
+    return out.getvalue()
+
+def tokenizer_files() -> dict:
+    "file name -> bytes, as transformers saves a Llama tokenizer"
+    special = lambda t: dict(content=t, lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
+    cfg = dict(add_bos_token=True, add_eos_token=False, added_tokens_decoder={str(i): special(t) for i, t in enumerate(['<unk>', '<s>', '</s>'])},
+               bos_token='<s>', eos_token='</s>', unk_token='<unk>', pad_token=None, chat_template=CHAT_TEMPLATE,
+               clean_up_tokenization_spaces=False, legacy=False, model_max_length=256, sp_model_kwargs={}, tokenizer_class='LlamaTokenizer')
+    gen = dict(bos_token_id=1, eos_token_id=2)
+    return {'tokenizer.model': tokenizer_model(), 'tokenizer_config.json': (json.dumps(cfg, indent=2) + '\n').encode(),
+            'special_tokens_map.json': (json.dumps(dict(bos_token='<s>', eos_token='</s>', unk_token='<unk>'), indent=2) + '\n').encode(),
+            'generation_config.json': (json.dumps(gen, indent=2) + '\n').encode()}
 
 def write(name, params, note):
     d = ROOT / name
@@ -36,8 +63,11 @@ def write(name, params, note):
     meta = ModelMetadata(name, 'LlamaForCausalLM').with_custom('description', note).with_custom('hidden_size', HIDDEN)
     save_model(Model(meta, params), d / 'model.safetensors')
     (d / 'config.json').write_text(json.dumps(config(), indent=2) + '\n')
+    for f, data in TOKENIZER.items(): (d / f).write_bytes(data)
 
 def main():
+    global TOKENIZER
+    TOKENIZER = tokenizer_files()
     base = base_params(np.random.default_rng(20261126))
     write('tiny-llama', base, 'random Llama-shaped base model for demos and tests')
     for i, v in enumerate('abc'):

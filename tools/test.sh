@@ -11,7 +11,11 @@ if ! command -v pandoc >/dev/null || ! command -v chromium >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium pandoc >/dev/null
   fi
 fi
+# the peer tools the comparison tests run against (llama.cpp, its converter, transformers, mergekit): installed once
+# under .cache/peers/, reused by later runs. ENTRENAR_SKIP_PEERS=1 skips this for the quick inner loop (the peer tests then skip).
+if [ -z "${ENTRENAR_SKIP_PEERS:-}" ]; then bash tools/peers.sh; fi
 export PATH="$PWD/.venv/bin:$PATH" PYTHONHASHSEED=0 MPLBACKEND=Agg ENTRENAR_REQUIRE_BROWSER=1
+export MERGEKIT_YAML="${MERGEKIT_YAML:-$PWD/.cache/peers/venv/bin/mergekit-yaml}" ENTRENAR_PEERS="${ENTRENAR_PEERS:-$PWD/.cache/peers}"
 state() { git status --porcelain --untracked-files=all -- nbs entrenar README.md; git diff -- nbs entrenar README.md | sha1sum; }
 
 echo "== 1/6 notebooks are clean (nbdev-clean changes nothing)"

@@ -148,3 +148,42 @@ def test_readme_main_job_ends_in_a_file_llama_cpp_runs(peers, run_cli, tmp_path)
     ft.test_eq(run_cli('quantize', out, '--bits', '4', '--method', 'symmetric', '--output', tmp_path / 'm.gguf', '--quiet').returncode, 0)
     got = peers.run('llama_run.py', tmp_path / 'm.gguf', PROMPT, 4)
     ft.test_eq(len(got['generated']), 4)
+
+def _variant(folder, cls, n_kv, tied, bias):
+    "A small random checkpoint of another Llama-family class: grouped-query attention, tied embeddings, q/k/v biases"
+    rng = np.random.default_rng(11)
+    h, ff, v, heads = 128, 256, 512, 4
+    kv = h // heads * n_kv
+    p = {'model.embed_tokens.weight': rng.standard_normal((v, h)) * 0.05, 'model.norm.weight': 1 + 0.05 * rng.standard_normal(h)}
+    if not tied: p['lm_head.weight'] = rng.standard_normal((v, h)) * 0.05
+    for i in range(2):
+        pre = f'model.layers.{i}.'
+        for n, s in [('self_attn.q_proj', (h, h)), ('self_attn.k_proj', (kv, h)), ('self_attn.v_proj', (kv, h)), ('self_attn.o_proj', (h, h)),
+                     ('mlp.gate_proj', (ff, h)), ('mlp.up_proj', (ff, h)), ('mlp.down_proj', (h, ff))]:
+            p[pre + n + '.weight'] = rng.standard_normal(s) / np.sqrt(s[1])
+        if bias:
+            for n, s in [('q_proj', h), ('k_proj', kv), ('v_proj', kv)]: p[pre + f'self_attn.{n}.bias'] = 0.1 * rng.standard_normal(s)
+        p[pre + 'input_layernorm.weight'] = p[pre + 'post_attention_layernorm.weight'] = 1 + 0.05 * rng.standard_normal(h)
+    folder.mkdir()
+    save_model(Model(ModelMetadata(folder.name, cls), {k: v.astype(np.float32) for k, v in p.items()}), folder / 'model.safetensors')
+    model_type = {'LlamaForCausalLM': 'llama', 'MistralForCausalLM': 'mistral', 'Qwen2ForCausalLM': 'qwen2'}[cls]
+    cfg = json.loads((TINY / 'config.json').read_text()) | dict(architectures=[cls], model_type=model_type, num_key_value_heads=n_kv,
+                                                                tie_word_embeddings=tied, rope_theta=50000.0)
+    (folder / 'config.json').write_text(json.dumps(cfg))
+    for f in ('tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json'): shutil.copy(TINY / f, folder / f)
+    return folder
+
+@pytest.mark.parametrize('cls,n_kv,tied,bias', [('LlamaForCausalLM', 2, True, False), ('MistralForCausalLM', 1, False, False),
+                                                 ('Qwen2ForCausalLM', 2, True, True)])
+def test_the_llama_family_runs_as_in_transformers(peers, run_cli, tmp_path, cls, n_kv, tied, bias):
+    "Grouped-query attention (the k permutation by kv heads), tied embeddings, Qwen2's biases: llama.cpp generates what transformers does, and back"
+    src = _variant(tmp_path / cls, cls, n_kv, tied, bias)
+    ft.test_eq(run_cli('convert', src, tmp_path / 'm.gguf', '--type', 'f32', '--quiet').returncode, 0)
+    got, ref = peers.run('llama_run.py', tmp_path / 'm.gguf', PROMPT, 12), peers.run('hf_run.py', src, PROMPT, 12)
+    ft.test_eq((got['prompt_tokens'], got['generated']), (ref['prompt_tokens'], ref['generated']))
+    np.testing.assert_allclose(got['logits'], ref['logits'], atol=5e-3 * max(1, np.abs(ref['logits']).max()))   # llama.cpp keeps the KV cache in F16
+    assert len(set(ref['generated'])) > 2, ref['generated']   # a model that says something, not one token again and again
+    ft.test_eq(run_cli('convert', tmp_path / 'm.gguf', tmp_path / 'back', '--quiet').returncode, 0)
+    a, b = load_model(src), load_model(tmp_path / 'back')
+    ft.test_eq(sorted(a.names), sorted(b.names))
+    for n in a.names: ft.test_eq(a[n].tobytes(), b[n].tobytes())

@@ -3,10 +3,14 @@
 Usage: python hf_run.py CHECKPOINT_DIR PROMPT N_TOKENS
 """
 import json, sys
+from pathlib import Path
 import torch, transformers
 
 def main(path, prompt, n):
-    tok = transformers.AutoTokenizer.from_pretrained(path)
+    cfg = Path(path) / 'tokenizer_config.json'
+    cls = json.loads(cfg.read_text()).get('tokenizer_class') if cfg.exists() else None
+    # the class the checkpoint declares (AutoTokenizer of transformers 5 picks it by model_type, e.g. Qwen2's for any qwen2 model)
+    tok = (getattr(transformers, cls, None) or transformers.AutoTokenizer).from_pretrained(path)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ids = tok(prompt, return_tensors='pt').input_ids
     with torch.no_grad():

@@ -59,6 +59,9 @@ RECIPES = {
           - sources: [{{model: {M['']}, layer_range: [0, 1]}}]
           - sources: [{{model: {M['-a']}, layer_range: [0, 2]}}]
         """),
+    'ties_dtype_int8_mask': "dtype: float16\n" + models_recipe('ties', params='{int8_mask: true, normalize: true}', per=W),
+    'linear_unnormalized_bf16': "dtype: bfloat16\nout_dtype: float32\n" + models_recipe(
+        'linear', params='{normalize: false}', per={'-a': '{weight: 0.5}', '-b': '{weight: 0.3}', '-c': '{weight: 0.4}'}, base=False),
     'dare_ties': models_recipe('dare_ties', per=W),
     'dare_linear': models_recipe('dare_linear', per=W),
     'della': models_recipe('della', params='{epsilon: 0.1}', per=W),

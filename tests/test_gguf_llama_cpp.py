@@ -149,7 +149,7 @@ def test_readme_main_job_ends_in_a_file_llama_cpp_runs(peers, run_cli, tmp_path)
     got = peers.run('llama_run.py', tmp_path / 'm.gguf', PROMPT, 4)
     ft.test_eq(len(got['generated']), 4)
 
-def _variant(folder, cls, n_kv, tied, bias):
+def _variant(folder, cls, n_kv, tied, bias, rope=None):
     "A small random checkpoint of another Llama-family class: grouped-query attention, tied embeddings, q/k/v biases"
     rng = np.random.default_rng(11)
     h, ff, v, heads = 128, 256, 512, 4
@@ -169,15 +169,21 @@ def _variant(folder, cls, n_kv, tied, bias):
     model_type = {'LlamaForCausalLM': 'llama', 'MistralForCausalLM': 'mistral', 'Qwen2ForCausalLM': 'qwen2'}[cls]
     cfg = json.loads((TINY / 'config.json').read_text()) | dict(architectures=[cls], model_type=model_type, num_key_value_heads=n_kv,
                                                                 tie_word_embeddings=tied, rope_theta=50000.0)
+    if rope: cfg['rope_scaling'] = rope
     (folder / 'config.json').write_text(json.dumps(cfg))
     for f in ('tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json'): shutil.copy(TINY / f, folder / f)
     return folder
 
-@pytest.mark.parametrize('cls,n_kv,tied,bias', [('LlamaForCausalLM', 2, True, False), ('MistralForCausalLM', 1, False, False),
-                                                 ('Qwen2ForCausalLM', 2, True, True)])
-def test_the_llama_family_runs_as_in_transformers(peers, run_cli, tmp_path, cls, n_kv, tied, bias):
-    "Grouped-query attention (the k permutation by kv heads), tied embeddings, Qwen2's biases: llama.cpp generates what transformers does, and back"
-    src = _variant(tmp_path / cls, cls, n_kv, tied, bias)
+LLAMA3_ROPE = dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16)
+
+@pytest.mark.parametrize('cls,n_kv,tied,bias,rope', [('LlamaForCausalLM', 2, True, False, None), ('MistralForCausalLM', 1, False, False, None),
+                                                      ('Qwen2ForCausalLM', 2, True, True, None), ('LlamaForCausalLM', 4, False, False, LLAMA3_ROPE)])
+def test_the_llama_family_runs_as_in_transformers(peers, run_cli, tmp_path, cls, n_kv, tied, bias, rope):
+    "Grouped-query attention (the k permutation by kv heads), tied embeddings, Qwen2's biases, Llama 3's rotary scaling: llama.cpp generates what transformers does, and back"
+    src = _variant(tmp_path / cls, cls, n_kv, tied, bias, rope)
+    if rope:   # the rope_freqs tensor as llama.cpp's converter computes it
+        ft.test_eq(run_cli('convert', src, tmp_path / 'ours-f16.gguf', '--type', 'f16', '--quiet').returncode, 0)
+        ft.test_eq(differences(tmp_path / 'ours-f16.gguf', peers.convert(src, tmp_path / 'conv-f16.gguf', 'f16')), [])
     ft.test_eq(run_cli('convert', src, tmp_path / 'm.gguf', '--type', 'f32', '--quiet').returncode, 0)
     got, ref = peers.run('llama_run.py', tmp_path / 'm.gguf', PROMPT, 12), peers.run('hf_run.py', src, PROMPT, 12)
     ft.test_eq((got['prompt_tokens'], got['generated']), (ref['prompt_tokens'], ref['generated']))

@@ -20,14 +20,14 @@ from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load
                          is_float_dtype, dtype_from_code, release_pages)
 
 # %% auto #0
-__all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'TOKENIZER_FILES', 'Param', 'MergeMethod', 'merge_method', 'get_method',
-           'check_inputs', 'bind_params', 'compute_dtype', 'tensor_rng', 'uniform', 'merge_tensors', 'linear',
-           'slerp_pair', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'nearswap', 'kth_value', 'rank_mask',
+__all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'TOKENIZER_FILES', 'CLI_DEFAULTS', 'Param', 'MergeMethod', 'merge_method',
+           'get_method', 'check_inputs', 'bind_params', 'compute_dtype', 'tensor_rng', 'uniform', 'merge_tensors',
+           'linear', 'slerp_pair', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'nearswap', 'kth_value', 'rank_mask',
            'magnitude_mask', 'random_mask', 'outlier_mask', 'della_mask', 'sparsify', 'task_arithmetic_merge',
            'model_stock', 'sce', 'passthrough', 'methods_table', 'evaluate_setting', 'layer_index', 'with_layer',
            'Source', 'Slice', 'Recipe', 'parse_recipe', 'TensorTask', 'parse_dtype', 'plan_merge', 'run_tasks',
-           'merge_models', 'MergeSummary', 'load_recipe', 'merge_files', 'register_cli', 'tune_allocator',
-           'merge_command']
+           'merge_models', 'MergeSummary', 'load_recipe', 'recipe_yaml', 'model_card', 'merge_files', 'cli_defaults',
+           'register_cli', 'tune_allocator', 'merge_command']
 
 # %% ../nbs/03_merge.ipynb #9fe2ab26
 @dataclass(frozen=True)
@@ -979,6 +979,44 @@ def _write_config(recipe, models, paths, output, tasks):
             with atomic_path(out / name) as tmp: shutil.copyfile(Path(src) / name, tmp)
 
 # %% ../nbs/03_merge.ipynb #3a572269
+def recipe_yaml(info:dict, # the `merge` entry of a merge's metadata (`_merge_metadata`)
+               ) -> str:
+    "The merge as a mergekit YAML recipe"
+    d = dict(merge_method=info['method'])
+    if info.get('base'): d['base_model'] = info['base']
+    d['models'] = [{k: v for k, v in m.items() if k != 'layer_range'} for m in info['models']]
+    if info.get('parameters'): d['parameters'] = info['parameters']
+    for k in ('dtype', 'out_dtype'):
+        if info.get(k): d[k] = info[k]
+    return yaml.safe_dump(d, sort_keys=False)
+
+def model_card(name:str, # the merged model's name
+               info:dict, # the `merge` entry of its metadata
+               recipe:str, # the recipe, as YAML
+              ) -> str:
+    "A Hugging Face model card (README.md) for a merge, as mergekit writes one"
+    merged = list(dict.fromkeys(m['model'] for m in info['models']))
+    bases = list(dict.fromkeys(([info['base']] if info.get('base') else []) + merged))
+    front = yaml.safe_dump(dict(base_model=bases, library_name='transformers', tags=['merge', 'mergekit', 'entrenar']), sort_keys=False)
+    base = f" using {info['base']} as a base" if info.get('base') else ''
+    lines = [f"---\n{front}---", f"# {name}", "", "This is a merge of pre-trained language models made with "
+             "[entrenar](https://github.com/entrenar/entrenar), whose methods follow [mergekit](https://github.com/arcee-ai/mergekit).",
+             "", "## Merge details", f"This model was merged with the `{info['method']}` method{base}.", "",
+             "The models merged:", *[f"* {m}" for m in merged], "", "## Configuration",
+             "The recipe (also in `mergekit_config.yml`):", "", "```yaml", recipe.rstrip('\n'), "```", ""]
+    return '\n'.join(lines)
+
+# %% ../nbs/03_merge.ipynb #c567e9df
+def _write_card(output, meta:ModelMetadata, recipe:str|None):
+    "mergekit_config.yml and README.md into a folder output"
+    out = Path(output)
+    if out.suffix: return
+    info = meta.custom['merge']
+    recipe = recipe or recipe_yaml(info)
+    with atomic_path(out / 'mergekit_config.yml') as tmp: Path(tmp).write_text(recipe)
+    with atomic_path(out / 'README.md') as tmp: Path(tmp).write_text(model_card(meta.name, info, recipe))
+
+# %% ../nbs/03_merge.ipynb #c5870113
 def merge_files(inputs:list, # model files or folders (sharded checkpoints too); None with a recipe file
                 output, # a .safetensors, .json or .yaml file, or a folder
                 method='linear', # a method name, a `Recipe`, or the path of a mergekit YAML recipe
@@ -992,9 +1030,10 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
                 quiet:bool=True, # no progress bar or notes
                 progress:bool|None=None, # show a progress bar (default: unless `quiet`)
                 client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': one task per output shard on its workers
+                notes:list|None=None, # notes to print with the merge's own (e.g. the command's defaults)
                 **params) -> MergeSummary:
     "Merge checkpoints on disk into `output`, one tensor at a time; nothing is written unless everything checks out"
-    start, root, notes = time.perf_counter(), None, []
+    start, root, notes = time.perf_counter(), None, list(notes or [])
     is_recipe = isinstance(method, Recipe) or (isinstance(method, (str, Path)) and str(method).lower().endswith(('.yml', '.yaml')))
     if is_recipe and inputs: raise MergeError("a recipe names its own models: pass no inputs with it")
     if isinstance(method, Recipe): recipe = method
@@ -1019,10 +1058,22 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
     else:
         with writer as w: run_tasks(tasks, recipe.merge_method, models, w.write, seed, parse_dtype(recipe.dtype), allow_nonfinite, workers, progress=bar)
     _write_config(recipe, models, paths, output, tasks)
+    recipe_text = Path(method).read_text('utf-8') if is_recipe and not isinstance(method, Recipe) else None
+    _write_card(output, _merge_metadata(recipe, models, seed, name or 'merged', paths), recipe_text)
     copied = sum(t.params is None for t in tasks)
     return MergeSummary(str(output), recipe.merge_method, len(tasks) - copied, copied, sum(t.spec.nbytes for t in tasks), time.perf_counter() - start)
 
 # %% ../nbs/03_merge.ipynb #39b78a63
+CLI_DEFAULTS = {'slerp': {'t': 0.5}, 'ties': {'density': 0.2}, 'dare_ties': {'density': 0.5}}   # the Rust crate's command line
+
+def cli_defaults(method:str, # a method name or alias, as given to --method
+                 params:dict, # the parameters the command line gave
+                ) -> tuple:
+    "`params` completed with `CLI_DEFAULTS` for what the command line left out, and a note for each default used"
+    name = ALIASES.get(method, method)
+    added = {k: v for k, v in CLI_DEFAULTS.get(name, {}).items() if k not in params}
+    return {**params, **added}, [f"{name}: {k} = {v}, the command's default (set it with --{k})" for k, v in added.items()]
+
 def _numbers(text, opt):
     if text is None: return None
     try: vals = [float(v) for v in str(text).split(',') if v.strip()]
@@ -1035,7 +1086,8 @@ def register_cli(subparsers):
                               description='Merge model checkpoints tensor by tensor, with mergekit\'s methods and recipes.')
     p.add_argument('models', nargs='*', help='input models: .safetensors/.json/.yaml files or checkpoint folders')
     p.add_argument('--config', help='a mergekit YAML recipe (instead of models and --method)')
-    p.add_argument('--method', help=f"merge method: {', '.join(sorted([*METHODS, *ALIASES]))}")
+    p.add_argument('--method', help=f"merge method: {', '.join(sorted([*METHODS, *ALIASES]))}; defaults when omitted: "
+                                   "slerp --t 0.5, ties --density 0.2, dare --density 0.5 (drops half)")
     p.add_argument('--base', help='base model (default: the first model, for methods that need one)')
     p.add_argument('--weights', help='weights, one per model, comma-separated (default: 1 each)')
     for opt in ('density', 't', 'lambda', 'gamma', 'epsilon'): p.add_argument(f'--{opt}', dest=f'p_{opt}', metavar=opt.upper(), help=f"the method's {opt} (per-model ones take a comma-separated list)")
@@ -1076,5 +1128,6 @@ def merge_command(args):
     else:
         if not args.models: raise MergeError("name the models to merge, or give a recipe with --config")
         if not args.method: raise MergeError(f"choose a --method: {', '.join(sorted([*METHODS, *ALIASES]))}")
-        s = merge_files(args.models, args.output, args.method, base=args.base, **common, **params)
+        params, notes = cli_defaults(args.method, params)
+        s = merge_files(args.models, args.output, args.method, base=args.base, notes=notes, **common, **params)
     if not args.quiet: print(s)

@@ -108,7 +108,6 @@ def test_bad_inputs_exit_1_one_line_no_output(run_cli, tmp_path):
         (('merge', A, B, '--method', 'tiez'), ["unknown merge method 'tiez'"]),
         (('merge', A, B / 'modle.safetensors', '--method', 'linear'), ['modle.safetensors', 'no such file']),
         (('merge', A, tmp_path / 'inf.safetensors', '--method', 'linear'), [W, 'NaN or infinite']),
-        (('merge', A, B, '--method', 'slerp'), ["parameter 't' is required"]),
         (('merge', A, B, '--method', 'linear', '--density', '0.5'), ["linear has no parameter 'density'"]),
         (('merge', A, B, '--method', 'linear', '--weights', '1,2,3'), ["3 values for 'weight'"]),
     ]
@@ -165,3 +164,37 @@ def test_equals_mergekit(run_cli, tmp_path):
     mk, en = load_model(tmp_path / 'mk'), load_model(tmp_path / 'en')
     ft.test_eq(sorted(mk.names), sorted(en.names))
     for n in mk.names: np.testing.assert_allclose(en.get_parameter(n), mk.get_parameter(n), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('method,param,value', [('slerp', '--t', '0.5'), ('ties', '--density', '0.2'), ('dare', '--density', '0.5')])
+def test_the_commands_defaults(run_cli, tmp_path, method, param, value):
+    "The Rust crate's command-line form works without the method's parameter, says which default it took, and equals giving it"
+    r = run_cli('merge', A, B, '--method', method, '--output', tmp_path / 'default.safetensors')
+    ft.test_eq(r.returncode, 0)
+    assert f"{param[2:]} = {value}, the command's default" in r.stdout, r.stdout
+    ft.test_eq(run_cli('merge', A, B, '--method', method, param, value, '--quiet', '--output', tmp_path / 'given.safetensors').returncode, 0)
+    d, g = load_model(tmp_path / 'default.safetensors'), load_model(tmp_path / 'given.safetensors')
+    for n in d.names: ft.test_eq(d[n].tobytes(), g[n].tobytes())
+    assert 'slerp --t 0.5' in run_cli('merge', '--help').stdout
+
+def test_recipes_keep_mergekits_rule(run_cli, tmp_path):
+    "A recipe that leaves out a required parameter is still an error naming it"
+    recipe = tmp_path / 'slerp.yml'
+    recipe.write_text(f"merge_method: slerp\nbase_model: {A}\nmodels: [{{model: {A}}}, {{model: {B}}}]\n")
+    line = one_error_line(run_cli('merge', '--config', recipe, '--output', tmp_path / 'out.safetensors'))
+    assert "parameter 't' is required" in line, line
+    assert not (tmp_path / 'out.safetensors').exists()
+
+
+def test_folder_output_has_recipe_and_model_card(run_cli, tmp_path):
+    "As mergekit writes them: mergekit_config.yml reproduces the merge; README.md has the Hub's front matter and the recipe"
+    import yaml
+    out = tmp_path / 'merged'
+    ft.test_eq(run_cli('merge', A, B, '--base', BASE, '--method', 'ties', '--density', '0.5', '--quiet', '--output', out).returncode, 0)
+    card = (out / 'README.md').read_text()
+    front = yaml.safe_load(card.split('---')[1])
+    ft.test_eq((front['library_name'], 'merge' in front['tags'], len(front['base_model'])), ('transformers', True, 3))
+    assert 'merge_method: ties' in card and (out / 'mergekit_config.yml').read_text() in card
+    ft.test_eq(run_cli('merge', '--config', out / 'mergekit_config.yml', '--quiet', '--output', tmp_path / 'again').returncode, 0)
+    a, b = load_model(out), load_model(tmp_path / 'again')
+    for n in a.names: ft.test_eq(a[n].tobytes(), b[n].tobytes())

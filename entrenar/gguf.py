@@ -404,7 +404,7 @@ def to_gguf(source, # a transformers checkpoint folder (config.json, weights, to
     return QuantizeReport(settings, rows, None, Path(output))
 
 # %% ../nbs/08_gguf.ipynb #f4ac1048
-_PLAIN = {'F32': np.float32, 'F16': np.float16, 'F64': np.float64, 'I8': np.int8, 'I16': np.int16, 'I32': np.int32, 'I64': np.int64}
+_PLAIN = ('F32', 'F16', 'BF16', 'F64', 'I8', 'I16', 'I32', 'I64')   # stored as they are: io's dtype codes
 
 class GgufFile:
     "A GGUF file: metadata, tensor table, and tensors decoded on request"
@@ -460,14 +460,18 @@ def type_counts(self:GgufFile) -> dict:
 
 # %% ../nbs/08_gguf.ipynb #14888aa3
 @patch
-def array(self:GgufFile, name:str) -> np.ndarray:
+def array(self:GgufFile, name:str, # the tensor's llama.cpp name
+          float32:bool=True, # F16 and BF16 as float32 (else in their own dtype, as stored)
+         ) -> np.ndarray:
     "Tensor `name` decoded: float32 for float and block types, the stored dtype for integers"
     t = self.tensors.get(name)
     if t is None: raise SerializationError("no such tensor in the GGUF file", path=self.path, tensor=name)
     kind, shape = t.tensor_type.name, self.shape(name)
     raw = np.asarray(t.data).reshape(-1).view(np.uint8)
     with reraise_as(SerializationError, path=self.path, tensor=name, what=f'decoding {kind}'):
-        if kind in _PLAIN: return raw.view(_PLAIN[kind]).reshape(shape).astype(np.float32 if kind == 'F16' else _PLAIN[kind], copy=False)
+        if kind in _PLAIN:
+            x = raw.view(dtype_from_code(kind)).reshape(shape)
+            return x.astype(np.float32) if float32 and kind in ('F16', 'BF16') else x
         if kind.lower() in BLOCK_FORMATS: return BLOCK_FORMATS[kind.lower()].dequantize(raw.reshape(*shape[:-1], -1)).reshape(shape)
         from gguf import quants
         try: return np.asarray(quants.dequantize(np.asarray(t.data), t.tensor_type), np.float32).reshape(shape)
@@ -523,8 +527,8 @@ def _requantize_plan(path:Path, type:str, name:str|None):
     tied, tensors, requantized = 'output.weight' not in f.tensors, [], []
     for g in f.tensors:
         shape, kind = f.shape(g), f.type_of(g)
-        if kind in _PLAIN and not kind.startswith('F'): raise QuantizeError(f"integer tensor ({kind}) in a model GGUF", path=path, tensor=g)
-        if kind not in ('F32', 'F16', 'BF16', 'F64'): requantized.append(g)
+        if kind.startswith('I'): raise QuantizeError(f"integer tensor ({kind}) in a model GGUF", path=path, tensor=g)
+        if kind not in _PLAIN: requantized.append(g)
         tensors.append((g, g, shape, tensor_type(g, shape, type, tied), 0))
     if requantized:
         warnings.warn(f"{path}: requantizing {len(requantized)} already quantized tensors (e.g. {requantized[0]}, "
@@ -544,7 +548,7 @@ def _hf_names(f:GgufFile) -> dict:
 
 def _stored_dtype(kind:str) -> np.dtype:
     "The dtype a tensor of ggml type `kind` is read back as"
-    return dtype_from_code('BF16') if kind == 'BF16' else np.dtype(_PLAIN.get(kind, np.float32))
+    return dtype_from_code(kind) if kind in _PLAIN else np.dtype(np.float32)
 
 # %% ../nbs/08_gguf.ipynb #68d8e8ec
 def gguf_model(path, # a .gguf file
@@ -563,7 +567,7 @@ def gguf_model(path, # a .gguf file
         kind, dtype = t.tensor_type.name, _stored_dtype(t.tensor_type.name)
         heads = (n_head if '.attn_q.' in g else n_kv if '.attn_k.' in g else 0) if names and f.arch == 'llama' else 0
         def load(g=g, heads=heads, dtype=dtype):
-            x = f.array(g)
+            x = f.array(g, float32=False)   # F16/BF16 stay as stored, quantized types come as float32
             return np.ascontiguousarray((unpermute_qk(x, heads) if heads else x).astype(dtype, copy=False))
         params.append((names.get(g, g), lazy_tensor(TensorSpec(names.get(g, g), dtype, f.shape(g)), load)))
     cls = _HF_CLASS.get(f.arch, (f.arch or 'unknown',))[0]

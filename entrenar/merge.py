@@ -1051,7 +1051,8 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
         for msg in notes: print(f"note: {msg}")  # on stdout, once the merge is known to be valid: errors stay one line on stderr
     name = Path(output).name.split('.')[0] if Path(output).suffix else Path(output).name
     config = SaveConfig().with_shard_size(shard_size) if shard_size else None
-    writer, bar = ModelWriter(output, [t.spec for t in tasks], _merge_metadata(recipe, models, seed, name or 'merged', paths), config), not quiet if progress is None else progress
+    meta = _merge_metadata(recipe, models, seed, name or 'merged', paths)
+    writer, bar = ModelWriter(output, [t.spec for t in tasks], meta, config), not quiet if progress is None else progress
     if client is not None:
         from entrenar.distributed import merge_on_cluster
         merge_on_cluster(client, writer, tasks, paths, recipe.merge_method, seed, parse_dtype(recipe.dtype), allow_nonfinite, bar)
@@ -1059,7 +1060,7 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
         with writer as w: run_tasks(tasks, recipe.merge_method, models, w.write, seed, parse_dtype(recipe.dtype), allow_nonfinite, workers, progress=bar)
     _write_config(recipe, models, paths, output, tasks)
     recipe_text = Path(method).read_text('utf-8') if is_recipe and not isinstance(method, Recipe) else None
-    _write_card(output, _merge_metadata(recipe, models, seed, name or 'merged', paths), recipe_text)
+    _write_card(output, meta, recipe_text)
     copied = sum(t.params is None for t in tasks)
     return MergeSummary(str(output), recipe.merge_method, len(tasks) - copied, copied, sum(t.spec.nbytes for t in tasks), time.perf_counter() - start)
 
@@ -1086,8 +1087,9 @@ def register_cli(subparsers):
                               description='Merge model checkpoints tensor by tensor, with mergekit\'s methods and recipes.')
     p.add_argument('models', nargs='*', help='input models: .safetensors/.json/.yaml files or checkpoint folders')
     p.add_argument('--config', help='a mergekit YAML recipe (instead of models and --method)')
-    p.add_argument('--method', help=f"merge method: {', '.join(sorted([*METHODS, *ALIASES]))}; defaults when omitted: "
-                                   "slerp --t 0.5, ties --density 0.2, dare --density 0.5 (drops half)")
+    short = {v: k for k, v in ALIASES.items()}   # dare_ties is `dare` on the command line
+    defaults = ', '.join(f"{short.get(m, m)} --{k} {v}" for m, d in CLI_DEFAULTS.items() for k, v in d.items())
+    p.add_argument('--method', help=f"merge method: {', '.join(sorted([*METHODS, *ALIASES]))}; defaults when omitted: {defaults}")
     p.add_argument('--base', help='base model (default: the first model, for methods that need one)')
     p.add_argument('--weights', help='weights, one per model, comma-separated (default: 1 each)')
     for opt in ('density', 't', 'lambda', 'gamma', 'epsilon'): p.add_argument(f'--{opt}', dest=f'p_{opt}', metavar=opt.upper(), help=f"the method's {opt} (per-model ones take a comma-separated list)")

@@ -50,7 +50,8 @@ def test_type_names_are_llama_quantizes(run_cli, tmp_path):
     assert not (tmp_path / 'k.gguf').exists()
 
 def test_norms_stay_f32_and_include_1d_is_refused(run_cli, tmp_path):
-    f = GgufFile(run_cli('quantize', TINY, '--type', 'q4_0', '--output', tmp_path / 'a.gguf', '--quiet') and tmp_path / 'a.gguf')
+    ft.test_eq(run_cli('quantize', TINY, '--type', 'q4_0', '--output', tmp_path / 'a.gguf', '--quiet').returncode, 0)
+    f = GgufFile(tmp_path / 'a.gguf')
     ft.test_eq({f.type_of(n) for n in f.tensors if n.endswith('_norm.weight')}, {'F32'})
     ft.test_eq(f.type_of('output.weight'), 'Q8_0')   # llama-quantize's head type (Q6_K falls back to Q8_0 on rows of 128)
     r = run_cli('quantize', TINY, '--type', 'q4_0', '--include-1d', '--output', tmp_path / 'b.gguf')

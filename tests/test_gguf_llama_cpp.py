@@ -79,28 +79,9 @@ def test_equals_llama_quantize(peers, converted, run_cli, tmp_path, kind):
     ft.test_eq(run_cli('quantize', converted('f32'), '--type', kind, '--output', again, '--quiet').returncode, 0)
     ft.test_eq(differences(again, theirs), [])
 
-def _wide_model(folder):
-    "A Llama-shaped checkpoint whose rows are multiples of 256, so that llama-quantize really makes K-quants"
-    rng = np.random.default_rng(7)
-    h, ff, v = 256, 512, 512
-    p = {'model.embed_tokens.weight': rng.standard_normal((v, h)) * 0.02, 'model.norm.weight': 1 + 0.05 * rng.standard_normal(h),
-         'lm_head.weight': rng.standard_normal((v, h)) * 0.02}
-    for n, s in [('self_attn.q_proj', (h, h)), ('self_attn.k_proj', (h, h)), ('self_attn.v_proj', (h, h)), ('self_attn.o_proj', (h, h)),
-                 ('mlp.gate_proj', (ff, h)), ('mlp.up_proj', (ff, h)), ('mlp.down_proj', (h, ff))]:
-        w = rng.standard_normal(s) / np.sqrt(s[1])
-        w[rng.random(s) < 0.001] *= 20   # outliers
-        p[f'model.layers.0.{n}.weight'] = w
-    p['model.layers.0.input_layernorm.weight'] = p['model.layers.0.post_attention_layernorm.weight'] = np.ones(h)
-    folder.mkdir()
-    save_model(Model(ModelMetadata('wide', 'LlamaForCausalLM'), {k: v.astype(np.float32) for k, v in p.items()}), folder / 'model.safetensors')
-    cfg = json.loads((TINY / 'config.json').read_text()) | dict(hidden_size=h, intermediate_size=ff, num_hidden_layers=1)
-    (folder / 'config.json').write_text(json.dumps(cfg))
-    for f in ('tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json'): shutil.copy(TINY / f, folder / f)
-    return folder
-
 def test_reads_k_quants_as_ggml_decodes_them(peers, run_cli, tmp_path):
     "Q2_K..Q6_K and IQ4_NL files made by llama-quantize: every tensor decodes to ggml's own values, and converts back for transformers"
-    wide = _wide_model(tmp_path / 'wide')
+    wide = _variant(tmp_path / 'wide', 'LlamaForCausalLM', 4, False, False, h=256, layers=1, outliers=True)   # rows of 256: real K-quants
     f32 = peers.convert(wide, tmp_path / 'wide-f32.gguf', 'f32')
     seen = set()
     for kind in ('q2_k', 'q3_k_m', 'q4_k_m', 'q5_k_m', 'q6_k', 'iq4_nl'):
@@ -149,18 +130,19 @@ def test_readme_main_job_ends_in_a_file_llama_cpp_runs(peers, run_cli, tmp_path)
     got = peers.run('llama_run.py', tmp_path / 'm.gguf', PROMPT, 4)
     ft.test_eq(len(got['generated']), 4)
 
-def _variant(folder, cls, n_kv, tied, bias, rope=None):
-    "A small random checkpoint of another Llama-family class: grouped-query attention, tied embeddings, q/k/v biases"
+def _variant(folder, cls, n_kv, tied, bias, rope=None, h=128, layers=2, outliers=False):
+    "A small random checkpoint of a Llama-family class: grouped-query attention, tied embeddings, q/k/v biases, weight outliers"
     rng = np.random.default_rng(11)
-    h, ff, v, heads = 128, 256, 512, 4
+    ff, v, heads = 2 * h, 512, 4
     kv = h // heads * n_kv
     p = {'model.embed_tokens.weight': rng.standard_normal((v, h)) * 0.05, 'model.norm.weight': 1 + 0.05 * rng.standard_normal(h)}
     if not tied: p['lm_head.weight'] = rng.standard_normal((v, h)) * 0.05
-    for i in range(2):
+    for i in range(layers):
         pre = f'model.layers.{i}.'
         for n, s in [('self_attn.q_proj', (h, h)), ('self_attn.k_proj', (kv, h)), ('self_attn.v_proj', (kv, h)), ('self_attn.o_proj', (h, h)),
                      ('mlp.gate_proj', (ff, h)), ('mlp.up_proj', (ff, h)), ('mlp.down_proj', (h, ff))]:
-            p[pre + n + '.weight'] = rng.standard_normal(s) / np.sqrt(s[1])
+            w = p[pre + n + '.weight'] = rng.standard_normal(s) / np.sqrt(s[1])
+            if outliers: w[rng.random(s) < 0.001] *= 20
         if bias:
             for n, s in [('q_proj', h), ('k_proj', kv), ('v_proj', kv)]: p[pre + f'self_attn.{n}.bias'] = 0.1 * rng.standard_normal(s)
         p[pre + 'input_layernorm.weight'] = p[pre + 'post_attention_layernorm.weight'] = 1 + 0.05 * rng.standard_normal(h)
@@ -168,7 +150,8 @@ def _variant(folder, cls, n_kv, tied, bias, rope=None):
     save_model(Model(ModelMetadata(folder.name, cls), {k: v.astype(np.float32) for k, v in p.items()}), folder / 'model.safetensors')
     model_type = {'LlamaForCausalLM': 'llama', 'MistralForCausalLM': 'mistral', 'Qwen2ForCausalLM': 'qwen2'}[cls]
     cfg = json.loads((TINY / 'config.json').read_text()) | dict(architectures=[cls], model_type=model_type, num_key_value_heads=n_kv,
-                                                                tie_word_embeddings=tied, rope_theta=50000.0)
+                                                                tie_word_embeddings=tied, rope_theta=50000.0, hidden_size=h,
+                                                                intermediate_size=ff, num_hidden_layers=layers)
     if rope: cfg['rope_scaling'] = rope
     (folder / 'config.json').write_text(json.dumps(cfg))
     for f in ('tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json'): shutil.copy(TINY / f, folder / f)

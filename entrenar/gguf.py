@@ -6,8 +6,8 @@ Docs: https://entrenar.github.io/entrenar/gguf.html.md"""
 
 # %% ../nbs/08_gguf.ipynb #59e00631
 from __future__ import annotations
-import json, math, os, sys, warnings
-from dataclasses import dataclass
+import json, math, os, re, sys, warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
@@ -17,10 +17,11 @@ from .io import (Model, ModelMetadata, TensorSpec, atomic_path, dtype_from_code,
 from .quantize import BLOCK_FORMATS, QuantizedTensor, QuantizeReport, quantize_tensor, tensor_error
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'GGUF_OUTPUT_TYPES', 'HEAD_TYPE', 'gguf_arch', 'tensor_name_map', 'gguf_tensor_name', 'permute_qk',
-           'unpermute_qk', 'gguf_hparams', 'rope_factors', 'tokenizer_metadata', 'check_output_type', 'tensor_type',
-           'file_type', 'model_card_metadata', 'GgufPlan', 'plan_gguf', 'write_gguf', 'to_gguf', 'GgufFile',
-           'gguf_info', 'gguf_info_text', 'gguf_model', 'gguf_config', 'gguf_to_hf', 'register_cli']
+__all__ = ['ARCHITECTURES', 'MIXES', 'GGUF_OUTPUT_TYPES', 'ALIASES', 'gguf_arch', 'tensor_name_map', 'gguf_tensor_name',
+           'permute_qk', 'unpermute_qk', 'gguf_hparams', 'rope_factors', 'tokenizer_metadata', 'check_output_type',
+           'use_more_bits', 'tensor_types', 'file_type', 'model_card_metadata', 'GgufPlan', 'plan_gguf', 'write_gguf',
+           'to_gguf', 'GgufFile', 'gguf_info', 'gguf_info_text', 'gguf_model', 'gguf_config', 'gguf_to_hf',
+           'register_cli']
 
 # %% ../nbs/08_gguf.ipynb #50f80e5a
 def _gguf():
@@ -189,30 +190,109 @@ def tokenizer_metadata(folder, # a checkpoint folder holding tokenizer files
     return kv
 
 # %% ../nbs/08_gguf.ipynb #c160d964
-GGUF_OUTPUT_TYPES = ('f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1')
-HEAD_TYPE = 'q6_k' if 'q6_k' in BLOCK_FORMATS else 'q8_0'   # llama-quantize: Q6_K (the plug for the K-quants)
+MIXES = {   # llama-quantize's type name -> what it does
+    'q2_k': 'Q2_K; attn_v Q3_K (Q4_K with 4+ query heads per KV head), attn_output and ffn_down Q3_K',
+    'q3_k_s': 'Q3_K everywhere',
+    'q3_k_m': 'Q3_K; attn_v Q5_K in the first 2 layers else Q4_K, attn_output Q4_K, ffn_down Q5_K in the first 1/16 of layers else Q4_K',
+    'q3_k_l': 'Q3_K; attn_v, attn_output and ffn_down Q5_K',
+    'q4_k_s': 'Q4_K; attn_v Q5_K in the first 4 layers, ffn_down Q5_K in the first 1/8 of layers',
+    'q4_k_m': 'Q4_K; attn_v and ffn_down Q6_K in the use_more_bits layers',
+    'q5_k_s': 'Q5_K everywhere',
+    'q5_k_m': 'Q5_K; attn_v and ffn_down Q6_K in the use_more_bits layers',
+    'q6_k': 'Q6_K everywhere',
+    'q8_0': 'Q8_0 everywhere', 'q4_0': 'Q4_0', 'q4_1': 'Q4_1', 'q5_0': 'Q5_0', 'q5_1': 'Q5_1'}
+GGUF_OUTPUT_TYPES = ('f32', 'f16', 'bf16', *MIXES)
+ALIASES = {'q3_k': 'q3_k_m', 'q4_k': 'q4_k_m', 'q5_k': 'q5_k_m'}   # as llama-quantize reads them
 
 def check_output_type(type:str, # a llama-quantize type name, any case
                      ) -> str:
-    "The type name in lower case, or a `QuantizeError` listing the choices"
+    "The type name in lower case (aliases resolved), or a `QuantizeError` listing the choices"
     t = str(type).lower()
-    if t not in GGUF_OUTPUT_TYPES:
-        raise QuantizeError(f"unknown GGUF type {type!r}: choose one of {', '.join(GGUF_OUTPUT_TYPES)}"
-                            " (K-quants such as Q4_K_M are not supported yet)")
+    t = ALIASES.get(t, t)
+    if t not in GGUF_OUTPUT_TYPES: raise QuantizeError(f"unknown GGUF type {type!r}: choose one of {', '.join(GGUF_OUTPUT_TYPES)}")
     return t
 
 # %% ../nbs/08_gguf.ipynb #f71dcf88
-def tensor_type(name:str, # llama.cpp's tensor name
-                shape:tuple, # the tensor's shape, rows first
-                type:str, # the file's type, e.g. 'q4_0'
-                tied:bool=False, # the token embedding doubles as the output head (no output.weight)
-               ) -> str:
-    "The type llama-quantize gives tensor `name` in a file of `type`"
-    if len(shape) < 2 or name.endswith('_norm.weight'): return 'f32'
-    if type in ('f32', 'f16', 'bf16'): return type
-    t = HEAD_TYPE if (name == 'output.weight' or (tied and name == 'token_embd.weight')) and type != 'q8_0' else type
-    if t != type and shape[-1] % BLOCK_FORMATS[t].block_size: t = 'q8_0'   # llama-quantize's Q6_K -> Q8_0 fallback
-    return 'f16' if shape[-1] % BLOCK_FORMATS[t].block_size else t
+_FALLBACK = dict(q2_k='q4_0', q3_k='q4_0', q4_k='q5_0', q5_k='q5_1', q6_k='q8_0')   # 256-value blocks -> 32
+_KEEP = ('_norm.weight', 'ffn_gate_inp.weight', 'position_embd.weight', 'token_types.weight')   # never quantized
+
+def use_more_bits(i:int, # the layer (or the i-th attn_v tensor)
+                  n:int, # how many there are
+                 ) -> bool:
+    "llama.cpp's layers that get more bits: the first and last eighth, and every third in between"
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+def _layer(name): return int(m[1]) if (m := re.match(r'blk\.(\d+)\.', name)) else -1
+
+def _role(name):
+    "The role llama.cpp reads from a tensor's name"
+    if name == 'output.weight': return 'output'
+    if name == 'token_embd.weight': return 'token_embd'
+    roles = [('attn_qkv.weight', 'attn_v'), ('attn_v.weight', 'attn_v'), ('attn_k.weight', 'attn_k'), ('attn_q.weight', 'attn_q'),
+             ('attn_output.weight', 'attn_output'), ('ffn_up', 'ffn_up'), ('ffn_gate', 'ffn_gate'), ('ffn_down', 'ffn_down')]
+    return next((r for key, r in roles if key in name), 'other')
+
+def _quantized(name, shape):
+    "llama-quantize quantizes weights of 2+ dimensions (size-1 outer axes do not count), never norms or routers"
+    dims = list(shape)
+    while len(dims) > 1 and dims[0] == 1: dims.pop(0)
+    return len(dims) >= 2 and name.endswith('weight') and not any(k in name for k in _KEEP)
+
+def _attn_v(mix, base, i, n, gqa):
+    if mix == 'q2_k': return 'q4_k' if gqa >= 4 else 'q3_k'
+    if mix == 'q3_k_m': return 'q5_k' if i < 2 else 'q4_k'
+    if mix == 'q3_k_l': return 'q5_k'
+    if mix in ('q4_k_m', 'q5_k_m') and use_more_bits(i, n): return 'q6_k'
+    if mix == 'q4_k_s' and i < 4: return 'q5_k'
+    return base
+
+def _mix_type(mix, base, role, i, n, gqa, big):
+    "The type of one tensor of `role` (the i-th of n of its kind) in a mix; `big`: a 70B model"
+    if role == 'attn_v':
+        t = _attn_v(mix, base, i, n, gqa)
+        return 'q5_k' if big and t in ('q3_k', 'q4_k') else t
+    if role == 'ffn_down':
+        if mix == 'q2_k': return 'q3_k'
+        if mix == 'q3_k_m': return 'q5_k' if i < n // 16 else 'q4_k'
+        if mix == 'q3_k_l': return 'q5_k'
+        if mix in ('q4_k_m', 'q5_k_m') and use_more_bits(i, n): return 'q6_k'
+        if mix == 'q4_k_s' and i < n // 8: return 'q5_k'
+    if role == 'attn_output': return dict(q2_k='q3_k', q3_k_m='q4_k', q3_k_l='q5_k').get(mix, base)
+    return base
+
+def _fit(t, row):
+    "A type whose blocks divide `row`: `t` itself, or llama-quantize's fallback for it"
+    if row % BLOCK_FORMATS[t].block_size == 0: return t
+    t = _FALLBACK.get(t, t)
+    return t if row % BLOCK_FORMATS[t].block_size == 0 else 'f16'
+
+def tensor_types(tensors:list, # (llama.cpp name, shape rows first, stored type) per tensor
+                 type:str, # a GGUF output type: 'f16', 'q4_0', 'q4_k_m', ...
+                 n_layer:int, # block_count
+                 n_head:int=1, n_head_kv:int=1, # attention heads, and KV heads (grouped-query attention)
+                 arch:str='llama', # llama.cpp's architecture name (for the 70B rule)
+                ) -> tuple:
+    "llama-quantize's type for every tensor ({name: type}) and its fallbacks [(name, wanted, got)]"
+    type = check_output_type(type)
+    names = [t[0] for t in tensors]
+    if type in ('f32', 'f16', 'bf16'):
+        return {g: type if _quantized(g, shape) else src for g, shape, src in tensors}, []
+    base, roles = type[:4], {g: _role(g) for g in names}
+    tied, n_v = 'output' not in roles.values(), sum(r == 'attn_v' for r in roles.values())
+    gqa, count, out, notes = n_head // max(n_head_kv, 1), dict(attn_v=0, ffn_down=0), {}, []
+    big = n_layer == 80 and (arch == 'qwen2' or (arch == 'llama' and n_head != n_head_kv))
+    for g, shape, src in sorted(tensors, key=lambda t: (_layer(t[0]), t[0])):   # llama.cpp's order
+        role, row = roles[g], shape[-1]
+        if not _quantized(g, shape): out[g] = src; continue
+        if role == 'output' or (tied and role == 'token_embd'):
+            want = 'q8_0' if row % BLOCK_FORMATS[base].block_size or base == 'q8_0' else 'q6_k'   # not a fallback for llama.cpp
+        elif role in count:
+            want = _mix_type(type, base, role, count[role], n_v if role == 'attn_v' else n_layer, gqa, big)
+            count[role] += 1
+        else: want = _mix_type(type, base, role, 0, 0, gqa, big)
+        out[g] = _fit(want, row)
+        if out[g] != want: notes.append((g, want, out[g]))
+    return {g: out[g] for g in names}, notes
 
 # %% ../nbs/08_gguf.ipynb #d1252462
 def file_type(type:str) -> int:
@@ -249,6 +329,7 @@ class GgufPlan:
     metadata: dict        # key -> value, in the order written
     tensors: list         # (source name, llama.cpp name, shape, type, heads to permute or 0)
     extra: dict|None = None   # source name -> array, for tensors the converter computes (llama3's rope_freqs)
+    fallbacks: list = field(default_factory=list)   # (llama.cpp name, type wanted, type written): rows that do not fit
 
 def _plan_tensors(model, arch, interleave, c, type, path):
     "(source, llama.cpp name, shape, type, heads) per tensor, or an error naming the tensor llama.cpp has no place for"
@@ -264,8 +345,8 @@ def _plan_tensors(model, arch, interleave, c, type, path):
         planned.append((spec.name, g, spec.shape, heads))
     names = [g for _, g, _, _ in planned]
     if len(set(names)) != len(names): raise QuantizeError("two tensors map to one llama.cpp name", path=path)
-    tied = 'output.weight' not in names
-    return [(s, g, shape, tensor_type(g, shape, type, tied), h) for s, g, shape, h in planned]
+    types, notes = tensor_types([(g, shape, 'f32') for _, g, shape, _ in planned], type, c['num_hidden_layers'], n_head, n_kv, arch)
+    return [(s, g, shape, types[g], h) for s, g, shape, h in planned], notes
 
 # %% ../nbs/08_gguf.ipynb #f2b80fbd
 def plan_gguf(model:Model, # the source (lazy is best: nothing is read here)
@@ -282,7 +363,7 @@ def plan_gguf(model:Model, # the source (lazy is best: nothing is read here)
     arch, interleave = gguf_arch(config, path)
     c = _text_config(config)
     hp = gguf_hparams(config, arch)
-    tensors, extra = _plan_tensors(model, arch, interleave, c, type, path), {}
+    (tensors, notes), extra = _plan_tensors(model, arch, interleave, c, type, path), {}
     if (rf := rope_factors(config)) is not None:
         extra['::rope_freqs'] = rf
         tensors.insert(0, ('::rope_freqs', 'rope_freqs.weight', rf.shape, 'f32', 0))
@@ -297,7 +378,7 @@ def plan_gguf(model:Model, # the source (lazy is best: nothing is read here)
             warnings.warn(f"{tokenizer}: byte-level BPE tokenizer written with llama.cpp's 'default' pre-tokenizer; "
                           "name the right one with --tokenizer-pre (e.g. llama-bpe, qwen2, smollm) if you know it")
         meta.update(tok)
-    return GgufPlan(arch, meta, tensors, extra)
+    return GgufPlan(arch, meta, tensors, extra, notes)
 
 # %% ../nbs/08_gguf.ipynb #7c681840
 def _encode(x:np.ndarray, t:str) -> np.ndarray:
@@ -379,7 +460,7 @@ def _read_config(folder:Path) -> dict:
 # %% ../nbs/08_gguf.ipynb #c83d490e
 def to_gguf(source, # a transformers checkpoint folder (config.json, weights, tokenizer files), a file in one, or a .gguf
             output, # the .gguf file to write
-            type:str='f16', # llama-quantize's type name: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1
+            type:str='f16', # llama-quantize's type name: f32, f16, bf16, q8_0, q4_0, ..., q4_k_m, ... (`GGUF_OUTPUT_TYPES`)
             tokenizer=None, # folder holding the tokenizer files (default: the checkpoint's folder)
             tensors_only:bool=False, # write no tokenizer (llama.cpp then cannot run the file on text)
             name:str|None=None, # general.name (default: from the model card, else the folder's name)
@@ -400,7 +481,7 @@ def to_gguf(source, # a transformers checkpoint folder (config.json, weights, to
         load = model.get_parameter
     bar = lambda it: tqdm(it, desc='gguf', unit='tensor', disable=True if quiet else None)
     rows = write_gguf(plan, load, output, report, bar)
-    settings = dict(scheme=type, format='gguf', architecture=plan.arch)
+    settings = dict(scheme=type, format='gguf', architecture=plan.arch, fallbacks=plan.fallbacks)
     return QuantizeReport(settings, rows, None, Path(output))
 
 # %% ../nbs/08_gguf.ipynb #f4ac1048
@@ -524,16 +605,20 @@ def _requantize_plan(path:Path, type:str, name:str|None):
     G = gguf.Keys.General
     meta = {**_copied_metadata(f), G.FILE_TYPE: file_type(type), G.QUANTIZATION_VERSION: gguf.GGML_QUANT_VERSION}
     if name: meta[G.NAME] = name
-    tied, tensors, requantized = 'output.weight' not in f.tensors, [], []
+    specs, requantized = [], []
     for g in f.tensors:
         shape, kind = f.shape(g), f.type_of(g)
         if kind.startswith('I'): raise QuantizeError(f"integer tensor ({kind}) in a model GGUF", path=path, tensor=g)
         if kind not in _PLAIN: requantized.append(g)
-        tensors.append((g, g, shape, tensor_type(g, shape, type, tied), 0))
+        specs.append((g, shape, kind.lower() if kind in ('F32', 'F16', 'BF16') else 'f32'))
     if requantized:
         warnings.warn(f"{path}: requantizing {len(requantized)} already quantized tensors (e.g. {requantized[0]}, "
                       f"{f.type_of(requantized[0])}): quality is lower than quantizing the original weights once")
-    return GgufPlan(f.arch, meta, tensors), f.array
+    hp = f.hparams
+    num = lambda k, default: v if isinstance(v := hp.get(k), int) and v > 0 else default
+    n_head = num('attention.head_count', 1)
+    types, notes = tensor_types(specs, type, num('block_count', 0), n_head, num('attention.head_count_kv', n_head), f.arch)
+    return GgufPlan(f.arch, meta, [(g, g, shape, types[g], 0) for g, shape, _ in specs], fallbacks=notes), f.array
 
 # %% ../nbs/08_gguf.ipynb #166d5223
 _SPECIAL = dict(bos='bos', eos='eos', unk='unknown', pad='padding')   # tokenizer.ggml.{…}_token_id

@@ -17,14 +17,16 @@ from .errors import QuantizeError, SerializationError, IoError, EntrenarError, T
 from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend, CPU_THREADS
 from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
                          dtype_code, dtype_from_code, is_float_dtype)
+from .kquants import K_QUANTS
 
 # %% auto #0
 __all__ = ['FLOAT32_TINY', 'BLOCK_FORMATS', 'CHUNK_BLOCKS', 'THREADS', 'METHODS', 'GRANULARITIES', 'FORMAT_TAG', 'FORMAT_VERSION',
-           'SUFFIXES', 'BlockFormat', 'Q8_0', 'Q4_0', 'Q5_0', 'Q4_1', 'Q5_1', 'scale_overflow', 'get_block_format',
-           'linear_quantize', 'linear_dequantize', 'pack_codes', 'unpack_codes', 'resolve_scheme', 'scheme_bits',
-           'QuantizedTensor', 'quantize_tensor', 'tensor_error', 'plan_tensor', 'check_values', 'QuantizedModel',
-           'dequantize_model', 'quantized_format', 'gguf_name', 'load_quantized', 'QuantizeReport', 'quantize_model',
-           'summary_text', 'report_table', 'quantize_command', 'dequantize_command', 'register_cli']
+           'SUFFIXES', 'BlockFormat', 'Q8_0', 'Q4_0', 'Q5_0', 'Q4_1', 'Q5_1', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K',
+           'scale_overflow', 'get_block_format', 'linear_quantize', 'linear_dequantize', 'pack_codes', 'unpack_codes',
+           'resolve_scheme', 'scheme_bits', 'QuantizedTensor', 'quantize_tensor', 'tensor_error', 'plan_tensor',
+           'check_values', 'QuantizedModel', 'dequantize_model', 'quantized_format', 'gguf_name', 'load_quantized',
+           'QuantizeReport', 'quantize_model', 'summary_text', 'report_table', 'quantize_command', 'dequantize_command',
+           'register_cli']
 
 # %% ../nbs/04_quantize.ipynb #4c15e39b
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32: scales below it are flushed
@@ -100,11 +102,12 @@ THREADS = CPU_THREADS  # threads sharing one tensor's chunks on the CPU (numpy r
 
 class BlockFormat:
     "Base class of ggml's block formats; a subclass registers itself under its lower-case name"
-    block_size = 32
-    def __init_subclass__(cls, ggml_type:int, type_size:int, bits:int, symmetric:bool, **kwargs):
+    block_size, chunk_blocks = 32, CHUNK_BLOCKS
+    quantize_chunk = decode_chunk = None   # K-quants: whole-chunk functions from `entrenar.kquants`
+    def __init_subclass__(cls, ggml_type:int, type_size:int, bits:int, symmetric:bool, f16_fields=None, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.name, cls.ggml_type, cls.type_size, cls.bits, cls.symmetric = cls.__name__.lower(), ggml_type, type_size, bits, symmetric
-        cls.f16_fields = (0,) if symmetric else (0, 2)   # byte offsets of the float16 scale (and minimum)
+        cls.f16_fields = f16_fields or ((0,) if symmetric else (0, 2))   # byte offsets of the float16 scale (and minimum)
         BLOCK_FORMATS[cls.name] = cls
     def __repr__(self): return self.name
 
@@ -113,29 +116,30 @@ def _check_rows(cls, shape, unit:int, what:str):
     if len(shape) == 0 or shape[-1] % unit:
         raise QuantizeError(f"{cls.name.upper()} needs rows of a multiple of {unit} {what}, got shape {tuple(shape)}")
 
-def _for_chunks(xp, n_blocks:int, work):
-    "Call `work(start)` for each chunk of blocks; on numpy, `THREADS` threads share them (each writes its own slice)"
-    starts = range(0, n_blocks, CHUNK_BLOCKS)
+def _for_chunks(xp, n_blocks:int, work, size:int=CHUNK_BLOCKS):
+    "Call `work(start)` for each chunk of `size` blocks; on numpy, `THREADS` threads share them (each writes its own slice)"
+    starts = range(0, n_blocks, size)
     if xp is not np or THREADS < 2 or len(starts) < 4:
         for s in starts: work(s)
     else:
         with ThreadPoolExecutor(THREADS) as ex: list(ex.map(work, starts))
 
-def _quantize(cls, x, # any float array whose last axis is a multiple of 32
+def _quantize(cls, x, # any float array whose last axis is a multiple of the block size
              ):
     "Quantize `x` to packed blocks of ggml's byte shape `(..., row_bytes)` (uint8)"
     xp = get_array_module(x)
     _check_rows(cls, x.shape, cls.block_size, 'values')
-    blocks = x.reshape(-1, cls.block_size)
+    blocks, n = x.reshape(-1, cls.block_size), cls.chunk_blocks
     out = xp.empty((blocks.shape[0], cls.type_size), np.uint8)
     def work(s):
         with np.errstate(over='ignore', invalid='ignore'):  # scales beyond float16 become inf, as in ggml: see `scale_overflow`
-            chunk, o = xp.ascontiguousarray(blocks[s:s + CHUNK_BLOCKS], dtype=np.float32), out[s:s + CHUNK_BLOCKS]
+            chunk, o = xp.ascontiguousarray(blocks[s:s + n], dtype=np.float32), out[s:s + n]
+            if cls.quantize_chunk is not None: o[...] = cls.quantize_chunk(chunk); return
             d, minimum = cls.scales(chunk, *_block_max_min(chunk))
             _put_f16(o, 0, d)
             if minimum is not None: _put_f16(o, 2, minimum)
             cls.encode(chunk, _inverse_scale(d), minimum, o)
-    _for_chunks(xp, blocks.shape[0], work)
+    _for_chunks(xp, blocks.shape[0], work, n)
     return out.reshape(*x.shape[:-1], x.shape[-1] // cls.block_size * cls.type_size)
 
 def _dequantize(cls, data, # packed blocks, `(..., row_bytes)` uint8
@@ -143,9 +147,13 @@ def _dequantize(cls, data, # packed blocks, `(..., row_bytes)` uint8
     "Unpack blocks back to float32, of shape `(..., row_values)`"
     xp = get_array_module(data)
     _check_rows(cls, data.shape, cls.type_size, 'bytes')
-    blocks = data.reshape(-1, cls.type_size)
+    blocks, n = data.reshape(-1, cls.type_size), cls.chunk_blocks
     out = xp.empty((blocks.shape[0], cls.block_size), np.float32)
-    _for_chunks(xp, blocks.shape[0], lambda s: cls.decode(xp.ascontiguousarray(blocks[s:s + CHUNK_BLOCKS]), out[s:s + CHUNK_BLOCKS]))
+    def work(s):
+        chunk, o = xp.ascontiguousarray(blocks[s:s + n]), out[s:s + n]
+        if cls.decode_chunk is not None: o[...] = cls.decode_chunk(chunk)
+        else: cls.decode(chunk, o)
+    _for_chunks(xp, blocks.shape[0], work, n)
     return out.reshape(*data.shape[:-1], data.shape[-1] // cls.type_size * cls.block_size)
 
 BlockFormat.quantize, BlockFormat.dequantize = classmethod(_quantize), classmethod(_dequantize)
@@ -226,6 +234,32 @@ class Q5_1(BlockFormat, ggml_type=7, type_size=24, bits=5, symmetric=False):
         xp = get_array_module(data)
         q = _unpack_nibbles(data[:, 8:]); q |= _unpack_high_bits(data[:, 4:8])
         xp.multiply(q, _get_f16(data, 0), out=out); out += _get_f16(data, 2)
+
+# %% ../nbs/04_quantize.ipynb #35756d32
+class Q2_K(BlockFormat, ggml_type=10, type_size=84, bits=2, symmetric=False, f16_fields=(80, 82)):
+    "2-bit asymmetric super-blocks of 256: 4-bit sub-scales and mins, d and dmin f16"
+    block_size, chunk_blocks = 256, 256
+    quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q2_k'][2]), staticmethod(K_QUANTS['q2_k'][3])
+
+class Q3_K(BlockFormat, ggml_type=11, type_size=110, bits=3, symmetric=True, f16_fields=(108,)):
+    "3-bit symmetric super-blocks of 256: 6-bit sub-scales, d f16"
+    block_size, chunk_blocks = 256, 256
+    quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q3_k'][2]), staticmethod(K_QUANTS['q3_k'][3])
+
+class Q4_K(BlockFormat, ggml_type=12, type_size=144, bits=4, symmetric=False, f16_fields=(0, 2)):
+    "4-bit asymmetric super-blocks of 256: 6-bit sub-scales and mins, d and dmin f16"
+    block_size, chunk_blocks = 256, 256
+    quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q4_k'][2]), staticmethod(K_QUANTS['q4_k'][3])
+
+class Q5_K(BlockFormat, ggml_type=13, type_size=176, bits=5, symmetric=False, f16_fields=(0, 2)):
+    "5-bit asymmetric super-blocks of 256: 6-bit sub-scales and mins, d and dmin f16"
+    block_size, chunk_blocks = 256, 256
+    quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q5_k'][2]), staticmethod(K_QUANTS['q5_k'][3])
+
+class Q6_K(BlockFormat, ggml_type=14, type_size=210, bits=6, symmetric=True, f16_fields=(208,)):
+    "6-bit symmetric super-blocks of 256: int8 sub-scales, d f16"
+    block_size, chunk_blocks = 256, 256
+    quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q6_k'][2]), staticmethod(K_QUANTS['q6_k'][3])
 
 # %% ../nbs/04_quantize.ipynb #d5779a54
 def scale_overflow(data, # packed blocks
@@ -340,8 +374,8 @@ _BLOCK_SCHEMES = {(8, True): 'q8_0', (4, True): 'q4_0', (4, False): 'q4_1', (5, 
 def resolve_scheme(bits:int|None=None, # 2..8; None with `format`
                    method:str|None=None, # 'symmetric' (default) or 'asymmetric'
                    granularity:str='block', # 'block', 'channel' or 'tensor'
-                   block_size:int=32, # ggml's blocks hold 32 values
-                   format:str|None=None, # a block format by name, e.g. 'q5_0'
+                   block_size:int|None=None, # values per block: 32 (Q4_0 ...) or 256 (K-quants); None: the format's
+                   format:str|None=None, # a block format by name, e.g. 'q5_0' or 'q4_k'
                   ) -> str:
     "The scheme name for a quantization request, or a `QuantizeError` saying what to ask instead"
     if method is not None and method not in METHODS:
@@ -351,7 +385,8 @@ def resolve_scheme(bits:int|None=None, # 2..8; None with `format`
     if bits is None: raise QuantizeError("say how many bits (e.g. --bits 4) or name a block format (--format q4_0)")
     bits, symmetric = _check_bits(bits), method != 'asymmetric'
     if granularity != 'block': return f"int{bits}_{'sym' if symmetric else 'asym'}_{granularity}"
-    if block_size != 32: raise QuantizeError(f"block size {block_size} is not a ggml layout: ggml's blocks hold 32 values (or use --per-channel)")
+    if block_size not in (None, 32): raise QuantizeError(f"block size {block_size} is not a ggml layout for --bits: ggml's blocks hold 32 values "
+                                                         "(or name a K-quant, e.g. --format q4_k, for 256; or use --per-channel)")
     scheme = _BLOCK_SCHEMES.get((bits, symmetric))
     if scheme is None:
         raise QuantizeError(f"no ggml block format holds {bits}-bit {method or 'symmetric'} values (blocks: 4, 5 or 8 bits symmetric, 4 or 5 asymmetric); "
@@ -364,7 +399,7 @@ def _resolve_format(format, bits, method, granularity, block_size):
     if bits is not None and bits != fmt.bits: raise QuantizeError(f"--format {fmt.name} holds {fmt.bits}-bit values, not {bits}")
     if method is not None and (method == 'symmetric') != fmt.symmetric:
         raise QuantizeError(f"--format {fmt.name} is {'symmetric' if fmt.symmetric else 'asymmetric'}, not {method}")
-    if block_size != fmt.block_size: raise QuantizeError(f"--format {fmt.name} has blocks of {fmt.block_size}, not {block_size}")
+    if block_size not in (None, fmt.block_size): raise QuantizeError(f"--format {fmt.name} has blocks of {fmt.block_size}, not {block_size}")
     return fmt.name
 
 # %% ../nbs/04_quantize.ipynb #192176c6
@@ -452,7 +487,8 @@ def plan_tensor(spec:TensorSpec, # name, dtype and shape of the tensor
     if not is_float_dtype(spec.dtype): return f"{dtype_code(spec.dtype)} tensor (not floating point)"
     if len(spec.shape) == 0 or spec.size == 0: return "scalar or empty"
     if len(spec.shape) == 1 and not include_1d: return "1-d (norm or bias)"
-    if scheme in BLOCK_FORMATS and spec.shape[-1] % 32: return f"rows of {spec.shape[-1]} values (not a multiple of 32)"
+    if scheme in BLOCK_FORMATS and spec.shape[-1] % (n := BLOCK_FORMATS[scheme].block_size):
+        return f"rows of {spec.shape[-1]} values (not a multiple of {n})"
     return None
 
 def _no_bar(quiet):
@@ -779,8 +815,8 @@ def quantize_model(model, # a `Model`, or a path that `load_model` reads (lazily
                    bits:int|None=None, # 2..8 (see the table above)
                    method:str|None=None, # 'symmetric' (default) or 'asymmetric'
                    granularity:str='block', # 'block', 'channel' or 'tensor'
-                   block_size:int=32, # ggml's block size, the only one
-                   format:str|None=None, # a block format by name: 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q8_0'
+                   block_size:int|None=None, # ggml's block size: 32, or 256 for the K-quants (None: the format's)
+                   format:str|None=None, # a block format by name: 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q8_0', 'q2_k' ... 'q6_k'
                    include_1d:bool=False, # quantize 1-d tensors (norms, biases) too
                    allow_nonfinite:bool=False, # keep tensors holding NaN/inf unquantized instead of refusing
                    report:bool=True, # measure each tensor's error (costs a dequantization)
@@ -840,10 +876,16 @@ def _fmt_bytes(n:int) -> str:
     return f"{n} B"
 
 def summary_text(report:QuantizeReport) -> str:
-    "Two lines: tensors quantized and kept, bytes before and after"
+    "Tensors quantized and kept, bytes before and after (and GGUF type fallbacks)"
     s = report.summary
-    return (f"quantized {s['tensors_quantized']} tensors to {s['scheme']}, kept {s['tensors_kept']}\n"
+    text = (f"quantized {s['tensors_quantized']} tensors to {s['scheme']}, kept {s['tensors_kept']}\n"
             f"bytes: {_fmt_bytes(s['bytes_before'])} -> {_fmt_bytes(s['bytes_after'])} ({s['ratio']:.2f}x smaller)")
+    if fb := report.settings.get('fallbacks'):   # GGUF: rows that do not divide into a type's blocks (see `entrenar.gguf`)
+        pairs = {}
+        for _, want, got in fb: pairs[(want, got)] = pairs.get((want, got), 0) + 1
+        text += (f"\nfallbacks: {len(fb)} tensors have rows that do not divide into their type's blocks: "
+                 + ', '.join(f"{w} -> {g} ({n})" for (w, g), n in pairs.items()))
+    return text
 
 def report_table(report:QuantizeReport) -> str:
     "A per-tensor table: scheme, bytes, RMSE, relative RMSE, SQNR (dB), max abs error or the reason for keeping"
@@ -888,8 +930,8 @@ def register_cli(sub):
     g = p.add_mutually_exclusive_group()
     g.add_argument('--per-channel', action='store_true', help='one scale per output channel instead of per block')
     g.add_argument('--per-tensor', action='store_true', help='one scale per tensor instead of per block')
-    p.add_argument('--block-size', type=int, default=32, help='values per block (ggml: 32)')
-    p.add_argument('--format', default=None, help='a ggml block format: q4_0, q4_1, q5_0, q5_1, q8_0')
+    p.add_argument('--block-size', type=int, default=None, help="values per block (ggml: 32; the K-quants' 256)")
+    p.add_argument('--format', default=None, help='a ggml block format: q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k')
     p.add_argument('--include-1d', action='store_true', help='quantize 1-d tensors (norms, biases) too')
     p.add_argument('--allow-nonfinite', action='store_true', help='keep tensors holding NaN/inf unquantized instead of refusing')
     p.add_argument('--report', action='store_true', help='print the per-tensor error table')

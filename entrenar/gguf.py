@@ -15,6 +15,7 @@ from .errors import EntrenarError, IoError, QuantizeError, SerializationError, r
 from .io import (Model, ModelMetadata, TensorSpec, atomic_path, dtype_from_code, lazy_tensor, load_model,
                          release_pages, save_model)
 from .quantize import BLOCK_FORMATS, QuantizedTensor, QuantizeReport, quantize_tensor, tensor_error
+from .imatrix import Imatrix, read_imatrix, check_imatrix
 
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'MIXES', 'GGUF_OUTPUT_TYPES', 'ALIASES', 'gguf_arch', 'tensor_name_map', 'gguf_tensor_name',
@@ -246,8 +247,10 @@ def _attn_v(mix, base, i, n, gqa):
     if mix == 'q4_k_s' and i < 4: return 'q5_k'
     return base
 
-def _mix_type(mix, base, role, i, n, gqa, big):
+def _mix_type(mix, base, role, i, n, gqa, big, imatrix):
     "The type of one tensor of `role` (the i-th of n of its kind) in a mix; `big`: a 70B model"
+    if role == 'ffn_down' and imatrix and mix in ('q4_0', 'q5_0') and i < n // 8:
+        return 'q4_1' if mix == 'q4_0' else 'q5_1'   # llama.cpp guards the first ffn_down layers, with an imatrix only
     if role == 'attn_v':
         t = _attn_v(mix, base, i, n, gqa)
         return 'q5_k' if big and t in ('q3_k', 'q4_k') else t
@@ -271,6 +274,7 @@ def tensor_types(tensors:list, # (llama.cpp name, shape rows first, stored type)
                  n_layer:int, # block_count
                  n_head:int=1, n_head_kv:int=1, # attention heads, and KV heads (grouped-query attention)
                  arch:str='llama', # llama.cpp's architecture name (for the 70B rule)
+                 imatrix:bool=False, # an importance matrix is given (one more rule, for Q4_0/Q5_0)
                 ) -> tuple:
     "llama-quantize's type for every tensor ({name: type}) and its fallbacks [(name, wanted, got)]"
     type = check_output_type(type)
@@ -287,9 +291,9 @@ def tensor_types(tensors:list, # (llama.cpp name, shape rows first, stored type)
         if role == 'output' or (tied and role == 'token_embd'):
             want = 'q8_0' if row % BLOCK_FORMATS[base].block_size or base == 'q8_0' else 'q6_k'   # not a fallback for llama.cpp
         elif role in count:
-            want = _mix_type(type, base, role, count[role], n_v if role == 'attn_v' else n_layer, gqa, big)
+            want = _mix_type(type, base, role, count[role], n_v if role == 'attn_v' else n_layer, gqa, big, imatrix)
             count[role] += 1
-        else: want = _mix_type(type, base, role, 0, 0, gqa, big)
+        else: want = _mix_type(type, base, role, 0, 0, gqa, big, imatrix)
         out[g] = _fit(want, row)
         if out[g] != want: notes.append((g, want, out[g]))
     return {g: out[g] for g in names}, notes
@@ -330,8 +334,10 @@ class GgufPlan:
     tensors: list         # (source name, llama.cpp name, shape, type, heads to permute or 0)
     extra: dict|None = None   # source name -> array, for tensors the converter computes (llama3's rope_freqs)
     fallbacks: list = field(default_factory=list)   # (llama.cpp name, type wanted, type written): rows that do not fit
+    imatrix: object = None   # an `Imatrix` whose entries weigh the quantization (llama-quantize --imatrix)
+    unweighted: list = field(default_factory=list)   # quantized tensors the imatrix has no entry for (embedding, head)
 
-def _plan_tensors(model, arch, interleave, c, type, path):
+def _plan_tensors(model, arch, interleave, c, type, path, imatrix=False):
     "(source, llama.cpp name, shape, type, heads) per tensor, or an error naming the tensor llama.cpp has no place for"
     tmap = tensor_name_map(arch, c['num_hidden_layers'])
     n_head = c['num_attention_heads']
@@ -345,7 +351,7 @@ def _plan_tensors(model, arch, interleave, c, type, path):
         planned.append((spec.name, g, spec.shape, heads))
     names = [g for _, g, _, _ in planned]
     if len(set(names)) != len(names): raise QuantizeError("two tensors map to one llama.cpp name", path=path)
-    types, notes = tensor_types([(g, shape, 'f32') for _, g, shape, _ in planned], type, c['num_hidden_layers'], n_head, n_kv, arch)
+    types, notes = tensor_types([(g, shape, 'f32') for _, g, shape, _ in planned], type, c['num_hidden_layers'], n_head, n_kv, arch, imatrix)
     return [(s, g, shape, types[g], h) for s, g, shape, h in planned], notes
 
 # %% ../nbs/08_gguf.ipynb #f2b80fbd
@@ -357,13 +363,14 @@ def plan_gguf(model:Model, # the source (lazy is best: nothing is read here)
               pre:str|None=None, # llama.cpp's pre-tokenizer name for a byte-level BPE tokenizer
               path=None, # the source's path, for messages
               folder=None, # the checkpoint's folder (model card); default: the tokenizer's folder
+              imatrix=None, # an `Imatrix` (or its file) to weigh the quantization by, as llama-quantize --imatrix
              ) -> GgufPlan:
     "Plan a llama.cpp GGUF of `model`: names, types, metadata, tokenizer"
     gguf, type, folder = _gguf(), check_output_type(type), folder or tokenizer
     arch, interleave = gguf_arch(config, path)
     c = _text_config(config)
     hp = gguf_hparams(config, arch)
-    (tensors, notes), extra = _plan_tensors(model, arch, interleave, c, type, path), {}
+    (tensors, notes), extra = _plan_tensors(model, arch, interleave, c, type, path, imatrix is not None), {}
     if (rf := rope_factors(config)) is not None:
         extra['::rope_freqs'] = rf
         tensors.insert(0, ('::rope_freqs', 'rope_freqs.weight', rf.shape, 'f32', 0))
@@ -378,15 +385,28 @@ def plan_gguf(model:Model, # the source (lazy is best: nothing is read here)
             warnings.warn(f"{tokenizer}: byte-level BPE tokenizer written with llama.cpp's 'default' pre-tokenizer; "
                           "name the right one with --tokenizer-pre (e.g. llama-bpe, qwen2, smollm) if you know it")
         meta.update(tok)
-    return GgufPlan(arch, meta, tensors, extra, notes)
+    return _with_imatrix(GgufPlan(arch, meta, tensors, extra, notes), imatrix)
+
+def _with_imatrix(plan:GgufPlan, imatrix) -> GgufPlan:
+    "`plan` with its importance matrix read and checked against every tensor it quantizes (before anything is written)"
+    if imatrix is None: return plan
+    path = None if isinstance(imatrix, Imatrix) else Path(imatrix)
+    im = plan.imatrix = imatrix if path is None else read_imatrix(path)
+    plan.unweighted = check_imatrix(im, {g: shape[-1] for _, g, shape, t, _ in plan.tensors if t in BLOCK_FORMATS}, path)
+    cut = lambda s: s.encode()[:127].decode('utf-8', 'ignore')   # llama-quantize keeps 127 bytes
+    if path is not None: plan.metadata['quantize.imatrix.file'] = cut(str(imatrix))
+    if im.datasets: plan.metadata['quantize.imatrix.dataset'] = cut(im.datasets[0])
+    plan.metadata['quantize.imatrix.entries_count'] = len(im)
+    if im.chunk_count > 0: plan.metadata['quantize.imatrix.chunks_count'] = im.chunk_count
+    return plan
 
 # %% ../nbs/08_gguf.ipynb #7c681840
-def _encode(x:np.ndarray, t:str) -> np.ndarray:
-    "The bytes of float32 `x` in ggml type `t`"
+def _encode(x:np.ndarray, t:str, imatrix=None) -> np.ndarray:
+    "The bytes of float32 `x` in ggml type `t` (block types weighted by an importance vector, if given)"
     if t == 'f32': return np.ascontiguousarray(x, np.float32).view(np.uint8)
     if t == 'f16': return np.ascontiguousarray(x.astype(np.float16)).view(np.uint8)
     if t == 'bf16': return np.ascontiguousarray(x.astype(dtype_from_code('BF16'))).view(np.uint8)
-    return np.asarray(quantize_tensor(x, t).data)
+    return np.asarray(quantize_tensor(x, t, imatrix=imatrix).data)
 
 def _byte_shape(shape, t:str) -> tuple:
     "The shape of `_encode`'s result for a tensor of `shape`"
@@ -440,7 +460,8 @@ def write_gguf(plan:GgufPlan, # from `plan_gguf`
                 if heads: x = permute_qk(x, heads)
                 if t != 'f32' and not np.isfinite(x).all():
                     raise QuantizeError(f"non-finite values (NaN or inf) cannot go into a llama.cpp {t.upper()} tensor", path=output, tensor=src)
-                data = _encode(x, t)
+                im = plan.imatrix[g] if plan.imatrix is not None and g in plan.imatrix and t in BLOCK_FORMATS else None
+                data = _encode(x, t, im if im is not None and im.size == shape[-1] else None)   # llama.cpp: a token_embd of another size is ignored
                 with reraise_as(IoError, path=output, tensor=g, what='writing'): w.write_tensor_data(data.reshape(-1))
                 rows.append(_report_row(g, shape, t, before, data, x, measure))
                 del x, data; release_pages(raw)   # a lazily read tensor's pages leave memory: peak RSS stays a few tensors
@@ -467,21 +488,23 @@ def to_gguf(source, # a transformers checkpoint folder (config.json, weights, to
             pre:str|None=None, # llama.cpp's pre-tokenizer for a byte-level BPE tokenizer
             report:bool=False, # measure each quantized tensor's error
             quiet:bool=True, # no progress bar
+            imatrix=None, # an importance matrix (`Imatrix` or a llama-imatrix file) to weigh the quantization by
            ) -> QuantizeReport:
     "Write `source` as a GGUF in llama.cpp's layout, quantized to `type`"
     from tqdm.auto import tqdm
     type, src = check_output_type(type), Path(source)
     if not src.exists(): raise IoError("no such file or folder", path=src)
-    if src.suffix.lower() == '.gguf': plan, load = _requantize_plan(src, type, name)
+    if src.suffix.lower() == '.gguf': plan, load = _requantize_plan(src, type, name, imatrix)
     else:
         folder = src if src.is_dir() else src.parent
         config, model = _read_config(folder), load_model(src, lazy=True)
         tok = None if tensors_only else Path(tokenizer) if tokenizer is not None else folder
-        plan = plan_gguf(model, config, type, tok, name, pre, path=src, folder=folder)
+        plan = plan_gguf(model, config, type, tok, name, pre, path=src, folder=folder, imatrix=imatrix)
         load = model.get_parameter
     bar = lambda it: tqdm(it, desc='gguf', unit='tensor', disable=True if quiet else None)
     rows = write_gguf(plan, load, output, report, bar)
     settings = dict(scheme=type, format='gguf', architecture=plan.arch, fallbacks=plan.fallbacks)
+    if plan.imatrix is not None: settings.update(imatrix=len(plan.imatrix), unweighted=plan.unweighted)
     return QuantizeReport(settings, rows, None, Path(output))
 
 # %% ../nbs/08_gguf.ipynb #f4ac1048
@@ -599,7 +622,7 @@ def _copied_metadata(f:GgufFile) -> dict:
         meta[k] = _Typed(f.get(k), fld.types[0], sub)
     return meta
 
-def _requantize_plan(path:Path, type:str, name:str|None):
+def _requantize_plan(path:Path, type:str, name:str|None, imatrix=None):
     "The plan that re-encodes a GGUF's tensors in `type`, its metadata copied; and its loader"
     gguf, f = _gguf(), GgufFile(path)
     G = gguf.Keys.General
@@ -617,8 +640,8 @@ def _requantize_plan(path:Path, type:str, name:str|None):
     hp = f.hparams
     num = lambda k, default: v if isinstance(v := hp.get(k), int) and v > 0 else default
     n_head = num('attention.head_count', 1)
-    types, notes = tensor_types(specs, type, num('block_count', 0), n_head, num('attention.head_count_kv', n_head), f.arch)
-    return GgufPlan(f.arch, meta, [(g, g, shape, types[g], 0) for g, shape, _ in specs], fallbacks=notes), f.array
+    types, notes = tensor_types(specs, type, num('block_count', 0), n_head, num('attention.head_count_kv', n_head), f.arch, imatrix is not None)
+    return _with_imatrix(GgufPlan(f.arch, meta, [(g, g, shape, types[g], 0) for g, shape, _ in specs], fallbacks=notes), imatrix), f.array
 
 # %% ../nbs/08_gguf.ipynb #166d5223
 _SPECIAL = dict(bos='bos', eos='eos', unk='unknown', pad='padding')   # tokenizer.ggml.{…}_token_id
@@ -798,9 +821,10 @@ def _quantize_command(args, fallback):
     if not (_is_gguf(args.output) or _is_gguf(args.model)) or args.tensors_only:
         if args.type:
             if args.type.lower() not in BLOCK_FORMATS:
-                raise QuantizeError(f"--type {args.type} is for GGUF output; for this file use --format (q4_0, q4_1, q5_0, q5_1, q8_0)")
+                raise QuantizeError(f"--type {args.type} is for GGUF output; for this file use --format ({', '.join(BLOCK_FORMATS)})")
             args.format = args.type.lower()
         if _is_gguf(args.model): raise QuantizeError(_REQUANT_ONLY, path=args.model)
+        if args.imatrix: raise QuantizeError("--imatrix weighs a llama.cpp GGUF's tensors (by their GGUF names): write a .gguf", path=args.output)
         return fallback(args)
     from entrenar.cli import check_output_is_not_input
     check_output_is_not_input(args.output, [args.model])
@@ -808,7 +832,7 @@ def _quantize_command(args, fallback):
     _not_for_gguf(args)
     type = _gguf_type_from_args(args)
     rep = to_gguf(args.model, args.output, type, tokenizer=args.tokenizer, name=args.name, pre=args.tokenizer_pre,
-                  report=args.report, quiet=args.quiet)
+                  report=args.report, quiet=args.quiet, imatrix=args.imatrix)
     if args.report: print(report_table(rep) + '\n')
     if not args.quiet or args.report: print(summary_text(rep) + f"\nwrote {args.output}")
 
@@ -868,6 +892,7 @@ def register_cli(sub):
     q.add_argument('--tokenizer-pre', default=None,
                    help="llama.cpp's pre-tokenizer name for a byte-level BPE tokenizer (e.g. llama-bpe, qwen2)")
     q.add_argument('--name', default=None, help='general.name of the GGUF (default: from the model card or folder)')
+    q.add_argument('--imatrix', default=None, help="an importance matrix from llama-imatrix (.gguf or .dat) or `entrenar imatrix`")
     _wrap(q, _quantize_command)
     c = sub.choices['convert']
     c.add_argument('--type', default=None, help='GGUF output: f32, f16 (default), bf16, q8_0, ...')

@@ -12,7 +12,8 @@ from .backend import get_array_module
 # %% auto #0
 __all__ = ['EPS', 'F32', 'K_QUANTS', 'nearest_int', 'ssum', 'make_qx_quants', 'make_q3_quants', 'make_qkx2_quants',
            'quantize_q6_k', 'dequantize_q6_k', 'quantize_q4_k', 'dequantize_q4_k', 'quantize_q5_k', 'dequantize_q5_k',
-           'quantize_q2_k', 'dequantize_q2_k', 'quantize_q3_k', 'dequantize_q3_k']
+           'quantize_q2_k', 'dequantize_q2_k', 'quantize_q3_k', 'dequantize_q3_k', 'make_qkx3_quants', 'make_qp_quants',
+           'quantize_weighted', 'weighted_levels']
 
 # %% ../nbs/04a_kquants.ipynb #ca33b063
 EPS = np.float32(1e-15)            # ggml's GROUP_MAX_EPS: a sub-block below it is all zero
@@ -32,15 +33,19 @@ def ssum(a, # float32 `(n, m)`: n terms for each of m sums
         ):
     "Sum over axis 0 in index order, as a C loop adds"
     xp = get_array_module(a)
-    if xp is np: return np.add.reduce(a, axis=0, initial=F32(0)) if start else np.add.reduce(a, axis=0)
+    if xp is np and a.shape[1] > 1:   # numpy adds one row after another; a single column it would sum pairwise
+        return np.add.reduce(a, axis=0, initial=F32(0)) if start else np.add.reduce(a, axis=0)
     acc = xp.zeros(a.shape[1:], F32) + a[0] if start else a[0].copy()   # a GPU reduction adds in another order
     for r in a[1:]: acc += r
     return acc
 
 def _absmax(X):
-    "The signed value of largest magnitude in each column (the first on ties)"
+    "The signed value of largest magnitude in each column (the first on ties; C's `fabsf(x) > amax` never picks a NaN)"
     xp = get_array_module(X)
-    return X[abs(X).argmax(axis=0), xp.arange(X.shape[1])]
+    a = abs(X)
+    a[a != a] = 0
+    i, j = a.argmax(axis=0), xp.arange(X.shape[1])
+    return xp.where(a[i, j] > 0, X[i, j], F32(0))   # all zero or NaN: C's max stays 0
 
 # %% ../nbs/04a_kquants.ipynb #fc0f7db5
 def make_qx_quants(X, # float32 `(n, m)`: m sub-blocks of n values, as columns
@@ -122,13 +127,21 @@ def make_qkx2_quants(X, # float32 `(n, m)` sub-blocks as columns
         diff = abs(diff) if mad else diff * diff
         diff *= W
         return ssum(diff)
+    XM = X - mn
+    def levels(iscale):
+        "clip(nearest_int(iscale*(x - min)), 0, nmax)"
+        v = iscale * XM
+        if xp.isfinite(iscale).all():   # then |v| <= nmax + 1: rounding by adding and subtracting 1.5*2**23 is exact
+            v += _MAGIC; v -= _MAGIC
+        else: v = _round(v)   # a range below float32's: ggml's bit trick, as in C
+        return xp.clip(v, 0, nmax, out=v)   # below 0 too: a fitted minimum can sit above some values
     iscale = F32(nmax) / (mx - mn)
     scale = F32(1) / iscale
-    L = _round(iscale * (X - mn)); xp.clip(L, 0, nmax, out=L)
+    L = levels(iscale)
     best = error(scale, mn, L)
-    with np.errstate(divide='ignore', invalid='ignore'):
+    with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
         for i in range(nstep + 1):
-            l = _round((F32(rmin) + F32(rdelta) * F32(i) + F32(nmax)) / (mx - mn) * (X - mn)); xp.clip(l, 0, nmax, out=l)
+            l = levels((F32(rmin) + F32(rdelta) * F32(i) + F32(nmax)) / (mx - mn))
             wl = W * l
             sum_l, sum_l2, sum_xl = ssum(wl), ssum(wl * l), ssum(wl * X)
             D = sum_w * sum_l2 - sum_l * sum_l
@@ -138,8 +151,10 @@ def make_qkx2_quants(X, # float32 `(n, m)` sub-blocks as columns
             this_min[pos] = 0; this_scale = xp.where(pos, sum_xl / sum_l2, this_scale)
             cur = error(this_scale, this_min, l)
             better = (D > 0) & (cur < best) & ~flat
+            if not better.any(): continue
             xp.copyto(L, l, where=better)
             best, scale, mn = xp.where(better, cur, best), xp.where(better, this_scale, scale), xp.where(better, this_min, mn)
+            xp.subtract(X, mn, out=XM, where=better)   # the next tries start from the new minimum, as in C
     L[:, flat] = 0; scale[flat] = 0
     return scale, -mn, L.astype(np.uint8)
 
@@ -177,19 +192,21 @@ def _unpack2(qs):
     return (qs.reshape(qs.shape[0], 2, 1, 32) >> xp.asarray([0, 2, 4, 6], np.uint8)[:, None]) & 3
 
 # %% ../nbs/04a_kquants.ipynb #231e9a03
-def quantize_q6_k(xb, # float32 (n, 256)
-                 ):
-    "Q6_K bytes (n, 210) of super-blocks, as ggml's `quantize_row_q6_K_ref`"
-    xp = get_array_module(xb)
-    n = xb.shape[0]
-    scale, L = make_qx_quants(_cols(xb, 16), 32)
-    L, scales = _rows(L, n), scale.reshape(n, 16)
-    mxs = scales[xp.arange(n), abs(scales).argmax(axis=1)]
+def _scales_q6_k(scales):
+    "int8 sub-scales against d = -max/128 (max: the sub-scale of largest magnitude, signed), d as f16, and the all-zero blocks"
+    xp = get_array_module(scales)
+    mxs = _absmax(xp.ascontiguousarray(scales.T))
     blank = abs(mxs) < EPS
     mxs[blank] = 1
     iscale = F32(-128) / mxs
     d16 = _f16(F32(1) / iscale)
     sc = xp.minimum(127, nearest_int(iscale[:, None] * scales)).astype(np.int8)
+    return sc, d16, blank
+
+def _pack_q6_k(xb, L, sc, d16, blank):
+    "Requantize with the stored sub-scales and pack: ql, qh, scales, d"
+    xp = get_array_module(L)
+    n = L.shape[0]
     _requantize(xb, _f32(d16)[:, None] * sc.astype(F32), None, -32, 31, L, 32)
     out = xp.empty((n, 210), np.uint8)
     q = L.reshape(n, 2, 4, 32)
@@ -201,6 +218,12 @@ def quantize_q6_k(xb, # float32 (n, 256)
     _put(out, 208, d16)
     out[blank] = 0
     return out
+
+def quantize_q6_k(xb, # float32 (n, 256)
+                 ):
+    "Q6_K bytes (n, 210) of super-blocks, as ggml's `quantize_row_q6_K_ref`"
+    scale, L = make_qx_quants(_cols(xb, 16), 32)
+    return _pack_q6_k(xb, _rows(L, xb.shape[0]), *_scales_q6_k(scale.reshape(-1, 16)))
 
 def dequantize_q6_k(data, # uint8 (n, 210)
                    ):
@@ -228,24 +251,39 @@ def _unpack_k4(s):
     m = xp.concatenate([s[:, 4:8] & 63, (s[:, 8:] >> 4) | (s[:, 4:8] >> 6) << 4], axis=1)
     return sc.astype(F32), m.astype(F32)
 
-def _scales_k45(xb, nmax, rmin, nstep):
-    "Levels, d, dmin and packed scales of Q4_K/Q5_K super-blocks"
+def _pack_k45(xb, L, ls, lm, d16, m16, nmax):
+    "Requantize with the stored sub-scales and mins, as `get_scale_min_k4` reads them back, and pack Q4_K (nmax 15) or Q5_K (31)"
+    xp = get_array_module(L)
+    n, packed = L.shape[0], _pack_k4(ls, lm)
+    sc, m = _unpack_k4(packed)
+    _requantize(xb, _f32(d16)[:, None] * sc, _f32(m16)[:, None] * m, 0, nmax, L, 0)
+    out = xp.empty((n, 144 if nmax == 15 else 176), np.uint8)
+    _put(out, 0, d16); _put(out, 2, m16); out[:, 4:16] = packed
+    if nmax == 31:
+        q = L.reshape(n, 8, 32)
+        qh = q[:, 0] >> 4
+        for b in range(1, 8): qh |= (q[:, b] >> 4) << b   # bit b of qh[l] is the fifth bit of value 32b + l
+        out[:, 16:48] = qh
+    q = (L & 15).reshape(n, 4, 2, 32)
+    out[:, -128:] = (q[:, :, 0] | q[:, :, 1] << 4).reshape(n, 128)
+    return out
+
+def _quantize_k45(xb, nmax, rmin, nstep):
+    "Q4_K or Q5_K bytes, as ggml's `quantize_row_q4_K_ref`/`quantize_row_q5_K_ref`"
     xp = get_array_module(xb)
     n = xb.shape[0]
     X = _cols(xb, 32)
     rms = xp.sqrt(ssum(X * X) / F32(32))
     scale, mins, L = make_qkx2_quants(X, rms + abs(X), nmax, rmin, 0.1, nstep, False)
-    L, scales, mins = _rows(L, n), scale.reshape(n, 8), mins.reshape(n, 8)
+    scales, mins = scale.reshape(n, 8), mins.reshape(n, 8)
     ms, mm = xp.maximum(scales.max(axis=1), F32(0)), xp.maximum(mins.max(axis=1), F32(0))
     with np.errstate(divide='ignore', over='ignore'):
         inv_s, inv_m = xp.where(ms > 0, F32(63) / ms, F32(0)), xp.where(mm > 0, F32(63) / mm, F32(0))
     ls = xp.minimum(nearest_int(inv_s[:, None] * scales) & 255, 63).astype(np.uint8)   # stored in a uint8, as in C
     lm = xp.minimum(nearest_int(inv_m[:, None] * mins) & 255, 63).astype(np.uint8)
-    d16, m16 = _f16(ms / F32(63)), _f16(mm / F32(63))
-    _requantize(xb, _f32(d16)[:, None] * ls.astype(F32), _f32(m16)[:, None] * lm.astype(F32), 0, nmax, L, 0)
-    return L, d16, m16, _pack_k4(ls, lm)
+    return _pack_k45(xb, _rows(L, n), ls, lm, _f16(ms / F32(63)), _f16(mm / F32(63)), nmax)
 
-def _head_k45(data, q):
+def _values_k45(data, q):
     "Values of Q4_K/Q5_K super-blocks from their levels (n, 256)"
     n = data.shape[0]
     sc, m = _unpack_k4(data[:, 4:16])
@@ -256,35 +294,18 @@ def _head_k45(data, q):
 def quantize_q4_k(xb, # float32 (n, 256)
                  ):
     "Q4_K bytes (n, 144), as ggml's `quantize_row_q4_K_ref`"
-    n = xb.shape[0]
-    L, d16, m16, sc = _scales_k45(xb, 15, -1.0, 20)
-    out = get_array_module(xb).empty((n, 144), np.uint8)
-    _put(out, 0, d16); _put(out, 2, m16); out[:, 4:16] = sc
-    q = L.reshape(n, 4, 2, 32)
-    out[:, 16:] = (q[:, :, 0] | q[:, :, 1] << 4).reshape(n, 128)
-    return out
+    return _quantize_k45(xb, 15, -1.0, 20)
 
 def dequantize_q4_k(data, # uint8 (n, 144)
                    ):
     "Float32 values (n, 256) of Q4_K super-blocks"
     qs = data[:, 16:].reshape(data.shape[0], 4, 1, 32)
-    return _head_k45(data, get_array_module(data).concatenate([qs & 15, qs >> 4], axis=2))
+    return _values_k45(data, get_array_module(data).concatenate([qs & 15, qs >> 4], axis=2))
 
 def quantize_q5_k(xb, # float32 (n, 256)
                  ):
     "Q5_K bytes (n, 176), as ggml's `quantize_row_q5_K_ref`"
-    n = xb.shape[0]
-    L, d16, m16, sc = _scales_k45(xb, 31, -0.5, 15)
-    out = get_array_module(xb).empty((n, 176), np.uint8)
-    _put(out, 0, d16); _put(out, 2, m16); out[:, 4:16] = sc
-    q = L.reshape(n, 8, 32)
-    h = q >> 4
-    qh = h[:, 0].copy()
-    for b in range(1, 8): qh |= h[:, b] << b   # bit b of qh[l] is the fifth bit of value 32b + l
-    out[:, 16:48] = qh
-    q = (q & 15).reshape(n, 4, 2, 32)
-    out[:, 48:] = (q[:, :, 0] | q[:, :, 1] << 4).reshape(n, 128)
-    return out
+    return _quantize_k45(xb, 31, -0.5, 15)
 
 def dequantize_q5_k(data, # uint8 (n, 176)
                    ):
@@ -293,9 +314,38 @@ def dequantize_q5_k(data, # uint8 (n, 176)
     n = data.shape[0]
     qs = data[:, 48:].reshape(n, 4, 1, 32)
     hb = (data[:, None, 16:48] >> xp.arange(8, dtype=np.uint8)[:, None]) & 1
-    return _head_k45(data, xp.concatenate([qs & 15, qs >> 4], axis=2) | (hb.reshape(n, 4, 2, 32) << 4))
+    return _values_k45(data, xp.concatenate([qs & 15, qs >> 4], axis=2) | (hb.reshape(n, 4, 2, 32) << 4))
 
 # %% ../nbs/04a_kquants.ipynb #7d39157c
+def _pack_q2_k(xb, L, sc, d16, m16):
+    "Requantize with the stored nibble scales and mins `sc` (n, 16) and pack: scales, qs, d, dmin"
+    n = L.shape[0]
+    _requantize(xb, _f32(d16)[:, None] * (sc & 15).astype(F32), _f32(m16)[:, None] * (sc >> 4).astype(F32), 0, 3, L, 0)
+    out = get_array_module(L).empty((n, 84), np.uint8)
+    out[:, :16] = sc
+    out[:, 16:80] = _pack2(L.reshape(n, 2, 4, 32))
+    _put(out, 80, d16); _put(out, 82, m16)
+    return out
+
+def _pack_q3_k(xb, L, l, d16):
+    "Requantize with the stored 6-bit scales `l` (n, 16, offset by 32) and pack: hmask, qs, scales, d"
+    xp = get_array_module(L)
+    n = L.shape[0]
+    sc = xp.empty((n, 12), np.uint8)
+    sc[:, :8] = (l[:, :8] & 15) | (l[:, 8:] & 15) << 4
+    hi = l >> 4
+    sc[:, 8:] = hi[:, 0:4] | hi[:, 4:8] << 2 | hi[:, 8:12] << 4 | hi[:, 12:16] << 6
+    _requantize(xb, _f32(d16)[:, None] * (l.astype(F32) - F32(32)), None, -4, 3, L, 4)
+    out = xp.empty((n, 110), np.uint8)
+    q = L.reshape(n, 8, 32)
+    hm = (q[:, 0] > 3).astype(np.uint8)
+    for b in range(1, 8): hm |= (q[:, b] > 3).astype(np.uint8) << b   # bit b of hmask[l]: third bit of value 32b + l
+    out[:, :32] = hm
+    out[:, 32:96] = _pack2((q & 3).reshape(n, 2, 4, 32))
+    out[:, 96:108] = sc
+    _put(out, 108, d16)
+    return out
+
 def quantize_q2_k(xb, # float32 (n, 256)
                  ):
     "Q2_K bytes (n, 84), as ggml's `quantize_row_q2_K_ref`"
@@ -303,19 +353,14 @@ def quantize_q2_k(xb, # float32 (n, 256)
     n = xb.shape[0]
     X = _cols(xb, 16)
     scale, mins, L = make_qkx2_quants(X, abs(X), 3, -0.5, 0.1, 15, True)
-    L, scales, mins = _rows(L, n), scale.reshape(n, 16), mins.reshape(n, 16)
+    scales, mins = scale.reshape(n, 16), mins.reshape(n, 16)
     ms, mm = xp.maximum(scales.max(axis=1), F32(0)), xp.maximum(mins.max(axis=1), F32(0))
     with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
         ls = xp.where(ms[:, None] > 0, nearest_int((F32(15) / ms)[:, None] * scales), 0)
         lm = xp.where(mm[:, None] > 0, nearest_int((F32(15) / mm)[:, None] * mins), 0)
     sc = ((ls & 255) | ((lm << 4) & 255)).astype(np.uint8)
     d16, m16 = _f16(xp.where(ms > 0, ms / F32(15), F32(0))), _f16(xp.where(mm > 0, mm / F32(15), F32(0)))
-    _requantize(xb, _f32(d16)[:, None] * (sc & 15).astype(F32), _f32(m16)[:, None] * (sc >> 4).astype(F32), 0, 3, L, 0)
-    out = xp.empty((n, 84), np.uint8)
-    out[:, :16] = sc
-    out[:, 16:80] = _pack2(L.reshape(n, 2, 4, 32))
-    _put(out, 80, d16); _put(out, 82, m16)
-    return out
+    return _pack_q2_k(xb, _rows(L, n), sc, d16, m16)
 
 def dequantize_q2_k(data, # uint8 (n, 84)
                    ):
@@ -332,8 +377,8 @@ def quantize_q3_k(xb, # float32 (n, 256)
     xp = get_array_module(xb)
     n = xb.shape[0]
     scale, L = make_q3_quants(_cols(xb, 16), 4)
-    L, scales = _rows(L, n), scale.reshape(n, 16)
-    mxs = scales[xp.arange(n), abs(scales).argmax(axis=1)]
+    scales = scale.reshape(n, 16)
+    mxs = _absmax(xp.ascontiguousarray(scales.T))
     some = mxs != 0
     with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
         iscale = xp.where(some, F32(-32) / xp.where(some, mxs, F32(1)), F32(0))
@@ -341,20 +386,7 @@ def quantize_q3_k(xb, # float32 (n, 256)
         d16 = _f16(xp.where(some, F32(1) / xp.where(some, iscale, F32(1)), F32(0)))
     l = (xp.clip(l, -32, 31) + 32).astype(np.uint8)
     l[~some] = 0
-    sc = xp.empty((n, 12), np.uint8)
-    sc[:, :8] = (l[:, :8] & 15) | (l[:, 8:] & 15) << 4
-    hi = l >> 4
-    sc[:, 8:] = hi[:, 0:4] | hi[:, 4:8] << 2 | hi[:, 8:12] << 4 | hi[:, 12:16] << 6
-    _requantize(xb, _f32(d16)[:, None] * (l.astype(F32) - F32(32)), None, -4, 3, L, 4)
-    out = xp.empty((n, 110), np.uint8)
-    q = L.reshape(n, 8, 32)
-    hm = (q[:, 0] > 3).astype(np.uint8)
-    for b in range(1, 8): hm |= (q[:, b] > 3).astype(np.uint8) << b   # bit b of hmask[l]: third bit of value 32b + l
-    out[:, :32] = hm
-    out[:, 32:96] = _pack2((q & 3).reshape(n, 2, 4, 32))
-    out[:, 96:108] = sc
-    _put(out, 108, d16)
-    return out
+    return _pack_q3_k(xb, _rows(L, n), l, d16)
 
 def dequantize_q3_k(data, # uint8 (n, 110)
                    ):
@@ -376,3 +408,168 @@ K_QUANTS = {  # name: (ggml type, bytes per 256 values, quantize, dequantize)
     'q4_k': (12, 144, quantize_q4_k, dequantize_q4_k),
     'q5_k': (13, 176, quantize_q5_k, dequantize_q5_k),
     'q6_k': (14, 210, quantize_q6_k, dequantize_q6_k)}
+
+# %% ../nbs/04a_kquants.ipynb #d0aca442
+def _cmin_cmax(X):
+    "Column minimum and maximum as C's `if (x < min) min = x` loop finds them (the first of two signed zeros stays)"
+    xp = get_array_module(X)
+    mn, mx = X[0].copy(), X[0].copy()
+    for r in X[1:]: xp.copyto(mn, r, where=r < mn); xp.copyto(mx, r, where=r > mx)
+    return mn, mx
+
+def make_qkx3_quants(X, # float32 `(n, m)` sub-blocks as columns
+                     W, # their weights
+                     nmax:int, # levels run from 0 to nmax
+                     rmin:float=-0.9, rdelta:float=0.05, nstep:int=36, # the tries, as in `make_qkx2_quants`
+                    ):
+    "ggml's `make_qkx3_quants` (weighted squared error): scale (m,), minimum to subtract (m,), levels (n, m) uint8"
+    xp = get_array_module(X)
+    mn, mx = _cmin_cmax(X)
+    mn[mn > 0] = 0
+    flat = mx <= mn
+    mx[flat] = mn[flat] + 1   # any range: these columns are reset at the end
+    sum_w, sum_x = ssum(W, start=False), ssum(W * X, start=False)
+    def error(scale, mn, L):
+        d = scale * L; d += mn; d -= X; d *= d; d *= W
+        return ssum(d)
+    iscale = F32(nmax) / (mx - mn)
+    scale = F32(1) / iscale
+    L = xp.clip(_round(iscale * (X - mn)), 0, nmax)
+    best = error(scale, mn, L)
+    for i in range(nstep + 1):   # an accepted try moves the minimum, and with it the later grids
+        l = xp.clip(_round((F32(rmin) + F32(rdelta) * F32(i) + F32(nmax)) / (mx - mn) * (X - mn)), 0, nmax)
+        wl = W * l
+        sum_l, sum_l2, sum_xl = ssum(wl), ssum(wl * l), ssum(wl * X)
+        D = sum_w * sum_l2 - sum_l * sum_l
+        this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+        this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+        pos = this_min > 0
+        this_min[pos] = 0
+        this_scale = xp.where(pos, sum_xl / sum_l2, this_scale)
+        cur = error(this_scale, this_min, l)
+        better = (D > 0) & (cur < best) & ~flat
+        if not better.any(): continue
+        xp.copyto(L, l, where=better)
+        best, scale, mn = xp.where(better, cur, best), xp.where(better, this_scale, scale), xp.where(better, this_min, mn)
+    L[:, flat] = 0; scale[flat] = 0
+    return scale, -mn, L.astype(np.uint8)
+
+def make_qp_quants(X, # float32 `(n, m)`: non-negative values (sub-scales or mins) as columns
+                   W, # their weights
+                   nmax:int, # levels run from 0 to nmax
+                  ):
+    "ggml's `make_qp_quants`: scale (m,), levels (n, m) uint8 (a negative level wraps, as in C)"
+    xp = get_array_module(X)
+    mx = xp.zeros(X.shape[1], F32)
+    for r in X: mx = xp.where(mx > r, mx, r)   # C's MAX(max, x), NaN and all
+    zero = mx < EPS
+    mx[zero] = 1
+    iscale = F32(nmax) / mx
+    L = (nearest_int(iscale * X) & 255).astype(F32)   # stored into a uint8
+    d = X - (F32(1) / iscale) * L
+    best = ssum((W * d) * d)
+    for i in (-4, -3, -2, -1, 1, 2, 3, 4):
+        isc = (F32(0.1) * F32(i) + F32(nmax)) / mx
+        l = xp.minimum(nmax, nearest_int(isc * X)).astype(F32)
+        d = X - (F32(1) / isc) * l
+        mse = ssum((W * d) * d)
+        better = mse < best
+        best, iscale = xp.where(better, mse, best), xp.where(better, isc, iscale)
+    l = xp.minimum(nmax, nearest_int(iscale * X)).astype(F32)
+    WX = W * X
+    sumlx, suml2 = ssum(WX * l), ssum((W * l) * l)
+    L = (l.astype(np.int32) & 255).astype(F32)
+    for _ in range(5):
+        changed = False
+        for i in range(X.shape[0]):
+            w, wx, li = W[i], WX[i], L[i]
+            slx, sl2 = sumlx - wx * li, suml2 - (w * li) * li
+            new = xp.minimum(nmax, nearest_int((X[i] * sl2) / slx)).astype(F32)
+            ok = (slx > 0) & (sl2 > 0) & (new != li)
+            slx += wx * new; sl2 += (w * new) * new
+            ok &= (slx * slx) * suml2 > (sumlx * sumlx) * sl2
+            if not ok.any(): continue
+            changed = True
+            xp.copyto(li, (new.astype(np.int32) & 255).astype(F32), where=ok)
+            sumlx, suml2 = xp.where(ok, slx, sumlx), xp.where(ok, sl2, suml2)
+        if not changed: break
+    scale = xp.where(suml2 > 0, sumlx / suml2, F32(0))
+    L[:, zero] = 0; scale[zero] = 0
+    return scale, L.astype(np.uint8)
+
+# %% ../nbs/04a_kquants.ipynb #f360e6f5
+def _weights(x, # float32 (rows, n): statistics run over each row
+             qw, # importances, broadcast against x
+             two:bool, # sigma2 = 2 * mean square (Q3_K..Q5_K), else the mean square
+            ):
+    "ggml's weights qw * sqrt(sigma2 + x*x), sigma2 over each row of `x`"
+    xp = get_array_module(x)
+    x2 = x * x
+    s = ssum(xp.ascontiguousarray(x2.T))
+    return qw * xp.sqrt(((F32(2) * s if two else s) / F32(x.shape[1]))[:, None] + x2)
+
+def _super(v, n):
+    "(n*k,) values of the sub-blocks -> (k, n): each super-block's as a column"
+    return get_array_module(v).ascontiguousarray(v.reshape(n, -1).T)
+
+def _weighted_subblocks(xb, W, size):
+    "Sub-blocks as columns, their weights, and each sub-block's total weight as (k, n) columns"
+    Wc = _cols(W, size)
+    return _cols(xb, size), Wc, _super(ssum(Wc), xb.shape[0])
+
+def _weighted_q2_k(xb, qw):
+    n = xb.shape[0]
+    X, Wc, sw = _weighted_subblocks(xb, _weights(xb, qw, False), 16)
+    scale, the_min, L = make_qkx3_quants(X, Wc, 3)
+    dm, ls = make_qp_quants(_super(scale, n), sw, 15)
+    mm, lm = make_qp_quants(_super(the_min, n), sw, 15)
+    return _pack_q2_k(xb, _rows(L, n), ls.T | (lm.T << 4), _f16(dm), _f16(mm))   # uint8: wraps as C's store does
+
+def _weighted_q3_k(xb, qw):
+    n = xb.shape[0]
+    X, Wc, sw = _weighted_subblocks(xb, _weights(xb, qw, True), 16)
+    scale, L = make_qx_quants(X, 4, Wc)
+    d, l = make_qx_quants(_super(scale, n), 32, sw)
+    return _pack_q3_k(xb, _rows(L, n), get_array_module(l).ascontiguousarray(l.T), _f16(d))
+
+def _weighted_k45(xb, qw, nmax):
+    xp, n = get_array_module(xb), xb.shape[0]
+    X, Wc, sw = _weighted_subblocks(xb, _weights(xb, qw, True), 32)
+    scale, the_min, L = make_qkx3_quants(X, Wc, nmax)
+    d, ls = make_qp_quants(_super(scale, n), sw, 63)
+    m, lm = make_qp_quants(_super(the_min, n), sw, 63)
+    ls, lm = xp.ascontiguousarray(ls.T), xp.ascontiguousarray(lm.T)
+    if nmax == 31: ls, lm = xp.minimum(ls, 63), xp.minimum(lm, 63)   # Q5_K clamps; Q4_K packs a wrapped level as it is
+    return _pack_k45(xb, _rows(L, n), ls, lm, _f16(d), _f16(m), nmax)
+
+def _weighted_q6_k(xb, qw):
+    scale, L = make_qx_quants(_cols(xb, 16), 32, _cols(qw, 16))
+    return _pack_q6_k(xb, _rows(L, xb.shape[0]), *_scales_q6_k(scale.reshape(-1, 16)))
+
+_WEIGHTED_K = {10: _weighted_q2_k, 11: _weighted_q3_k, 12: lambda xb, qw: _weighted_k45(xb, qw, 15),
+               13: lambda xb, qw: _weighted_k45(xb, qw, 31), 14: _weighted_q6_k}
+
+def quantize_weighted(x, # float32 (rows, n): whole rows (the weights' statistics span a row)
+                      ggml_type:int, # 10..14 (Q2_K..Q6_K)
+                      imatrix, # float32 (n,): each column's importance
+                     ):
+    "K-quant bytes (rows, row_bytes) with ggml's weighted search, as `ggml_quantize_chunk` with an imatrix"
+    xp = get_array_module(x)
+    rows, n = x.shape
+    qw = xp.broadcast_to(xp.asarray(imatrix, dtype=F32).reshape(-1, 256), (rows, n // 256, 256)).reshape(-1, 256)
+    with np.errstate(all='ignore'):   # huge rows make sigma2 inf: that is part of what C computes
+        return _WEIGHTED_K[int(ggml_type)](x.reshape(-1, 256), qw).reshape(rows, -1)
+
+def weighted_levels(x, # float32 (rows, n), n a multiple of 32
+                    bits:int, # 4 or 5
+                    symmetric:bool, # Q4_0/Q5_0, else Q4_1/Q5_1
+                    imatrix, # float32 (n,): each column's importance
+                   ) -> tuple:
+    "The legacy types' weighted search: per block of 32, the float32 scale, the minimum (asymmetric) and the levels (n, 32)"
+    xp = get_array_module(x)
+    with np.errstate(all='ignore'):
+        W = _weights(x, xp.asarray(imatrix, dtype=F32)[None, :], False).reshape(-1, 32)
+        X, Wc = _cols(x.reshape(-1, 32), 32), _cols(W, 32)
+        if symmetric: d, L = make_qx_quants(X, 1 << (bits - 1), Wc); m = None
+        else: d, m, L = make_qkx3_quants(X, Wc, (1 << bits) - 1); m = -m
+    return d, m, xp.ascontiguousarray(L.T)

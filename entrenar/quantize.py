@@ -17,7 +17,7 @@ from .errors import QuantizeError, SerializationError, IoError, EntrenarError, T
 from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend, CPU_THREADS
 from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
                          dtype_code, dtype_from_code, is_float_dtype)
-from .kquants import K_QUANTS
+from .kquants import K_QUANTS, quantize_weighted, weighted_levels
 
 # %% auto #0
 __all__ = ['FLOAT32_TINY', 'BLOCK_FORMATS', 'CHUNK_BLOCKS', 'THREADS', 'METHODS', 'GRANULARITIES', 'FORMAT_TAG', 'FORMAT_VERSION',
@@ -125,10 +125,12 @@ def _for_chunks(xp, n_blocks:int, work, size:int=CHUNK_BLOCKS):
         with ThreadPoolExecutor(THREADS) as ex: list(ex.map(work, starts))
 
 def _quantize(cls, x, # any float array whose last axis is a multiple of the block size
+              imatrix=None, # importance of each column (one float per value of a row): ggml's weighted search
              ):
     "Quantize `x` to packed blocks of ggml's byte shape `(..., row_bytes)` (uint8)"
     xp = get_array_module(x)
     _check_rows(cls, x.shape, cls.block_size, 'values')
+    if imatrix is not None and cls.name != 'q8_0': return _quantize_weighted(cls, x, imatrix)   # ggml's Q8_0 ignores it
     blocks, n = x.reshape(-1, cls.block_size), cls.chunk_blocks
     out = xp.empty((blocks.shape[0], cls.type_size), np.uint8)
     def work(s):
@@ -141,6 +143,25 @@ def _quantize(cls, x, # any float array whose last axis is a multiple of the blo
             cls.encode(chunk, _inverse_scale(d), minimum, o)
     _for_chunks(xp, blocks.shape[0], work, n)
     return out.reshape(*x.shape[:-1], x.shape[-1] // cls.block_size * cls.type_size)
+
+def _quantize_weighted(cls, x, imatrix):
+    "ggml's importance-weighted quantization of whole rows (some statistics span a row), chunk by chunk"
+    xp = get_array_module(x)
+    w = xp.asarray(imatrix, dtype=np.float32).reshape(-1)
+    if w.size != x.shape[-1]: raise QuantizeError(f"importance vector of {w.size} values for rows of {x.shape[-1]}")
+    rows = x.reshape(-1, x.shape[-1])
+    out = xp.empty((rows.shape[0], x.shape[-1] // cls.block_size * cls.type_size), np.uint8)
+    n = max(1, cls.chunk_blocks * cls.block_size // rows.shape[1])   # rows per chunk
+    def work(s):
+        chunk = xp.ascontiguousarray(rows[s:s + n], dtype=np.float32)
+        if cls.block_size == 256: out[s:s + n] = quantize_weighted(chunk, cls.ggml_type, w); return
+        d, m, L = weighted_levels(chunk, cls.bits, cls.symmetric, w)   # the 32-value types: ggml's search, packed here
+        o = out[s:s + n].reshape(-1, cls.type_size)
+        with np.errstate(over='ignore'): _put_f16(o, 0, d); _put_f16(o, 2, m) if m is not None else None
+        if cls.bits == 5: o[:, len(cls.f16_fields) * 2:][:, :4] = _high_bits(L); L &= np.uint8(15)
+        _put_nibbles(L, o[:, -16:])
+    _for_chunks(xp, rows.shape[0], work, n)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 def _dequantize(cls, data, # packed blocks, `(..., row_bytes)` uint8
                ):
@@ -243,7 +264,7 @@ class Q2_K(BlockFormat, ggml_type=10, type_size=84, bits=2, symmetric=False, f16
 
 class Q3_K(BlockFormat, ggml_type=11, type_size=110, bits=3, symmetric=True, f16_fields=(108,)):
     "3-bit symmetric super-blocks of 256: 6-bit sub-scales, d f16"
-    block_size, chunk_blocks = 256, 256
+    block_size, chunk_blocks = 256, 1024   # its refinement loops over the 16 values of a sub-block: longer rows pay
     quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q3_k'][2]), staticmethod(K_QUANTS['q3_k'][3])
 
 class Q4_K(BlockFormat, ggml_type=12, type_size=144, bits=4, symmetric=False, f16_fields=(0, 2)):
@@ -434,11 +455,12 @@ class QuantizedTensor:
 def quantize_tensor(x, # a float array, numpy or CuPy
                     scheme:str, # from `resolve_scheme`
                     name:str='tensor', # used in messages and kept in the result
+                    imatrix=None, # block formats: the importance of each column (llama-quantize --imatrix)
                    ) -> QuantizedTensor:
     "Quantize one array with `scheme`"
     shape, dtype = tuple(int(s) for s in x.shape), np.dtype(x.dtype)
     if scheme in BLOCK_FORMATS:
-        try: data = BLOCK_FORMATS[scheme].quantize(x)
+        try: data = BLOCK_FORMATS[scheme].quantize(x, imatrix)
         except QuantizeError as e: raise QuantizeError(e.message, tensor=name) from None
         return QuantizedTensor(name, shape, dtype, scheme, data)
     bits, symmetric, per_channel = _linear_params(scheme)
@@ -885,6 +907,8 @@ def summary_text(report:QuantizeReport) -> str:
         for _, want, got in fb: pairs[(want, got)] = pairs.get((want, got), 0) + 1
         text += (f"\nfallbacks: {len(fb)} tensors have rows that do not divide into their type's blocks: "
                  + ', '.join(f"{w} -> {g} ({n})" for (w, g), n in pairs.items()))
+    if (n := report.settings.get('imatrix')) is not None:
+        text += f"\nimatrix: {n} entries" + (f"; quantized without one: {', '.join(report.settings['unweighted'])}" if report.settings.get('unweighted') else '')
     return text
 
 def report_table(report:QuantizeReport) -> str:

@@ -22,7 +22,7 @@ def entrenar_cmd():
     exe = Path(sys.executable).parent / 'entrenar'
     return [str(exe)] if exe.exists() else [sys.executable, '-c', 'import sys; from entrenar.cli import main; sys.exit(main())']
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def run_cli():
     "Run the real `entrenar` command in a subprocess"
     def run(*args, cwd=None, env=None, timeout=300):
@@ -47,7 +47,13 @@ class Peers:
     python = PEERS / 'venv' / 'bin' / 'python'
     llama_cpp = PEERS / 'llama.cpp'
     smollm2 = PEERS / 'SmolLM2-135M-Instruct.Q4_1.gguf'
+    bin = PEERS / 'bin'   # llama.cpp's llama-imatrix and llama-quantize
     scripts = ROOT / 'tests' / 'peers'
+    def tool(self, name, *args, timeout=600):
+        "Run one of llama.cpp's command-line tools; stdout and stderr together"
+        r = subprocess.run([str(self.bin / name), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, f"{name} failed ({r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}"
+        return r.stdout + r.stderr
     def run(self, script, *args, timeout=600):
         "Run tests/peers/SCRIPT with the peer python; its JSON output (or the exit status when it prints none)"
         r = subprocess.run([str(self.python), str(self.scripts / script), *map(str, args)], capture_output=True, text=True,
@@ -64,7 +70,7 @@ class Peers:
 @pytest.fixture(scope='session')
 def peers():
     "The peer tools; a failure in CI (the CI variable is set) when they are missing, else a loud skip"
-    missing = [str(p) for p in (Peers.python, Peers.llama_cpp / 'convert_hf_to_gguf.py', Peers.smollm2) if not p.exists()]
+    missing = [str(p) for p in (Peers.python, Peers.llama_cpp / 'convert_hf_to_gguf.py', Peers.smollm2, Peers.bin / 'llama-imatrix') if not p.exists()]
     if missing:
         msg = f"peer tools missing ({', '.join(missing)}): run `bash tools/peers.sh`"
         if os.environ.get('CI'): pytest.fail(msg)

@@ -14,7 +14,7 @@ from .errors import QuantizeError, SerializationError, IoError, reraise_as
 from .io import atomic_path
 
 # %% auto #0
-__all__ = ['UNCOLLECTED', 'Imatrix', 'read_imatrix', 'write_imatrix', 'check_imatrix', 'compute_imatrix']
+__all__ = ['UNCOLLECTED', 'Imatrix', 'read_imatrix', 'write_imatrix', 'check_imatrix', 'compute_imatrix', 'register_cli']
 
 # %% ../nbs/04b_imatrix.ipynb #3608475e
 @dataclass
@@ -171,3 +171,29 @@ def compute_imatrix(model_dir, # a transformers checkpoint folder of the Llama f
         for h in handles: h.remove()
     return Imatrix({k: s.float().numpy()[None] for k, (s, _) in acc.items()}, {k: np.array([c]) for k, (_, c) in acc.items()},
                    [dataset] if dataset else [], n, ctx)
+
+# %% ../nbs/04b_imatrix.ipynb #f0d6fa73
+def _imatrix_command(args):
+    "`entrenar imatrix`: compute and write an imatrix, or describe one"
+    if args.info:
+        im = read_imatrix(args.model)
+        print(f"{args.model}: {len(im)} entries, {im.chunk_count} chunks of {im.chunk_size} tokens, datasets {im.datasets}")
+        for n in im.names: print(f"  {n:<32} {im[n].size:>6} values, {int(im.counts[n].sum()):>8} tokens, mean {float(im[n].mean()):.4g}")
+        return
+    if not args.text or not args.output: raise QuantizeError("say which text to run (--text FILE) and where to write (--output imatrix.gguf)")
+    with reraise_as(IoError, path=args.text, what='reading'): text = Path(args.text).read_text('utf-8')
+    im = compute_imatrix(args.model, text, args.ctx, args.chunks, dataset=str(args.text))
+    write_imatrix(args.output, im)
+    if not args.quiet: print(f"wrote {args.output}: {len(im)} entries from {im.chunk_count} chunks of {im.chunk_size} tokens")
+
+def register_cli(sub):
+    "Declare `entrenar imatrix`"
+    p = sub.add_parser('imatrix', help='compute an importance matrix from calibration text (as llama-imatrix), or describe one')
+    p.add_argument('model', help='a transformers checkpoint folder (Llama, Mistral, Qwen2); with --info, an imatrix file')
+    p.add_argument('--text', help='calibration text file')
+    p.add_argument('--output', '-o', help='the imatrix to write (.gguf)')
+    p.add_argument('--ctx', type=int, default=512, help='tokens per chunk (llama-imatrix -c; default 512)')
+    p.add_argument('--chunks', type=int, default=None, help='at most this many chunks')
+    p.add_argument('--info', action='store_true', help='describe an imatrix file (.gguf or legacy .dat)')
+    p.add_argument('--quiet', action='store_true', help='no summary')
+    p.set_defaults(func=_imatrix_command)

@@ -82,3 +82,25 @@ def test_llama_cpp_runs_the_mixes(peers, run_cli, tmp_path, wide, mix):
     r = np.corrcoef(got['logits'], ref['logits'])[0, 1]
     print(mix, r)
     assert r > (0.85 if mix == 'q4_k_m' else 0.5), r   # a random 8-layer model with outliers: error compounds
+
+def _importances(rng, n) -> dict:
+    "Importance vectors that exercise ggml's weighted searches: flat, wide, with zero runs, sparse, one per sub-block"
+    z = np.exp(rng.standard_normal(n) * 2); z[rng.random(n) < 0.3] = 0; z[:16] = 0; z[40:72] = 0
+    s = np.exp(rng.standard_normal(n) * 2); s[rng.random(n) < 0.9] = 0
+    one = np.zeros(n); one[rng.integers(0, 16, n // 16) + np.arange(0, n, 16)] = 1
+    return {k: v.astype(np.float32) for k, v in dict(ones=np.ones(n), wide=np.exp(rng.standard_normal(n) * 2), zeros=z, sparse=s,
+                                                      very_wide=np.exp(rng.standard_normal(n) * 6), one_per_16=one).items()}
+
+@pytest.mark.parametrize('kind', ['q4_0', 'q4_1', 'q5_0', 'q5_1', *K_TYPES])
+def test_weighted_blocks_equal_ggml(peers, tmp_path, hard_rows, kind):
+    "With an importance vector: ggml_quantize_chunk(..., imatrix), the `_impl` searches, on rows of 512 (statistics span a row)"
+    fmt = get_block_format(kind)
+    x = hard_rows[:len(hard_rows) // 2 * 2].reshape(-1, 512)
+    np.save(tmp_path / 'x.npy', x)
+    for name, w in _importances(np.random.default_rng(3), 512).items():
+        np.save(tmp_path / 'w.npy', w)
+        peers.run('ggml_quantize.py', tmp_path / 'ref.bin', tmp_path / 'x.npy', fmt.ggml_type, tmp_path / 'w.npy')
+        ref = np.fromfile(tmp_path / 'ref.bin', np.uint8).reshape(len(x), -1)
+        ours = fmt.quantize(x, w)
+        bad = np.flatnonzero((ours.reshape(-1, fmt.type_size) != ref.reshape(-1, fmt.type_size)).any(axis=1))
+        ft.test_eq((name, bad.tolist()), (name, []))

@@ -10,15 +10,15 @@ import numpy as np
 from .backend import get_array_module
 
 # %% auto #0
-__all__ = ['EPS', 'F32', 'K_QUANTS', 'nearest_int', 'ssum', 'make_qx_quants', 'make_q3_quants', 'make_qkx2_quants',
-           'quantize_q6_k', 'dequantize_q6_k', 'quantize_q4_k', 'dequantize_q4_k', 'quantize_q5_k', 'dequantize_q5_k',
-           'quantize_q2_k', 'dequantize_q2_k', 'quantize_q3_k', 'dequantize_q3_k', 'make_qkx3_quants', 'make_qp_quants',
+__all__ = ['K_QUANTS', 'nearest_int', 'ssum', 'make_qx_quants', 'make_q3_quants', 'make_qkx2_quants', 'quantize_q6_k',
+           'dequantize_q6_k', 'quantize_q4_k', 'dequantize_q4_k', 'quantize_q5_k', 'dequantize_q5_k', 'quantize_q2_k',
+           'dequantize_q2_k', 'quantize_q3_k', 'dequantize_q3_k', 'make_qkx3_quants', 'make_qp_quants',
            'quantize_weighted', 'weighted_levels']
 
 # %% ../nbs/04a_kquants.ipynb #ca33b063
-EPS = np.float32(1e-15)            # ggml's GROUP_MAX_EPS: a sub-block below it is all zero
+_EPS = np.float32(1e-15)            # ggml's GROUP_MAX_EPS: a sub-block below it is all zero
 _MAGIC = np.float32(12582912)      # 1.5 * 2**23
-F32 = np.float32
+_F32 = np.float32
 
 def nearest_int(v):
     "ggml's `nearest_int` of a float32 array (int32): round half to even through the bits of `v + 1.5*2**23`"
@@ -26,7 +26,7 @@ def nearest_int(v):
     t &= 0x7fffff; t -= 0x400000
     return t
 
-def _round(v): return nearest_int(v).astype(F32)
+def _round(v): return nearest_int(v).astype(_F32)
 
 def ssum(a, # float32 `(n, m)`: n terms for each of m sums
          start:bool=True, # start from 0.0 as a C loop does (else from the first term)
@@ -34,8 +34,8 @@ def ssum(a, # float32 `(n, m)`: n terms for each of m sums
     "Sum over axis 0 in index order, as a C loop adds"
     xp = get_array_module(a)
     if xp is np and a.shape[1] > 1:   # numpy adds one row after another; a single column it would sum pairwise
-        return np.add.reduce(a, axis=0, initial=F32(0)) if start else np.add.reduce(a, axis=0)
-    acc = xp.zeros(a.shape[1:], F32) + a[0] if start else a[0].copy()   # a GPU reduction adds in another order
+        return np.add.reduce(a, axis=0, initial=_F32(0)) if start else np.add.reduce(a, axis=0)
+    acc = xp.zeros(a.shape[1:], _F32) + a[0] if start else a[0].copy()   # a GPU reduction adds in another order
     for r in a[1:]: acc += r
     return acc
 
@@ -45,7 +45,7 @@ def _absmax(X):
     a = abs(X)
     a[a != a] = 0
     i, j = a.argmax(axis=0), xp.arange(X.shape[1])
-    return xp.where(a[i, j] > 0, X[i, j], F32(0))   # all zero or NaN: C's max stays 0
+    return xp.where(a[i, j] > 0, X[i, j], _F32(0))   # all zero or NaN: C's max stays 0
 
 # %% ../nbs/04a_kquants.ipynb #fc0f7db5
 def make_qx_quants(X, # float32 `(n, m)`: m sub-blocks of n values, as columns
@@ -55,7 +55,7 @@ def make_qx_quants(X, # float32 `(n, m)`: m sub-blocks of n values, as columns
     "ggml's `make_qx_quants`: the scale (m,) and levels (n, m) uint8 of each column"
     xp = get_array_module(X)
     mx = _absmax(X)
-    zero = abs(mx) < EPS
+    zero = abs(mx) < _EPS
     mx[zero] = 1
     W = X * X if W is None else W
     WX = W * X
@@ -63,12 +63,12 @@ def make_qx_quants(X, # float32 `(n, m)`: m sub-blocks of n values, as columns
         l = _round(iscale * X); xp.clip(l, -nmax, nmax - 1, out=l)
         wl = W * l
         return l, ssum(WX * l), ssum(wl * l)
-    L, sumlx, suml2 = levels(F32(-nmax) / mx)
+    L, sumlx, suml2 = levels(_F32(-nmax) / mx)
     with np.errstate(divide='ignore', invalid='ignore'):
-        scale = xp.where(suml2 != 0, sumlx / suml2, F32(0))
+        scale = xp.where(suml2 != 0, sumlx / suml2, _F32(0))
         best = scale * sumlx
         for i in (*range(-9, 0), *range(1, 10)):
-            l, slx, sl2 = levels(-(F32(nmax) + F32(0.1) * F32(i)) / mx)
+            l, slx, sl2 = levels(-(_F32(nmax) + _F32(0.1) * _F32(i)) / mx)
             better = (sl2 > 0) & (slx * slx > best * sl2)
             xp.copyto(L, l, where=better)
             scale = xp.where(better, slx / sl2, scale)
@@ -84,9 +84,9 @@ def make_q3_quants(X, # float32 `(n, m)` sub-blocks as columns
     "ggml's `make_q3_quants` (with its refinement passes): scale (m,), levels (n, m) uint8"
     xp = get_array_module(X)
     mx = _absmax(X)
-    zero = abs(mx) < EPS
+    zero = abs(mx) < _EPS
     mx[zero] = 1
-    L = _round(F32(-nmax) / mx * X); xp.clip(L, -nmax, nmax - 1, out=L)
+    L = _round(_F32(-nmax) / mx * X); xp.clip(L, -nmax, nmax - 1, out=L)
     W = X * X; WX = W * X
     sumlx, suml2 = ssum(WX * L), ssum(W * L * L)
     with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
@@ -104,7 +104,7 @@ def make_q3_quants(X, # float32 `(n, m)` sub-blocks as columns
                 xp.copyto(li, new, where=ok)
                 sumlx, suml2 = xp.where(ok, slx, sumlx), xp.where(ok, sl2, suml2)
             if not changed: break
-        scale = xp.where(suml2 > 0, sumlx / suml2, F32(0))
+        scale = xp.where(suml2 > 0, sumlx / suml2, _F32(0))
     L += nmax
     L[:, zero] = 0; scale[zero] = 0
     return scale, L.astype(np.uint8)
@@ -118,7 +118,7 @@ def make_qkx2_quants(X, # float32 `(n, m)` sub-blocks as columns
                     ):
     "ggml's `make_qkx2_quants`: scale (m,), minimum to subtract (m,), levels (n, m) uint8"
     xp = get_array_module(X)
-    mn, mx = xp.minimum(X.min(axis=0), F32(0)), X.max(axis=0)
+    mn, mx = xp.minimum(X.min(axis=0), _F32(0)), X.max(axis=0)
     flat = mx == mn
     mx[flat] += 1   # any range: these columns are reset at the end
     sum_w, sum_x = ssum(W, start=False), ssum(W * X, start=False)
@@ -135,13 +135,13 @@ def make_qkx2_quants(X, # float32 `(n, m)` sub-blocks as columns
             v += _MAGIC; v -= _MAGIC
         else: v = _round(v)   # a range below float32's: ggml's bit trick, as in C
         return xp.clip(v, 0, nmax, out=v)   # below 0 too: a fitted minimum can sit above some values
-    iscale = F32(nmax) / (mx - mn)
-    scale = F32(1) / iscale
+    iscale = _F32(nmax) / (mx - mn)
+    scale = _F32(1) / iscale
     L = levels(iscale)
     best = error(scale, mn, L)
     with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
         for i in range(nstep + 1):
-            l = levels((F32(rmin) + F32(rdelta) * F32(i) + F32(nmax)) / (mx - mn))
+            l = levels((_F32(rmin) + _F32(rdelta) * _F32(i) + _F32(nmax)) / (mx - mn))
             wl = W * l
             sum_l, sum_l2, sum_xl = ssum(wl), ssum(wl * l), ssum(wl * X)
             D = sum_w * sum_l2 - sum_l * sum_l
@@ -168,9 +168,9 @@ def _rows(L, n):
     return get_array_module(L).ascontiguousarray(L.T).reshape(n, 256)
 
 def _f16(v): return v.astype(np.float16)
-def _f32(h): return h.astype(F32)
+def _f32(h): return h.astype(_F32)
 def _put(out, off, h): out[:, off:off + 2] = h.view(np.uint8).reshape(-1, 2)
-def _get(data, off): return get_array_module(data).ascontiguousarray(data[:, off:off + 2]).view(np.float16).astype(F32)   # (n, 1)
+def _get(data, off): return get_array_module(data).ascontiguousarray(data[:, off:off + 2]).view(np.float16).astype(_F32)   # (n, 1)
 
 def _requantize(xb, d, dm, lo:int, hi:int, L, shift:int):
     "Quantize (n, 256) values again with the stored sub-scales `d` (n, k) (and mins `dm`), where d != 0"
@@ -196,10 +196,10 @@ def _scales_q6_k(scales):
     "int8 sub-scales against d = -max/128 (max: the sub-scale of largest magnitude, signed), d as f16, and the all-zero blocks"
     xp = get_array_module(scales)
     mxs = _absmax(xp.ascontiguousarray(scales.T))
-    blank = abs(mxs) < EPS
+    blank = abs(mxs) < _EPS
     mxs[blank] = 1
-    iscale = F32(-128) / mxs
-    d16 = _f16(F32(1) / iscale)
+    iscale = _F32(-128) / mxs
+    d16 = _f16(_F32(1) / iscale)
     sc = xp.minimum(127, nearest_int(iscale[:, None] * scales)).astype(np.int8)
     return sc, d16, blank
 
@@ -207,7 +207,7 @@ def _pack_q6_k(xb, L, sc, d16, blank):
     "Requantize with the stored sub-scales and pack: ql, qh, scales, d"
     xp = get_array_module(L)
     n = L.shape[0]
-    _requantize(xb, _f32(d16)[:, None] * sc.astype(F32), None, -32, 31, L, 32)
+    _requantize(xb, _f32(d16)[:, None] * sc.astype(_F32), None, -32, 31, L, 32)
     out = xp.empty((n, 210), np.uint8)
     q = L.reshape(n, 2, 4, 32)
     ql = out[:, :128].reshape(n, 2, 2, 32)
@@ -232,8 +232,8 @@ def dequantize_q6_k(data, # uint8 (n, 210)
     n = data.shape[0]
     ql, hi = data[:, :128].reshape(n, 2, 2, 32), _unpack2(data[:, 128:192])
     q = xp.stack([ql[:, :, 0] & 15, ql[:, :, 1] & 15, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2) | hi << 4
-    d = _get(data, 208) * data[:, 192:208].view(np.int8).astype(F32)   # d * sc, (n, 16)
-    return (d[:, :, None] * (q.reshape(n, 16, 16).astype(F32) - F32(32))).reshape(n, 256)
+    d = _get(data, 208) * data[:, 192:208].view(np.int8).astype(_F32)   # d * sc, (n, 16)
+    return (d[:, :, None] * (q.reshape(n, 16, 16).astype(_F32) - _F32(32))).reshape(n, 256)
 
 # %% ../nbs/04a_kquants.ipynb #8ff5432a
 def _pack_k4(ls, lm):
@@ -249,7 +249,7 @@ def _unpack_k4(s):
     xp = get_array_module(s)
     sc = xp.concatenate([s[:, :4] & 63, (s[:, 8:] & 15) | (s[:, :4] >> 6) << 4], axis=1)
     m = xp.concatenate([s[:, 4:8] & 63, (s[:, 8:] >> 4) | (s[:, 4:8] >> 6) << 4], axis=1)
-    return sc.astype(F32), m.astype(F32)
+    return sc.astype(_F32), m.astype(_F32)
 
 def _pack_k45(xb, L, ls, lm, d16, m16, nmax):
     "Requantize with the stored sub-scales and mins, as `get_scale_min_k4` reads them back, and pack Q4_K (nmax 15) or Q5_K (31)"
@@ -273,22 +273,22 @@ def _quantize_k45(xb, nmax, rmin, nstep):
     xp = get_array_module(xb)
     n = xb.shape[0]
     X = _cols(xb, 32)
-    rms = xp.sqrt(ssum(X * X) / F32(32))
+    rms = xp.sqrt(ssum(X * X) / _F32(32))
     scale, mins, L = make_qkx2_quants(X, rms + abs(X), nmax, rmin, 0.1, nstep, False)
     scales, mins = scale.reshape(n, 8), mins.reshape(n, 8)
-    ms, mm = xp.maximum(scales.max(axis=1), F32(0)), xp.maximum(mins.max(axis=1), F32(0))
+    ms, mm = xp.maximum(scales.max(axis=1), _F32(0)), xp.maximum(mins.max(axis=1), _F32(0))
     with np.errstate(divide='ignore', over='ignore'):
-        inv_s, inv_m = xp.where(ms > 0, F32(63) / ms, F32(0)), xp.where(mm > 0, F32(63) / mm, F32(0))
+        inv_s, inv_m = xp.where(ms > 0, _F32(63) / ms, _F32(0)), xp.where(mm > 0, _F32(63) / mm, _F32(0))
     ls = xp.minimum(nearest_int(inv_s[:, None] * scales) & 255, 63).astype(np.uint8)   # stored in a uint8, as in C
     lm = xp.minimum(nearest_int(inv_m[:, None] * mins) & 255, 63).astype(np.uint8)
-    return _pack_k45(xb, _rows(L, n), ls, lm, _f16(ms / F32(63)), _f16(mm / F32(63)), nmax)
+    return _pack_k45(xb, _rows(L, n), ls, lm, _f16(ms / _F32(63)), _f16(mm / _F32(63)), nmax)
 
 def _values_k45(data, q):
     "Values of Q4_K/Q5_K super-blocks from their levels (n, 256)"
     n = data.shape[0]
     sc, m = _unpack_k4(data[:, 4:16])
     dl, ml = _get(data, 0) * sc, _get(data, 2) * m
-    y = dl[:, :, None] * q.reshape(n, 8, 32).astype(F32); y -= ml[:, :, None]
+    y = dl[:, :, None] * q.reshape(n, 8, 32).astype(_F32); y -= ml[:, :, None]
     return y.reshape(n, 256)
 
 def quantize_q4_k(xb, # float32 (n, 256)
@@ -320,7 +320,7 @@ def dequantize_q5_k(data, # uint8 (n, 176)
 def _pack_q2_k(xb, L, sc, d16, m16):
     "Requantize with the stored nibble scales and mins `sc` (n, 16) and pack: scales, qs, d, dmin"
     n = L.shape[0]
-    _requantize(xb, _f32(d16)[:, None] * (sc & 15).astype(F32), _f32(m16)[:, None] * (sc >> 4).astype(F32), 0, 3, L, 0)
+    _requantize(xb, _f32(d16)[:, None] * (sc & 15).astype(_F32), _f32(m16)[:, None] * (sc >> 4).astype(_F32), 0, 3, L, 0)
     out = get_array_module(L).empty((n, 84), np.uint8)
     out[:, :16] = sc
     out[:, 16:80] = _pack2(L.reshape(n, 2, 4, 32))
@@ -335,7 +335,7 @@ def _pack_q3_k(xb, L, l, d16):
     sc[:, :8] = (l[:, :8] & 15) | (l[:, 8:] & 15) << 4
     hi = l >> 4
     sc[:, 8:] = hi[:, 0:4] | hi[:, 4:8] << 2 | hi[:, 8:12] << 4 | hi[:, 12:16] << 6
-    _requantize(xb, _f32(d16)[:, None] * (l.astype(F32) - F32(32)), None, -4, 3, L, 4)
+    _requantize(xb, _f32(d16)[:, None] * (l.astype(_F32) - _F32(32)), None, -4, 3, L, 4)
     out = xp.empty((n, 110), np.uint8)
     q = L.reshape(n, 8, 32)
     hm = (q[:, 0] > 3).astype(np.uint8)
@@ -354,12 +354,12 @@ def quantize_q2_k(xb, # float32 (n, 256)
     X = _cols(xb, 16)
     scale, mins, L = make_qkx2_quants(X, abs(X), 3, -0.5, 0.1, 15, True)
     scales, mins = scale.reshape(n, 16), mins.reshape(n, 16)
-    ms, mm = xp.maximum(scales.max(axis=1), F32(0)), xp.maximum(mins.max(axis=1), F32(0))
+    ms, mm = xp.maximum(scales.max(axis=1), _F32(0)), xp.maximum(mins.max(axis=1), _F32(0))
     with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
-        ls = xp.where(ms[:, None] > 0, nearest_int((F32(15) / ms)[:, None] * scales), 0)
-        lm = xp.where(mm[:, None] > 0, nearest_int((F32(15) / mm)[:, None] * mins), 0)
+        ls = xp.where(ms[:, None] > 0, nearest_int((_F32(15) / ms)[:, None] * scales), 0)
+        lm = xp.where(mm[:, None] > 0, nearest_int((_F32(15) / mm)[:, None] * mins), 0)
     sc = ((ls & 255) | ((lm << 4) & 255)).astype(np.uint8)
-    d16, m16 = _f16(xp.where(ms > 0, ms / F32(15), F32(0))), _f16(xp.where(mm > 0, mm / F32(15), F32(0)))
+    d16, m16 = _f16(xp.where(ms > 0, ms / _F32(15), _F32(0))), _f16(xp.where(mm > 0, mm / _F32(15), _F32(0)))
     return _pack_q2_k(xb, _rows(L, n), sc, d16, m16)
 
 def dequantize_q2_k(data, # uint8 (n, 84)
@@ -367,8 +367,8 @@ def dequantize_q2_k(data, # uint8 (n, 84)
     "Float32 values (n, 256) of Q2_K super-blocks"
     n = data.shape[0]
     sc = data[:, :16]
-    dl, ml = _get(data, 80) * (sc & 15).astype(F32), _get(data, 82) * (sc >> 4).astype(F32)
-    y = dl[:, :, None] * _unpack2(data[:, 16:80]).reshape(n, 16, 16).astype(F32); y -= ml[:, :, None]
+    dl, ml = _get(data, 80) * (sc & 15).astype(_F32), _get(data, 82) * (sc >> 4).astype(_F32)
+    y = dl[:, :, None] * _unpack2(data[:, 16:80]).reshape(n, 16, 16).astype(_F32); y -= ml[:, :, None]
     return y.reshape(n, 256)
 
 def quantize_q3_k(xb, # float32 (n, 256)
@@ -381,9 +381,9 @@ def quantize_q3_k(xb, # float32 (n, 256)
     mxs = _absmax(xp.ascontiguousarray(scales.T))
     some = mxs != 0
     with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
-        iscale = xp.where(some, F32(-32) / xp.where(some, mxs, F32(1)), F32(0))
+        iscale = xp.where(some, _F32(-32) / xp.where(some, mxs, _F32(1)), _F32(0))
         l = nearest_int(iscale[:, None] * scales).astype(np.int8)   # an int8 in C: wraps
-        d16 = _f16(xp.where(some, F32(1) / xp.where(some, iscale, F32(1)), F32(0)))
+        d16 = _f16(xp.where(some, _F32(1) / xp.where(some, iscale, _F32(1)), _F32(0)))
     l = (xp.clip(l, -32, 31) + 32).astype(np.uint8)
     l[~some] = 0
     return _pack_q3_k(xb, _rows(L, n), l, d16)
@@ -396,10 +396,10 @@ def dequantize_q3_k(data, # uint8 (n, 110)
     s = data[:, 96:108]
     hi = (s[:, None, 8:] >> xp.asarray([0, 2, 4, 6], np.uint8)[:, None]) & 3   # (n, 4, 4): top bits of scale 4a + b
     sc = xp.concatenate([s[:, :8] & 15, s[:, :8] >> 4], axis=1) | hi.reshape(n, 16) << 4
-    dl = _get(data, 108) * (sc.astype(F32) - F32(32))
+    dl = _get(data, 108) * (sc.astype(_F32) - _F32(32))
     hm = (data[:, None, :32] >> xp.arange(8, dtype=np.uint8)[:, None]) & 1
     q = _unpack2(data[:, 32:96]).reshape(n, 8, 32).astype(np.int8) - ((1 - hm) << 2).astype(np.int8)
-    return (dl[:, :, None] * q.reshape(n, 16, 16).astype(F32)).reshape(n, 256)
+    return (dl[:, :, None] * q.reshape(n, 16, 16).astype(_F32)).reshape(n, 256)
 
 # %% ../nbs/04a_kquants.ipynb #e848f2b9
 K_QUANTS = {  # name: (ggml type, bytes per 256 values, quantize, dequantize)
@@ -432,12 +432,12 @@ def make_qkx3_quants(X, # float32 `(n, m)` sub-blocks as columns
     def error(scale, mn, L):
         d = scale * L; d += mn; d -= X; d *= d; d *= W
         return ssum(d)
-    iscale = F32(nmax) / (mx - mn)
-    scale = F32(1) / iscale
+    iscale = _F32(nmax) / (mx - mn)
+    scale = _F32(1) / iscale
     L = xp.clip(_round(iscale * (X - mn)), 0, nmax)
     best = error(scale, mn, L)
     for i in range(nstep + 1):   # an accepted try moves the minimum, and with it the later grids
-        l = xp.clip(_round((F32(rmin) + F32(rdelta) * F32(i) + F32(nmax)) / (mx - mn) * (X - mn)), 0, nmax)
+        l = xp.clip(_round((_F32(rmin) + _F32(rdelta) * _F32(i) + _F32(nmax)) / (mx - mn) * (X - mn)), 0, nmax)
         wl = W * l
         sum_l, sum_l2, sum_xl = ssum(wl), ssum(wl * l), ssum(wl * X)
         D = sum_w * sum_l2 - sum_l * sum_l
@@ -460,40 +460,40 @@ def make_qp_quants(X, # float32 `(n, m)`: non-negative values (sub-scales or min
                   ):
     "ggml's `make_qp_quants`: scale (m,), levels (n, m) uint8 (a negative level wraps, as in C)"
     xp = get_array_module(X)
-    mx = xp.zeros(X.shape[1], F32)
+    mx = xp.zeros(X.shape[1], _F32)
     for r in X: mx = xp.where(mx > r, mx, r)   # C's MAX(max, x), NaN and all
-    zero = mx < EPS
+    zero = mx < _EPS
     mx[zero] = 1
-    iscale = F32(nmax) / mx
-    L = (nearest_int(iscale * X) & 255).astype(F32)   # stored into a uint8
-    d = X - (F32(1) / iscale) * L
+    iscale = _F32(nmax) / mx
+    L = (nearest_int(iscale * X) & 255).astype(_F32)   # stored into a uint8
+    d = X - (_F32(1) / iscale) * L
     best = ssum((W * d) * d)
     for i in (-4, -3, -2, -1, 1, 2, 3, 4):
-        isc = (F32(0.1) * F32(i) + F32(nmax)) / mx
-        l = xp.minimum(nmax, nearest_int(isc * X)).astype(F32)
-        d = X - (F32(1) / isc) * l
+        isc = (_F32(0.1) * _F32(i) + _F32(nmax)) / mx
+        l = xp.minimum(nmax, nearest_int(isc * X)).astype(_F32)
+        d = X - (_F32(1) / isc) * l
         mse = ssum((W * d) * d)
         better = mse < best
         best, iscale = xp.where(better, mse, best), xp.where(better, isc, iscale)
-    l = xp.minimum(nmax, nearest_int(iscale * X)).astype(F32)
+    l = xp.minimum(nmax, nearest_int(iscale * X)).astype(_F32)
     WX = W * X
     sumlx, suml2 = ssum(WX * l), ssum((W * l) * l)
-    L = (l.astype(np.int32) & 255).astype(F32)
+    L = (l.astype(np.int32) & 255).astype(_F32)
     for _ in range(5):
         changed = False
         for i in range(X.shape[0]):
             w, wx, li = W[i], WX[i], L[i]
             slx, sl2 = sumlx - wx * li, suml2 - (w * li) * li
-            new = xp.minimum(nmax, nearest_int((X[i] * sl2) / slx)).astype(F32)
+            new = xp.minimum(nmax, nearest_int((X[i] * sl2) / slx)).astype(_F32)
             ok = (slx > 0) & (sl2 > 0) & (new != li)
             slx += wx * new; sl2 += (w * new) * new
             ok &= (slx * slx) * suml2 > (sumlx * sumlx) * sl2
             if not ok.any(): continue
             changed = True
-            xp.copyto(li, (new.astype(np.int32) & 255).astype(F32), where=ok)
+            xp.copyto(li, (new.astype(np.int32) & 255).astype(_F32), where=ok)
             sumlx, suml2 = xp.where(ok, slx, sumlx), xp.where(ok, sl2, suml2)
         if not changed: break
-    scale = xp.where(suml2 > 0, sumlx / suml2, F32(0))
+    scale = xp.where(suml2 > 0, sumlx / suml2, _F32(0))
     L[:, zero] = 0; scale[zero] = 0
     return scale, L.astype(np.uint8)
 
@@ -506,7 +506,7 @@ def _weights(x, # float32 (rows, n): statistics run over each row
     xp = get_array_module(x)
     x2 = x * x
     s = ssum(xp.ascontiguousarray(x2.T))
-    return qw * xp.sqrt(((F32(2) * s if two else s) / F32(x.shape[1]))[:, None] + x2)
+    return qw * xp.sqrt(((_F32(2) * s if two else s) / _F32(x.shape[1]))[:, None] + x2)
 
 def _super(v, n):
     "(n*k,) values of the sub-blocks -> (k, n): each super-block's as a column"
@@ -556,7 +556,7 @@ def quantize_weighted(x, # float32 (rows, n): whole rows (the weights' statistic
     "K-quant bytes (rows, row_bytes) with ggml's weighted search, as `ggml_quantize_chunk` with an imatrix"
     xp = get_array_module(x)
     rows, n = x.shape
-    qw = xp.broadcast_to(xp.asarray(imatrix, dtype=F32).reshape(-1, 256), (rows, n // 256, 256)).reshape(-1, 256)
+    qw = xp.broadcast_to(xp.asarray(imatrix, dtype=_F32).reshape(-1, 256), (rows, n // 256, 256)).reshape(-1, 256)
     with np.errstate(all='ignore'):   # huge rows make sigma2 inf: that is part of what C computes
         return _WEIGHTED_K[int(ggml_type)](x.reshape(-1, 256), qw).reshape(rows, -1)
 
@@ -568,7 +568,7 @@ def weighted_levels(x, # float32 (rows, n), n a multiple of 32
     "The legacy types' weighted search: per block of 32, the float32 scale, the minimum (asymmetric) and the levels (n, 32)"
     xp = get_array_module(x)
     with np.errstate(all='ignore'):
-        W = _weights(x, xp.asarray(imatrix, dtype=F32)[None, :], False).reshape(-1, 32)
+        W = _weights(x, xp.asarray(imatrix, dtype=_F32)[None, :], False).reshape(-1, 32)
         X, Wc = _cols(x.reshape(-1, 32), 32), _cols(W, 32)
         if symmetric: d, L = make_qx_quants(X, 1 << (bits - 1), Wc); m = None
         else: d, m, L = make_qkx3_quants(X, Wc, (1 << bits) - 1); m = -m

@@ -45,8 +45,11 @@ def test_type_names_are_llama_quantizes(run_cli, tmp_path):
         out = tmp_path / f'{name}.gguf'
         ft.test_eq(run_cli('quantize', TINY, '--type', name, '--output', out, '--quiet').returncode, 0)
         ft.test_eq(GgufFile(out).get('general.file_type'), code)
-    r = run_cli('quantize', TINY, '--type', 'Q4_K_M', '--output', tmp_path / 'k.gguf')
-    assert 'not supported yet' in one_error_line(r)
+    for name, code in (('Q4_K_M', 15), ('q3_k', 12), ('Q6_K', 18)):   # q3_k: llama-quantize's alias of Q3_K_M
+        ft.test_eq(run_cli('quantize', TINY, '--type', name, '--output', tmp_path / f'{name}.gguf', '--quiet').returncode, 0)
+        ft.test_eq(GgufFile(tmp_path / f'{name}.gguf').get('general.file_type'), code)
+    r = run_cli('quantize', TINY, '--type', 'IQ2_XS', '--output', tmp_path / 'k.gguf')
+    assert 'unknown GGUF type' in one_error_line(r)
     assert not (tmp_path / 'k.gguf').exists()
 
 def test_norms_stay_f32_and_include_1d_is_refused(run_cli, tmp_path):

@@ -105,7 +105,7 @@ def test_nonfinite(run_cli, tmp_path):
     (['--bits', '4', '--method', 'fancy'], "unknown method 'fancy'"),
     (['--bits', '8', '--method', 'asymmetric'], 'no ggml block format'),
     (['--bits', '4', '--block-size', '64'], 'block size 64'),
-    (['--format', 'q3_k'], 'unknown block format'),
+    (['--format', 'iq2_xs'], 'unknown block format'),
     (['--bits', '4', '--per-channel', '--out-ext', 'gguf'], 'GGUF holds ggml block formats only'),
     (['--bits', '4', '--out-ext', 'bin'], 'use .json, .safetensors or .gguf'),
     (['--bits', '4', '--missing'], 'no such file'),

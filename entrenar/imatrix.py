@@ -10,8 +10,8 @@ import re, struct
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-from .errors import QuantizeError, SerializationError, IoError, reraise_as
-from .io import atomic_path
+from .errors import QuantizeError, SerializationError, IoError, reraise_as, short_repr
+from .io import atomic_path, check_gguf
 
 # %% auto #0
 __all__ = ['UNCOLLECTED', 'Imatrix', 'read_imatrix', 'write_imatrix', 'check_imatrix', 'compute_imatrix', 'register_cli']
@@ -65,9 +65,11 @@ def _read_legacy(data:bytes, path) -> Imatrix:
 def _read_gguf(path) -> Imatrix:
     "The GGUF layout, through the `gguf` package's reader"
     import gguf
+    check_gguf(path)    # every count and length in the header, before GGUFReader trusts them
     r = gguf.GGUFReader(path)
     field = lambda k: r.fields[k].contents() if k in r.fields else None
-    if field('general.type') != 'imatrix': raise SerializationError(f"a GGUF of type {field('general.type')!r}, not an imatrix", path=path)
+    if field('general.type') != 'imatrix':
+        raise SerializationError(f"a GGUF of type {short_repr(field('general.type'))}, not an imatrix", path=path)
     tensors = {t.name: np.asarray(t.data, np.float32) for t in r.tensors}
     sums, counts = {}, {}
     for name in tensors:

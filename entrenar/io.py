@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/io.html.md"""
 
 # %% ../nbs/02_io.ipynb #65e5df8f
 from __future__ import annotations
-import contextlib, copy, ctypes, dataclasses, enum, gzip, json, math, mmap, os, re, struct, tempfile, threading
+import contextlib, copy, ctypes, dataclasses, enum, gzip, itertools, json, math, mmap, os, re, struct, tempfile, threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,8 @@ from .numtext import parse_numbers, _read
 # %% auto #0
 __all__ = ['DTYPES', 'MAX_HEADER', 'dtype_from_code', 'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata',
            'ModelFormat', 'parse_size', 'SaveConfig', 'Model', 'lazy_tensor', 'Parameters', 'summary', 'atomic_path',
-           'SafeTensorsReader', 'release_pages', 'format_numbers', 'ModelWriter', 'save_model', 'load_model']
+           'SafeTensorsReader', 'release_pages', 'format_numbers', 'ModelWriter', 'parse_yaml', 'save_model',
+           'load_model', 'check_gguf']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
 DTYPES = {
@@ -245,12 +246,15 @@ def atomic_path(path, # the file to create or replace
 # %% ../nbs/02_io.ipynb #4a005214
 MAX_HEADER = 100 * 2**20
 
-def _no_duplicates(pairs):
-    d = {}
-    for k, v in pairs:
-        if k in d: raise SerializationError(f"duplicate key {k!r} in the header")
-        d[k] = v
-    return d
+def _no_duplicates(path=None, where=''):
+    "A `json.loads` hook that refuses an object giving a key twice, naming the file and the key"
+    def hook(pairs):
+        d = {}
+        for k, v in pairs:
+            if k in d: raise SerializationError(f"duplicate key {short_repr(k)}{where}", path=path)
+            d[k] = v
+        return d
+    return hook
 
 def _read_header(f, path, size):
     "Parse and check a SafeTensors header: (data start, metadata, list of (name, dtype, shape, begin, end))"
@@ -262,7 +266,8 @@ def _read_header(f, path, size):
     try: text = raw.decode('utf-8')
     except UnicodeDecodeError as e: raise SerializationError(f"header is not valid UTF-8 (byte {e.start})", path=path) from None
     if not text.startswith('{'): raise SerializationError("header does not start with '{'", path=path)
-    with reraise_as(SerializationError, path=path, what='header'): header = json.loads(text, object_pairs_hook=_no_duplicates)
+    with reraise_as(SerializationError, path=path, what='header'):
+        header = json.loads(text, object_pairs_hook=_no_duplicates(path, ' in the header'))
     if not isinstance(header, dict): raise SerializationError("header is not a JSON object", path=path)
     meta = header.pop('__metadata__', None) or {}
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
@@ -749,30 +754,73 @@ def _parse_data(data, lo, hi, specs, path):
 def _yaml_loader():
     return getattr(yaml, 'CSafeLoader', yaml.SafeLoader)
 
-def _safe_yaml(text, path):
-    "Parse YAML with the safe loader, refusing anchors and aliases (no alias bombs) and any tags it cannot build"
-    with reraise_as(SerializationError, path=path, what='YAML'):
-        for ev in yaml.parse(text, Loader=_yaml_loader()):
+class _UniqueKeysLoader(_yaml_loader()):
+    "The safe loader, refusing a mapping that gives a key twice"
+    error, path = SerializationError, None
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == 'tag:yaml.org,2002:merge': continue   # `<<:` merges: explicit keys win, as in YAML
+                key = self.construct_object(key_node, deep=True)
+                try: twice = key in seen; seen.add(key)
+                except TypeError: continue    # an unhashable key: the safe loader reports it
+                if twice:
+                    raise self.error(f"duplicate key {short_repr(key)} (line {key_node.start_mark.line + 1})", path=self.path)
+        return super().construct_mapping(node, deep)
+
+# %% ../nbs/02_io.ipynb #30087d3a
+def parse_yaml(text:str, # YAML text
+               path=None, # the file it came from, named in errors
+               error:type=SerializationError, # the `EntrenarError` subclass to raise
+               what:str='YAML', # what is being read, at the start of parser errors
+              ):
+    "Parse YAML with the safe loader, refusing anchors and aliases, keys given twice, and tags it cannot build"
+    with reraise_as(error, path=path, what=what):
+        events = yaml.parse(text, Loader=_yaml_loader()) if '&' in text or '*' in text else ()   # no & or *: no anchor, no alias
+        for ev in events:
             if isinstance(ev, yaml.AliasEvent) or getattr(ev, 'anchor', None):
-                raise SerializationError("YAML anchors and aliases are not allowed in model files", path=path)
-        return yaml.load(text, Loader=_yaml_loader())
+                raise error("YAML anchors and aliases are not allowed", path=path)
+        loader = _UniqueKeysLoader(text)
+        loader.error, loader.path = error, path
+        try: return loader.get_single_data()
+        finally: loader.dispose()
+
+# %% ../nbs/02_io.ipynb #405abef6
+# a whole string, a bracket, or a quote that opens a string that never ends
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]|"', re.S)
+_JSON_ARRAY_VALUE = re.compile(rb'\s*:\s*\[')
+
+def _json_data_key(buf):
+    "(start of the top-level `\"data\": [`, end of its `[`), or None: one pass over the text before it"
+    depth = 0
+    for m in _JSON_TOKEN.finditer(buf):
+        token = m.group()
+        if token[0] == 0x22:                                    # '"'
+            if len(token) == 1: return None                     # a string that never ends: the parser says where
+            if depth == 1 and token == b'"data"' and (value := _JSON_ARRAY_VALUE.match(buf, m.end())):
+                return m.start(), value.end()
+        else: depth += 1 if token in b'[{' else -1
+    return None
+
+# %% ../nbs/02_io.ipynb #bd55322d
+_YAML_DATA = re.compile(rb'(?m)^data:[ \t]*(?:\[|\r?\n(?=[ \t]*-[ \t]))')
+_YAML_TRIES = 4   # candidates a YAML file gets before the general parser reads it whole
 
 def _parse_head(text, fmt, path):
     if fmt == ModelFormat.Json:
-        with reraise_as(SerializationError, path=path, what='JSON'): return json.loads(text, object_pairs_hook=_no_duplicates)
-    return _safe_yaml(text, path)
+        with reraise_as(SerializationError, path=path, what='JSON'):
+            return json.loads(text, object_pairs_hook=_no_duplicates(path))
+    return parse_yaml(text, path)
 
-def _json_depth(prefix:bytes) -> int:
-    "Nesting depth at the end of a JSON prefix (strings removed first)"
-    p = re.sub(rb'"(?:[^"\\]|\\.)*"', b'""', prefix)
-    return p.count(b'{') + p.count(b'[') - p.count(b'}') - p.count(b']')
+def _data_candidates(buf, fmt):
+    "(key start, value start) of each place the `data` array may start, in the order to try them"
+    if fmt == ModelFormat.Json: return [c] if (c := _json_data_key(buf)) else []
+    return ((m.start(), m.end()) for m in itertools.islice(_YAML_DATA.finditer(buf), _YAML_TRIES))
 
 def _find_data(buf, fmt, path):
     "(header dict, (bytes, start, end) or None): the document without its `data` array, and where the array's text is"
-    pat = rb'"data"\s*:\s*\[' if fmt == ModelFormat.Json else rb'(?m)^data:[ \t]*(?:\[|\r?\n(?=[ \t]*-[ \t]))'
-    for m in re.finditer(pat, buf):
-        start, body = m.start(), m.end()
-        if fmt == ModelFormat.Json and _json_depth(buf[:start]) != 1: continue   # a "data" key nested in the metadata
+    for start, body in _data_candidates(buf, fmt):
         if buf[body - 1:body] == b'[':
             end = _find_release(buf, b']', body)
             if end < 0: continue
@@ -861,7 +909,7 @@ def _find_in_folder(folder):
 def _load_index(path, lazy):
     "A sharded checkpoint from its index file"
     with reraise_as(SerializationError, path=path, what='index'):
-        idx = json.loads(Path(path).read_text('utf-8'), object_pairs_hook=_no_duplicates)
+        idx = json.loads(Path(path).read_text('utf-8'), object_pairs_hook=_no_duplicates(path))
     wm = idx.get('weight_map') if isinstance(idx, dict) else None
     if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
         raise SerializationError("'weight_map' is missing or does not map tensor names to files", path=path)
@@ -909,3 +957,114 @@ def load_model(path, # a model file, a checkpoint folder, an index .json, or hf:
     fmt = ModelFormat.from_path(p)
     if fmt == ModelFormat.SafeTensors: return _load_safetensors(p, lazy)
     return _load_text(p, fmt)
+
+# %% ../nbs/02_io.ipynb #d3df3079
+_GGUF_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}   # value type -> bytes
+_GGUF_STRING, _GGUF_ARRAY, _GGUF_NESTING = 8, 9, 4    # types of strings and arrays; arrays of arrays this deep at most
+
+class _GgufCursor:
+    "Reads GGUF header fields in order, refusing any count or length that runs past the end of the file"
+    def __init__(self, buf, path, order='<'): self.buf, self.path, self.order, self.pos = buf, path, order, 0
+    def need(self, n, what):
+        left = len(self.buf) - self.pos
+        if n > left:
+            raise SerializationError(f"{what} needs {n:,} bytes but {left:,} are left at offset {self.pos:,}: truncated or not GGUF",
+                                     path=self.path)
+    def skip(self, n, what): self.need(n, what); self.pos += n
+    def uint(self, size, what):
+        self.need(size, what)
+        (v,) = struct.unpack_from(self.order + ('I' if size == 4 else 'Q'), self.buf, self.pos)
+        self.pos += size
+        return v
+    def string(self, what):
+        n = self.uint(8, f"the length of {what}")
+        self.need(n, what)
+        raw, self.pos = self.buf[self.pos:self.pos + n], self.pos + n
+        try: return raw.decode('utf-8')
+        except UnicodeDecodeError: raise SerializationError(f"{what} is not valid UTF-8", path=self.path) from None
+
+# %% ../nbs/02_io.ipynb #502b7f8b
+def _gguf_value(c, vtype, what, depth=0):
+    "Step `c` over one metadata value of GGUF type `vtype`, checking its lengths"
+    if vtype in _GGUF_SCALARS: return c.skip(_GGUF_SCALARS[vtype], what)
+    if vtype == _GGUF_STRING: return c.skip(c.uint(8, f"the length of {what}"), what)
+    if vtype != _GGUF_ARRAY: raise SerializationError(f"{what}: unknown value type {vtype}", path=c.path)
+    if depth >= _GGUF_NESTING: raise SerializationError(f"{what} nests arrays over {_GGUF_NESTING} deep", path=c.path)
+    itype, count = c.uint(4, f"the item type of {what}"), c.uint(8, f"the length of {what}")
+    items = f"{what} ({count:,} items)"
+    if itype in _GGUF_SCALARS: return c.skip(count * _GGUF_SCALARS[itype], items)
+    if itype not in (_GGUF_STRING, _GGUF_ARRAY): raise SerializationError(f"{what}: unknown item type {itype}", path=c.path)
+    c.need(count * (8 if itype == _GGUF_STRING else 12), items)    # the smallest string, the smallest array
+    if itype == _GGUF_STRING:
+        for _ in range(count): c.skip(c.uint(8, items), items)      # a token list: hundreds of thousands of strings
+    else:
+        for _ in range(count): _gguf_value(c, itype, what, depth + 1)
+
+def _ggml_sizes():
+    "ggml's (values per block, bytes per block) of each tensor type, from the `gguf` package (None without it)"
+    try: from gguf.constants import GGML_QUANT_SIZES
+    except ImportError: return None
+    return GGML_QUANT_SIZES
+
+# %% ../nbs/02_io.ipynb #c471bece
+def _gguf_tensor_table(c, n_tensors, alignment):
+    "[(name, dims, type, offset)] of each tensor, and where the data section starts"
+    tensors, names = [], set()
+    for i in range(n_tensors):
+        name = c.string(f"the name of tensor {i}")
+        if name in names: raise SerializationError("the tensor name appears twice", path=c.path, tensor=name)
+        names.add(name)
+        n_dims = c.uint(4, "its dimension count")
+        c.need(8 * n_dims + 12, f"{n_dims:,} dimensions, type and offset of tensor {short_repr(name)}")
+        dims = [c.uint(8, 'a dimension') for _ in range(n_dims)]
+        tensors.append((name, dims, c.uint(4, 'type'), c.uint(8, 'offset')))
+    return tensors, -(-c.pos // alignment) * alignment
+
+def _check_gguf_data(tensors, data_offset, size, path):
+    "Every tensor's type is known, its rows are whole blocks and its bytes lie inside the file"
+    sizes = _ggml_sizes()
+    for name, dims, ttype, offset in tensors:
+        if sizes is None: break
+        if ttype not in sizes: raise SerializationError(f"unknown tensor type {ttype}", path=path, tensor=name)
+        block, block_bytes = sizes[ttype]
+        if dims and dims[0] % block:
+            raise SerializationError(f"rows of {dims[0]:,} values are not whole blocks of {block}", path=path, tensor=name)
+        nbytes, start = math.prod(dims) // block * block_bytes, data_offset + offset
+        if start + nbytes > size:
+            raise SerializationError(f"its {nbytes:,} bytes at offset {start:,} run past the end of the file ({size:,} bytes)",
+                                     path=path, tensor=name)
+
+# %% ../nbs/02_io.ipynb #96947965
+def _walk_gguf(buf, path):
+    if buf[:4] != b'GGUF': raise SerializationError("not a GGUF file (no GGUF magic)", path=path)
+    order = '<' if struct.unpack_from('<I', buf, 4)[0] & 0xFFFF else '>'   # as GGUFReader tells a big-endian file
+    c = _GgufCursor(buf, path, order); c.pos = 4
+    version = c.uint(4, 'the version')
+    if version not in (2, 3): raise SerializationError(f"GGUF version {version} is not supported (2 and 3 are)", path=path)
+    n_tensors, n_keys = c.uint(8, 'the tensor count'), c.uint(8, 'the key count')
+    c.need(13 * n_keys + 24 * n_tensors, f"{n_keys:,} keys and {n_tensors:,} tensors")    # their smallest sizes
+    keys, alignment = set(), 32
+    for i in range(n_keys):
+        key = c.string(f"key {i}")
+        if key in keys: raise SerializationError(f"duplicate key {short_repr(key)}", path=path)
+        keys.add(key)
+        vtype = c.uint(4, f"the type of key {short_repr(key)}")
+        if key != 'general.alignment': _gguf_value(c, vtype, f"key {short_repr(key)}"); continue
+        alignment = c.uint(4, key) if vtype == 4 else 0
+        if not alignment or alignment & (alignment - 1):
+            raise SerializationError("general.alignment must be a uint32 power of two", path=path)
+    tensors, data_offset = _gguf_tensor_table(c, n_tensors, alignment)
+    _check_gguf_data(tensors, data_offset, len(buf), path)
+    return dict(version=version, tensors=n_tensors, keys=n_keys, alignment=alignment, data_offset=data_offset)
+
+def check_gguf(path, # a .gguf file
+              ) -> dict:
+    "Walk a GGUF's header, metadata and tensor table, every count and length checked against the bytes left"
+    path = Path(path)
+    with reraise_as(IoError, path=path, what='reading'), open(path, 'rb') as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 24: raise SerializationError(f"file is {size} bytes, too short for a GGUF header", path=path)
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        with reraise_as(SerializationError, path=path, what='GGUF header'): return _walk_gguf(buf, path)
+    finally: buf.close()

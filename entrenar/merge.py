@@ -14,9 +14,9 @@ from typing import Any, Callable
 import numpy as np, yaml
 from fastcore.basics import AttrDict
 from tqdm.auto import tqdm
-from .errors import EntrenarError, IoError, MergeError, reraise_as
+from .errors import EntrenarError, IoError, MergeError, reraise_as, short_repr
 from .backend import get_array_module, get_backend, is_device_array, to_device, to_numpy
-from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
+from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
                          is_float_dtype, dtype_from_code, release_pages)
 
 # %% auto #0
@@ -69,9 +69,9 @@ def merge_method(name:str, # the name recipes and the command use
 def get_method(name) -> MergeMethod:
     "The registered method called `name` (or one of its aliases)"
     if isinstance(name, MergeMethod): return name
-    key = str(name).strip().lower().replace('-', '_')
+    key = name.strip().lower().replace('-', '_') if isinstance(name, str) else None
     m = METHODS.get(ALIASES.get(key, key))
-    if m is None: raise MergeError(f"unknown merge method {name!r}: choose one of {', '.join(sorted([*METHODS, *ALIASES]))}")
+    if m is None: raise MergeError(f"unknown merge method {short_repr(name)}: choose one of {', '.join(sorted([*METHODS, *ALIASES]))}")
     return m
 
 def check_inputs(method, # a method or its name
@@ -99,8 +99,8 @@ def _coerce(p:Param, v, tensor):
     elif not isinstance(v, (bool, np.bool_)):
         try: x = float(v); ok = math.isfinite(x) and (p.type is float or x == int(x)); v = p.type(x) if ok else v
         except (TypeError, ValueError): ok = False
-    if not ok: raise MergeError(f"parameter '{p.name}' must be a {p.type.__name__}, got {v!r}", tensor=tensor)
-    if p.choices and v not in p.choices: raise MergeError(f"parameter '{p.name}' must be one of {', '.join(map(str, p.choices))}, got {v!r}", tensor=tensor)
+    if not ok: raise MergeError(f"parameter '{p.name}' must be a {p.type.__name__}, got {short_repr(v)}", tensor=tensor)
+    if p.choices and v not in p.choices: raise MergeError(f"parameter '{p.name}' must be one of {', '.join(map(str, p.choices))}, got {short_repr(v)}", tensor=tensor)
     return v
 
 def bind_params(method, # a method or its name
@@ -111,12 +111,12 @@ def bind_params(method, # a method or its name
     "Check `values` against the method's parameters, fill defaults, broadcast per-model ones to lists"
     m = get_method(method); known = {p.name: p for p in m.params}
     for k in values:
-        if k not in known: raise MergeError(f"{m.name} has no parameter {k!r} (it takes: {', '.join(known) or 'none'})", tensor=tensor)
+        if k not in known: raise MergeError(f"{m.name} has no parameter {short_repr(k)} (it takes: {', '.join(known) or 'none'})", tensor=tensor)
     out = AttrDict()
     for p in m.params:
         v = values.get(p.name)
         if p.scope == 'shared':
-            if isinstance(v, (list, tuple)): raise MergeError(f"parameter '{p.name}' takes one value, got {v!r}", tensor=tensor)
+            if isinstance(v, (list, tuple)): raise MergeError(f"parameter '{p.name}' takes one value, got {short_repr(v)}", tensor=tensor)
             out[p.name] = _coerce(p, v, tensor)
             continue
         vs = list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v] * n_models
@@ -133,7 +133,7 @@ def tensor_rng(seed:int, # the merge's seed
                name:str, # the tensor's name
               ) -> np.random.Generator:
     "A generator that depends only on `seed` and the tensor `name`, never on the order tensors are processed in"
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0: raise MergeError(f"the seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0: raise MergeError(f"the seed must be a non-negative integer, got {short_repr(seed)}")
     digest = int.from_bytes(hashlib.blake2b(name.encode('utf-8'), digest_size=8).digest(), 'little')
     return np.random.default_rng(np.random.SeedSequence([int(seed), digest]))
 
@@ -595,7 +595,7 @@ def evaluate_setting(setting, # scalar, list (gradient), {filter, value} or a li
     "The value a recipe parameter takes for tensor `name` at layer position `t` (None if no filter matches)"
     if isinstance(setting, dict): setting = [setting]
     if setting is None or isinstance(setting, (bool, int, float, str)): return setting
-    if not isinstance(setting, list): raise MergeError(f"a parameter must be a number, a list or {{filter, value}} entries, got {setting!r}")
+    if not isinstance(setting, list): raise MergeError(f"a parameter must be a number, a list or {{filter, value}} entries, got {short_repr(setting)}")
     if not setting: return None
     if all(isinstance(e, (bool, int, float, str)) for e in setting):
         if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in setting): return setting[int(t * (len(setting) - 1))]
@@ -603,7 +603,7 @@ def evaluate_setting(setting, # scalar, list (gradient), {filter, value} or a li
         return (1 - f) * setting[i0] + f * setting[i1]
     for cond in setting:
         if not isinstance(cond, dict) or 'value' not in cond or set(cond) - {'filter', 'value'}:
-            raise MergeError(f"a parameter list mixes {{filter, value}} entries with other things: {cond!r}")
+            raise MergeError(f"a parameter list mixes {{filter, value}} entries with other things: {short_repr(cond)}")
         flt = cond.get('filter')
         if flt is None or flt == '*' or (name and str(flt) in name): return evaluate_setting(cond['value'], name, t)
     return None
@@ -656,7 +656,7 @@ class Recipe:
 def _fields(d, allowed, where):
     if not isinstance(d, dict): raise MergeError(f"{where} must be a mapping, got {type(d).__name__}")
     for k, v in d.items():
-        if k not in allowed and v is not None: raise MergeError(f"recipe field '{k}'{' in ' + where if where != 'the recipe' else ''} is not supported (supported: {', '.join(allowed)})")
+        if k not in allowed and v is not None: raise MergeError(f"recipe field {short_repr(k)}{' in ' + where if where != 'the recipe' else ''} is not supported (supported: {', '.join(allowed)})")
     return d
 
 def _params(d, where):
@@ -664,15 +664,19 @@ def _params(d, where):
     if not isinstance(p, dict): raise MergeError(f"'parameters' in {where} must be a mapping")
     return {str(k): v for k, v in p.items()}
 
+_MAX_REF = 4096   # PATH_MAX: no model path or hf:// reference is longer
+
 def _ref(v, where):
-    if not isinstance(v, str) or not v: raise MergeError(f"{where} must name a model path, got {v!r}")
+    "`v`, checked to be a model reference: a path or hf:// name, not empty and not too long to be one"
+    if not isinstance(v, str) or not v or len(v) > _MAX_REF:
+        raise MergeError(f"{where} must name a model path, got {short_repr(v)}" + (f" ({len(v):,} characters)" if isinstance(v, str) and v else ''))
     return v
 
 def parse_recipe(recipe, # a dict, or YAML text, of a mergekit recipe
                 ) -> Recipe:
     "A `Recipe` from mergekit's YAML structure; unsupported fields are errors that name them"
     if isinstance(recipe, str):
-        with reraise_as(MergeError, what='reading the recipe YAML'): recipe = yaml.safe_load(recipe)
+        recipe = parse_yaml(recipe, error=MergeError, what='reading the recipe YAML')
     _fields(recipe, ('merge_method', 'base_model', 'models', 'slices', 'parameters', 'dtype', 'out_dtype'), 'the recipe')
     if not recipe.get('merge_method'): raise MergeError("the recipe has no 'merge_method'")
     if bool(recipe.get('models')) == bool(recipe.get('slices')): raise MergeError("the recipe needs exactly one of 'models' or 'slices'")
@@ -689,12 +693,14 @@ def parse_recipe(recipe, # a dict, or YAML text, of a mergekit recipe
                 _fields(e, ('model', 'layer_range', 'parameters'), f'slices[{i}].sources')
                 lr = e.get('layer_range')
                 if not (isinstance(lr, (list, tuple)) and len(lr) == 2 and all(isinstance(v, int) and v >= 0 for v in lr) and lr[0] < lr[1]):
-                    raise MergeError(f"slices[{i}]: layer_range must be [start, stop) with 0 <= start < stop, got {lr!r}")
+                    raise MergeError(f"slices[{i}]: layer_range must be [start, stop) with 0 <= start < stop, got {short_repr(lr)}")
                 srcs.append(Source(_ref(e.get('model'), f'slices[{i}].sources[].model'), tuple(lr), _params(e, f'slices[{i}].sources')))
             if not srcs: raise MergeError(f"slices[{i}] has no sources")
-            slices.append(Slice(srcs, _params(s, f'slices[{i}]'), s.get('base_model')))
+            base = s.get('base_model')
+            slices.append(Slice(srcs, _params(s, f'slices[{i}]'), None if base is None else _ref(base, f'slices[{i}].base_model')))
     get_method(recipe['merge_method'])
-    return Recipe(str(recipe['merge_method']), slices, recipe.get('base_model'), _params(recipe, 'the recipe'),
+    base = recipe.get('base_model')
+    return Recipe(str(recipe['merge_method']), slices, None if base is None else _ref(base, 'base_model'), _params(recipe, 'the recipe'),
                   recipe.get('dtype'), recipe.get('out_dtype'), layered)
 
 # %% ../nbs/03_merge.ipynb #0973b42f
@@ -741,7 +747,7 @@ def parse_dtype(name) -> np.dtype|None:
     key = str(name).lower().replace('torch.', '')
     aliases = dict(float32='F32', fp32='F32', float='F32', float16='F16', fp16='F16', half='F16', bfloat16='BF16', bf16='BF16', float64='F64', fp64='F64', double='F64')
     try: return dtype_from_code(aliases.get(key, key))
-    except EntrenarError: raise MergeError(f"unknown dtype {name!r}: use float32, float16, bfloat16 or float64") from None
+    except EntrenarError: raise MergeError(f"unknown dtype {short_repr(name)}: use float32, float16, bfloat16 or float64") from None
 
 # %% ../nbs/03_merge.ipynb #8313dfbf
 def _model_label(models, ref):
@@ -764,7 +770,7 @@ def _check_param_names(recipe, m):
     for sl in recipe.slices:
         for scope in [recipe.parameters, sl.parameters, *(s.parameters for s in sl.sources)]:
             for k in scope:
-                if k not in known: raise MergeError(f"{m.name} has no parameter {k!r} (it takes: {', '.join(sorted(known)) or 'none'})")
+                if k not in known: raise MergeError(f"{m.name} has no parameter {short_repr(k)} (it takes: {', '.join(sorted(known)) or 'none'})")
 
 # %% ../nbs/03_merge.ipynb #41cbb5b8
 def _make_task(recipe, m, models, sl, out_name, inputs, t, in_dtype, out_dtype):
@@ -1078,7 +1084,7 @@ def cli_defaults(method:str, # a method name or alias, as given to --method
 def _numbers(text, opt):
     if text is None: return None
     try: vals = [float(v) for v in str(text).split(',') if v.strip()]
-    except ValueError: raise MergeError(f"{opt} takes numbers separated by commas, got {text!r}") from None
+    except ValueError: raise MergeError(f"{opt} takes numbers separated by commas, got {short_repr(text)}") from None
     return vals[0] if len(vals) == 1 and opt != '--weights' else vals
 
 def register_cli(subparsers):
@@ -1119,8 +1125,8 @@ def merge_command(args):
     params = {k[2:]: _numbers(v, f'--{k[2:]}') for k, v in vars(args).items() if k.startswith('p_') and v is not None}
     for item in args.param:
         k, eq, v = item.partition('=')
-        if not eq or not k: raise MergeError(f"--param takes NAME=VALUE, got {item!r}")
-        params[k.strip()] = yaml.safe_load(v)
+        if not eq or not k: raise MergeError(f"--param takes NAME=VALUE, got {short_repr(item)}")
+        params[k.strip()] = parse_yaml(v, error=MergeError, what=f'--param {k.strip()}')
     if args.weights is not None: params['weight'] = _numbers(args.weights, '--weights')
     common = dict(seed=args.seed, dtype=args.dtype, out_dtype=args.out_dtype, shard_size=args.shard_size, workers=args.workers,
                   allow_nonfinite=args.allow_nonfinite, quiet=args.quiet, progress=not args.quiet and sys.stderr.isatty(), client=args.scheduler)

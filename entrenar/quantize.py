@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .errors import QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError, reraise_as
 from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend, CPU_THREADS
 from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
-                         dtype_code, dtype_from_code, is_float_dtype)
+                         dtype_code, dtype_from_code, is_float_dtype, check_gguf)
 from .kquants import K_QUANTS, quantize_weighted, weighted_levels
 
 # %% auto #0
@@ -746,6 +746,7 @@ class _GgufSink(_AtomicSink):
 # %% ../nbs/04_quantize.ipynb #e402a0ca
 def _load_gguf(path) -> QuantizedModel:
     import gguf
+    check_gguf(path)    # every count and length in the header, before GGUFReader trusts them
     with reraise_as(SerializationError, path=path, what='reading the GGUF file'): r = gguf.GGUFReader(path)
     def field(key):
         f = r.fields.get(key)

@@ -6,11 +6,11 @@ Docs: https://entrenar.github.io/entrenar/hub.html.md"""
 
 # %% ../nbs/05_hub.ipynb #bace2c86
 from __future__ import annotations
-import argparse, errno, hashlib, importlib, json, os, re, sys
+import argparse, contextvars, errno, hashlib, importlib, json, os, re, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
-from .errors import EntrenarError, FetchError, IoError, SerializationError, reraise_as
+from .errors import EntrenarError, FetchError, IoError, SerializationError, reraise_as, short_repr
 
 # %% auto #0
 __all__ = ['PICKLE_SUFFIXES', 'INDEX_NAME', 'WEIGHTS_NAME', 'CONFIG_NAME', 'HubError', 'InvalidNameError', 'UnsafeFileError',
@@ -165,7 +165,10 @@ def translate_error(e:Exception, # an exception raised by huggingface_hub
     if status == 429: return HubUnavailableError("HTTP 429: rate limited by the Hub, try again later", *a)
     if status is not None and status >= 500: return HubUnavailableError(f"HTTP {status}: the Hub is unavailable", *a)
     if status is not None: return HubError(f"HTTP {status}", *a)
-    if _is_transport_error(e): return HubUnavailableError(f"could not reach the Hub ({type(e).__name__})", *a)
+    if _is_transport_error(e):   # a protocol error is also what a header with a NUL or a newline gives
+        what = "the Hub's answer is not valid HTTP" if 'Protocol' in type(e).__name__ else "could not reach the Hub"
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+        return HubUnavailableError(f"{what} ({type(e).__name__}{': ' + detail if detail else ''})", *a)
     if isinstance(e, ValueError): return InvalidNameError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, *a)
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return HubError(msg, *a, retryable=isinstance(e, OSError) and 'onsistency check' in msg)
@@ -224,6 +227,51 @@ def _cached_file(self:HfModelFetcher, repo_id, filename, revision) -> Path:
     raise FileNotFoundOnHubError("file not in the repository at this revision (as recorded in the cache)", repo_id, revision, filename)
 
 # %% ../nbs/05_hub.ipynb #4d23e281
+_UNSAFE_COMPONENT = re.compile(r'[\x00-\x1f\x7f/\\:]')
+
+def _check_component(value:str, # a name the server sent, as `huggingface_hub` will use it
+                     header:str, # where it came from, e.g. 'ETag'
+                     repo_id=None, revision=None, filename=None,
+                     raw:str|None=None, # the header as sent, when `value` was derived from it
+                    ) -> str:
+    "Raise `InvalidNameError` naming the server's `header` unless `value` is one safe path component"
+    if not isinstance(value, str) or value in ('', '.', '..') or _UNSAFE_COMPONENT.search(value) or len(value) > 255:
+        raise InvalidNameError(f"the Hub answered {header} {short_repr(value if raw is None else raw)}, which is not "
+                               "a plain file name and would put files outside the cache; refused", repo_id, revision, filename)
+    return value
+
+# %% ../nbs/05_hub.ipynb #a3dbc50e
+_FETCHING = contextvars.ContextVar('entrenar_hub_fetching', default=None)   # (repo_id, revision, filename) during a fetch
+
+def _check_response(response):
+    "HTTP response hook: during a fetch, refuse an answer whose ETag or X-Repo-Commit is not a plain file name"
+    if (where := _FETCHING.get()) is None: return
+    h = response.headers
+    for k in ('X-Linked-Etag', 'ETag'):
+        if (v := h.get(k)) is not None: _check_component(v.lstrip('W/').strip('"'), k, *where, raw=v)
+    if (v := h.get('X-Repo-Commit')) is not None: _check_component(v, 'X-Repo-Commit', *where)
+
+def _guard_session():
+    "Add `_check_response` to the HTTP client `huggingface_hub` shares (once per client)"
+    client = _hub().utils.get_session()
+    hooks = client.event_hooks
+    if _check_response not in hooks.get('response', []):
+        client.event_hooks = {**hooks, 'response': [*hooks.get('response', []), _check_response]}
+
+# %% ../nbs/05_hub.ipynb #a55a79e1
+def _check_inside(path:Path, # a file in a snapshot folder
+                  storage:Path, # the repository's folder in the cache, `models--org--name`
+                  repo_id=None, revision=None, filename=None) -> Path:
+    "Return `path` if it and the blob it links to both lie inside `storage`, else raise `InvalidNameError`"
+    root = os.path.realpath(storage)
+    link = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))   # the link itself, then its target
+    for p in (link, os.path.realpath(path)):
+        if os.path.commonpath([root, p]) != root:
+            raise InvalidNameError(f"{short_repr(p)} is outside the cache folder {root}; refused",
+                                   repo_id, revision, filename)
+    return Path(path)
+
+# %% ../nbs/05_hub.ipynb #ef02d502
 @patch
 def _storage(self:HfModelFetcher, repo_id):
     return (self.cache_dir or hub_cache_dir())/('models--' + repo_id.replace('/', '--'))
@@ -238,14 +286,19 @@ def fetch_file(self:HfModelFetcher, repo_id:str, # 'org/name'
     "Fetch one file into the cache (checking the Hub's SHA-256 of new LFS blobs) and return its snapshot path"
     check_repo_id(repo_id); check_filename(filename, allow_pickle, repo_id, revision)
     _check_relative(revision, 'revision', repo_id, revision)
-    if is_offline(local_files_only): return self._cached_file(repo_id, filename, revision)
+    where = (repo_id, revision, filename)
+    if is_offline(local_files_only):
+        return _check_inside(self._cached_file(repo_id, filename, revision), self._storage(repo_id), *where)
     blobs = self._storage(repo_id)/'blobs'
     before = set(os.listdir(blobs)) if blobs.is_dir() else set()
+    token = _FETCHING.set(where)
     try:
+        _guard_session()
         path = Path(_hub().hf_hub_download(repo_id, filename, revision=revision, cache_dir=self.cache_dir or hub_cache_dir(),
                                     token=self._token, endpoint=self.endpoint))
-    except Exception as e: raise translate_error(e, repo_id, revision, filename) from e
-    blob = _blob_of(path)
+    except Exception as e: raise translate_error(e, *where) from e
+    finally: _FETCHING.reset(token)
+    blob = _blob_of(_check_inside(path, self._storage(repo_id), *where))
     if blob.name not in before and _SHA256_HEX.fullmatch(blob.name) and (got := sha256_file(blob)) != blob.name:
         evict(path)
         raise ChecksumMismatchError(f"downloaded content has SHA-256 {got}, the Hub announced {blob.name}; "

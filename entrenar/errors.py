@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/errors.html.md"""
 
 # %% ../nbs/00_errors.ipynb #c946a614
 from __future__ import annotations
-import contextlib, os, reprlib
+import contextlib, errno, os, reprlib
 
 # %% auto #0
 __all__ = ['EntrenarError', 'SerializationError', 'IoError', 'TensorNotFoundError', 'BackendError', 'MergeError', 'QuantizeError',
@@ -58,9 +58,12 @@ def reraise_as(cls:type, # the `EntrenarError` subclass to raise
     try: yield
     except EntrenarError: raise
     except MemoryError as e: raise cls(f"{what + ': ' if what else ''}out of memory", path=path, tensor=tensor) from e
-    except (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError) as e:
-        raise IoError(f"{what + ': ' if what else ''}{e.strerror or type(e).__name__}", path=path, tensor=tensor) from e
     except Exception as e:
+        if isinstance(e, OSError) and isinstance(e.errno, int):
+            name = errno.errorcode.get(e.errno, f"errno {e.errno}")
+            raise IoError(f"{what + ': ' if what else ''}{e.strerror or os.strerror(e.errno)} ({name})", path=path, tensor=tensor) from e
+        if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError)):
+            raise IoError(f"{what + ': ' if what else ''}{type(e).__name__}", path=path, tensor=tensor) from e
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise cls(f"{what + ': ' if what else ''}{msg}", path=path, tensor=tensor) from e
 

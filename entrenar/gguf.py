@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .errors import EntrenarError, IoError, QuantizeError, SerializationError, reraise_as
-from .io import (Model, ModelMetadata, TensorSpec, atomic_path, check_gguf, dtype_from_code, lazy_tensor, load_model,
+from .io import (Model, ModelMetadata, TensorSpec, atomic_path, check_gguf, open_gguf, dtype_from_code, lazy_tensor, load_model,
                          release_pages, save_model)
-from .quantize import BLOCK_FORMATS, QuantizedTensor, QuantizeReport, quantize_tensor, tensor_error
+from .quantize import BLOCK_FORMATS, QuantizedTensor, QuantizeReport, quantize_tensor, tensor_error, write_gguf_tensor
 from .imatrix import Imatrix, read_imatrix, check_imatrix
 
 # %% auto #0
@@ -462,7 +462,7 @@ def write_gguf(plan:GgufPlan, # from `plan_gguf`
                     raise QuantizeError(f"non-finite values (NaN or inf) cannot go into a llama.cpp {t.upper()} tensor", path=output, tensor=src)
                 im = plan.imatrix[g] if plan.imatrix is not None and g in plan.imatrix and t in BLOCK_FORMATS else None
                 data = _encode(x, t, im if im is not None and im.size == shape[-1] else None)   # llama.cpp: a token_embd of another size is ignored
-                with reraise_as(IoError, path=output, tensor=g, what='writing'): w.write_tensor_data(data.reshape(-1))
+                with reraise_as(IoError, path=output, tensor=g, what='writing'): write_gguf_tensor(w, data.reshape(-1))
                 rows.append(_report_row(g, shape, t, before, data, x, measure))
                 del x, data; release_pages(raw)   # a lazily read tensor's pages leave memory: peak RSS stays a few tensors
         finally: w.close()
@@ -516,9 +516,8 @@ class GgufFile:
                 ):
         gguf, self.path = _gguf(), Path(path)
         if not self.path.is_file(): raise IoError("no such file", path=self.path)
-        check_gguf(self.path)    # every count and length in the header, before GGUFReader trusts them
+        self.reader = open_gguf(self.path)    # header checked first; checked and read from one open file
         with reraise_as(SerializationError, path=self.path, what='reading the GGUF header'):
-            self.reader = gguf.GGUFReader(self.path)
             self.tensors = {t.name: t for t in self.reader.tensors}
         self.arch = self.get('general.architecture')
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from .errors import QuantizeError, SerializationError, IoError, reraise_as, short_repr
-from .io import atomic_path, check_gguf
+from .io import atomic_path, open_gguf
 
 # %% auto #0
 __all__ = ['UNCOLLECTED', 'Imatrix', 'read_imatrix', 'write_imatrix', 'check_imatrix', 'compute_imatrix', 'register_cli']
@@ -62,11 +62,9 @@ def _read_legacy(data:bytes, path) -> Imatrix:
     if c.left() >= 4 and (ds := bytes(c.take(c.int('dataset name length'), 'dataset name')).decode('utf-8', 'replace')): datasets = [ds]
     return Imatrix(sums, counts, datasets, chunks, 0)
 
-def _read_gguf(path) -> Imatrix:
-    "The GGUF layout, through the `gguf` package's reader"
-    import gguf
-    check_gguf(path)    # every count and length in the header, before GGUFReader trusts them
-    r = gguf.GGUFReader(path)
+def _read_gguf(path, file=None) -> Imatrix:
+    "The GGUF layout, through the `gguf` package's reader (of `file`, `path` open, if given)"
+    r = open_gguf(path, file)    # header checked first; checked and read from one open file
     field = lambda k: r.fields[k].contents() if k in r.fields else None
     if field('general.type') != 'imatrix':
         raise SerializationError(f"a GGUF of type {short_repr(field('general.type'))}, not an imatrix", path=path)
@@ -86,9 +84,10 @@ def read_imatrix(path, # an imatrix file that llama-imatrix wrote: .gguf or lega
                 ) -> Imatrix:
     "Read an importance matrix, either layout, every entry checked"
     path = Path(path)
-    with reraise_as(IoError, path=path, what='reading'): data = path.read_bytes()
-    with reraise_as(SerializationError, path=path, what='reading the imatrix'):
-        im = _read_gguf(path) if data[:4] == b'GGUF' else _read_legacy(data, path)
+    with reraise_as(IoError, path=path, what='reading'), open(path, 'rb') as f:
+        magic = f.read(4)
+        with reraise_as(SerializationError, path=path, what='reading the imatrix'):
+            im = _read_gguf(path, f) if magic == b'GGUF' else _read_legacy(magic + f.read(), path)
     if not len(im): raise SerializationError("no entries: not an imatrix", path=path)
     for name in im.names:
         s, c = im.sums[name], im.counts[name]

@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/io.html.md"""
 
 # %% ../nbs/02_io.ipynb #65e5df8f
 from __future__ import annotations
-import contextlib, copy, ctypes, dataclasses, enum, gzip, itertools, json, math, mmap, os, re, struct, tempfile, threading
+import contextlib, copy, ctypes, dataclasses, enum, errno, gzip, hashlib, itertools, json, math, mmap, os, re, socket, struct, tempfile, threading, weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +18,8 @@ from .numtext import parse_numbers, _read
 # %% auto #0
 __all__ = ['DTYPES', 'MAX_HEADER', 'dtype_from_code', 'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata',
            'ModelFormat', 'parse_size', 'SaveConfig', 'Model', 'lazy_tensor', 'Parameters', 'summary', 'atomic_path',
-           'SafeTensorsReader', 'release_pages', 'format_numbers', 'ModelWriter', 'parse_yaml', 'save_model',
-           'load_model', 'check_gguf']
+           'check_shape', 'SafeTensorsReader', 'release_pages', 'format_numbers', 'ModelWriter', 'parse_yaml',
+           'save_model', 'load_model', 'check_gguf', 'open_gguf']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
 DTYPES = {
@@ -219,8 +219,28 @@ def summary(self:Model) -> dict:
 Model.summary = summary
 
 # %% ../nbs/02_io.ipynb #94aa4efb
+_HOST = hashlib.blake2s(socket.gethostname().encode(), digest_size=3).hexdigest()
+
+def _pid_alive(pid:int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except (PermissionError, OverflowError, ValueError): return True   # another user's process, or not a pid: keep its file
+    return True
+
+def _remove_stale_temps(path:Path):
+    "Remove the temporary files that dead entrenar processes of this machine left beside `path`"
+    pat = re.compile(re.escape(f".{path.name}.entrenar-tmp-") + r"(?:([0-9a-f]{6})-)?(\d+)-[0-9a-f]{8}")
+    prefix = f".{path.name}.entrenar-tmp-"
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
+        for f in entries:
+            m = pat.fullmatch(f.name) if f.name.startswith(prefix) else None
+            if m and m[1] in (None, _HOST) and int(m[2]) != os.getpid() and not _pid_alive(int(m[2])):
+                with contextlib.suppress(OSError): os.unlink(f.path)
+
 def _tmp_name(path:Path) -> Path:
-    return path.with_name(f".{path.name}.entrenar-tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    "A fresh temporary name beside `path`; stale temporary files of `path` go first"
+    _remove_stale_temps(path)
+    return path.with_name(f".{path.name}.entrenar-tmp-{_HOST}-{os.getpid()}-{os.urandom(4).hex()}")
 
 def _fsync(path):
     fd = os.open(path, os.O_RDONLY)
@@ -242,6 +262,19 @@ def atomic_path(path, # the file to create or replace
             os.replace(tmp_path, path)
     finally:
         if tmp_path.exists(): tmp_path.unlink()
+
+# %% ../nbs/02_io.ipynb #5260ae51
+def check_shape(shape, # a shape read from a file: a list of dimensions
+                dtype, # the tensor's dtype
+                path=None, # the file it came from, named in the error
+                tensor:str|None=None, # the tensor, named in the error
+               ) -> tuple:
+    "`shape` as a tuple if numpy can make an array of it; else a `SerializationError` naming `path` and `tensor`"
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise SerializationError(f"shape {short_repr(shape)} is not a list of non-negative integers", path=path, tensor=tensor)
+    if math.prod(s for s in shape if s) * np.dtype(dtype).itemsize > np.iinfo(np.intp).max:
+        raise SerializationError(f"shape {short_repr(shape)} is too large for an array", path=path, tensor=tensor)
+    return tuple(shape)
 
 # %% ../nbs/02_io.ipynb #4a005214
 MAX_HEADER = 100 * 2**20
@@ -277,20 +310,19 @@ def _read_header(f, path, size):
 # %% ../nbs/02_io.ipynb #a905b8f6
 def _is_int(x): return isinstance(x, int) and not isinstance(x, bool)
 
+
 def _check_entry(name, info, path):
     "Check one header entry and return (name, dtype, shape, begin, end)"
     if not isinstance(info, dict) or set(info) != {'dtype', 'shape', 'data_offsets'}:
         raise SerializationError("entry must have exactly dtype, shape and data_offsets", path=path, tensor=name)
     dtype = dtype_from_code(info['dtype'], path=path, tensor=name)
-    shape, offs = info['shape'], info['data_offsets']
-    if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
-        raise SerializationError(f"shape {shape!r} is not a list of non-negative integers", path=path, tensor=name)
+    shape, offs = check_shape(info['shape'], dtype, path, name), info['data_offsets']
     if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs) and 0 <= offs[0] <= offs[1]):
         raise SerializationError(f"data_offsets {offs!r} are not two increasing non-negative integers", path=path, tensor=name)
     need = math.prod(shape) * dtype.itemsize
     if offs[1] - offs[0] != need:
-        raise SerializationError(f"data_offsets {offs} span {offs[1]-offs[0]} bytes but shape {shape} of {info['dtype']} needs {need}", path=path, tensor=name)
-    return name, dtype, tuple(shape), offs[0], offs[1]
+        raise SerializationError(f"data_offsets {offs} span {offs[1]-offs[0]} bytes but shape {list(shape)} of {info['dtype']} needs {need}", path=path, tensor=name)
+    return name, dtype, shape, offs[0], offs[1]
 
 def _check_layout(entries, data_len, path):
     "The tensors' byte ranges must tile the data section exactly: no gap, no overlap, nothing past the end"
@@ -311,6 +343,8 @@ class SafeTensorsReader:
             with open(self.path, 'rb') as f:
                 self.size = os.fstat(f.fileno()).st_size
                 self.data_start, self.metadata, entries = _read_header(f, self.path, self.size)
+                self._fd = os.dup(f.fileno())    # every later read comes from this open file, never from the path again
+        weakref.finalize(self, os.close, self._fd)
         _check_layout(entries, self.size - self.data_start, self.path)
         self.entries = {e[0]: e for e in sorted(entries, key=lambda e: e[3])}
         self.specs = [TensorSpec(n, dt, shape) for n, dt, shape, _, _ in self.entries.values()]
@@ -318,8 +352,8 @@ class SafeTensorsReader:
     def _map(self):
         with self._lock:
             if self._mm is None:
-                with reraise_as(IoError, path=self.path, what='mapping'), open(self.path, 'rb') as f:
-                    self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.size else b''
+                with reraise_as(IoError, path=self.path, what='mapping'):
+                    self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) if self.size else b''
         return self._mm
 
     def read(self, name:str) -> np.ndarray:
@@ -332,12 +366,14 @@ class SafeTensorsReader:
     def read_all(self) -> dict:
         "Every tensor, copied into new arrays, in file order"
         out = {}
-        with reraise_as(IoError, path=self.path, what='reading'), open(self.path, 'rb') as f:
-            f.seek(self.data_start)
+        with reraise_as(IoError, path=self.path, what='reading'):
             for name, dtype, shape, begin, end in self.entries.values():
                 a = np.empty(shape, dtype)
-                if end > begin and f.readinto(memoryview(a.reshape(-1).view(np.uint8))) != end - begin:
-                    raise SerializationError("file ended inside the tensor's data", path=self.path, tensor=name)
+                buf, pos = memoryview(a.reshape(-1).view(np.uint8)), self.data_start + begin
+                while len(buf):
+                    n = os.preadv(self._fd, [buf], pos)
+                    if not n: raise SerializationError("file ended inside the tensor's data", path=self.path, tensor=name)
+                    buf, pos = buf[n:], pos + n
                 out[name] = a
         return out
 
@@ -436,8 +472,10 @@ class _SafeTensorsPart:
         hb += b' ' * (-len(hb) % 8)
         self.data_start, self.total = 8 + len(hb), pos
         self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.write(self.fd, struct.pack('<Q', len(hb)) + hb)
-        os.ftruncate(self.fd, self.data_start + pos)
+        try:
+            os.write(self.fd, struct.pack('<Q', len(hb)) + hb)
+            os.ftruncate(self.fd, self.data_start + pos)
+        except BaseException: self.abort(); raise
 
     def write(self, name, arr):
         mv, pos = memoryview(arr.reshape(-1).view(np.uint8)), self.data_start + self.offsets[name]
@@ -850,10 +888,9 @@ def _parse_specs(head, path):
         name, shape, rg = p['name'], p.get('shape'), p.get('requires_grad', True)
         if name in seen: raise SerializationError("the tensor name appears twice", path=path, tensor=name)
         seen.add(name)
-        if not isinstance(shape, list) or not all(_is_int(s) and 0 <= s < 2**48 for s in shape):
-            raise SerializationError(f"shape {shape!r} is not a list of non-negative integers", path=path, tensor=name)
         if rg not in (True, False, 'true', 'false'): raise SerializationError(f"requires_grad {rg!r} is not a bool", path=path, tensor=name)
-        specs.append(TensorSpec(name, dtype_from_code(p.get('dtype', 'f32'), path=path, tensor=name), tuple(shape)))
+        dtype = dtype_from_code(p.get('dtype', 'f32'), path=path, tensor=name)
+        specs.append(TensorSpec(name, dtype, check_shape(shape, dtype, path, name)))
     return specs
 
 def _parse_metadata(head, path):
@@ -1020,11 +1057,14 @@ def _gguf_tensor_table(c, n_tensors, alignment):
         tensors.append((name, dims, c.uint(4, 'type'), c.uint(8, 'offset')))
     return tensors, -(-c.pos // alignment) * alignment
 
-def _check_gguf_data(tensors, data_offset, size, path):
-    "Every tensor's type is known, its rows are whole blocks and its bytes lie inside the file"
+def _check_gguf_data(tensors, data_offset, alignment, size, path):
+    "Every tensor's type is known, its rows are whole blocks, its offset aligned and its bytes inside the file"
     sizes = _ggml_sizes()
     for name, dims, ttype, offset in tensors:
-        if sizes is None: break
+        if offset % alignment:
+            raise SerializationError(f"data offset {offset:,} is not a multiple of the alignment ({alignment})", path=path, tensor=name)
+        check_shape(dims, np.float64, path, name)
+        if sizes is None: continue
         if ttype not in sizes: raise SerializationError(f"unknown tensor type {ttype}", path=path, tensor=name)
         block, block_bytes = sizes[ttype]
         if dims and dims[0] % block:
@@ -1054,17 +1094,32 @@ def _walk_gguf(buf, path):
         if not alignment or alignment & (alignment - 1):
             raise SerializationError("general.alignment must be a uint32 power of two", path=path)
     tensors, data_offset = _gguf_tensor_table(c, n_tensors, alignment)
-    _check_gguf_data(tensors, data_offset, len(buf), path)
+    _check_gguf_data(tensors, data_offset, alignment, len(buf), path)
     return dict(version=version, tensors=n_tensors, keys=n_keys, alignment=alignment, data_offset=data_offset)
+
+def _check_gguf_file(f, path) -> dict:
+    "`check_gguf` of the open file `f`"
+    size = os.fstat(f.fileno()).st_size
+    if size < 24: raise SerializationError(f"file is {size} bytes, too short for a GGUF header", path=path)
+    buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        with reraise_as(SerializationError, path=path, what='GGUF header'): return _walk_gguf(buf, path)
+    finally: buf.close()
 
 def check_gguf(path, # a .gguf file
               ) -> dict:
     "Walk a GGUF's header, metadata and tensor table, every count and length checked against the bytes left"
     path = Path(path)
-    with reraise_as(IoError, path=path, what='reading'), open(path, 'rb') as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 24: raise SerializationError(f"file is {size} bytes, too short for a GGUF header", path=path)
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        with reraise_as(SerializationError, path=path, what='GGUF header'): return _walk_gguf(buf, path)
-    finally: buf.close()
+    with reraise_as(IoError, path=path, what='reading'), open(path, 'rb') as f: return _check_gguf_file(f, path)
+
+# %% ../nbs/02_io.ipynb #5761743d
+def open_gguf(path, # a .gguf file
+              file=None, # `path` already open for binary reading, to read instead of opening it again
+             ):
+    "A `gguf.GGUFReader` of `path`, its header walked by `check_gguf` first, both reading one open file"
+    import gguf
+    path = Path(path)
+    with reraise_as(IoError, path=path, what='reading'), (open(path, 'rb') if file is None else contextlib.nullcontext(file)) as f:
+        _check_gguf_file(f, path)
+        with reraise_as(SerializationError, path=path, what='reading the GGUF header'):
+            return gguf.GGUFReader(f)   # numpy maps this open file, not the path

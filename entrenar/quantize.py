@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .errors import QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError, reraise_as
 from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend, CPU_THREADS
 from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
-                         dtype_code, dtype_from_code, is_float_dtype, check_gguf)
+                         dtype_code, dtype_from_code, is_float_dtype, check_shape, open_gguf)
 from .kquants import K_QUANTS, quantize_weighted, weighted_levels
 
 # %% auto #0
@@ -24,9 +24,9 @@ __all__ = ['FLOAT32_TINY', 'BLOCK_FORMATS', 'CHUNK_BLOCKS', 'THREADS', 'METHODS'
            'SUFFIXES', 'BlockFormat', 'Q8_0', 'Q4_0', 'Q5_0', 'Q4_1', 'Q5_1', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K',
            'scale_overflow', 'get_block_format', 'linear_quantize', 'linear_dequantize', 'pack_codes', 'unpack_codes',
            'resolve_scheme', 'scheme_bits', 'QuantizedTensor', 'quantize_tensor', 'tensor_error', 'plan_tensor',
-           'check_values', 'QuantizedModel', 'dequantize_model', 'quantized_format', 'gguf_name', 'load_quantized',
-           'QuantizeReport', 'quantize_model', 'summary_text', 'report_table', 'quantize_command', 'dequantize_command',
-           'register_cli']
+           'check_values', 'QuantizedModel', 'dequantize_model', 'quantized_format', 'gguf_name', 'write_gguf_tensor',
+           'load_quantized', 'QuantizeReport', 'quantize_model', 'summary_text', 'report_table', 'quantize_command',
+           'dequantize_command', 'register_cli']
 
 # %% ../nbs/04_quantize.ipynb #4c15e39b
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32: scales below it are flushed
@@ -661,10 +661,28 @@ class _JsonSink(_AtomicSink):
     def _close(self):
         if getattr(self, 'f', None) is not None: self.f.close()
 
+def _check_table(entries, path) -> list:
+    "The quantization table, each entry checked: a name, a shape numpy can make, a dtype and a scheme it fits"
+    if not isinstance(entries, list): raise SerializationError("the quantization table ('tensors') is not a list", path=path)
+    for i, e in enumerate(entries):
+        name = e.get('name') if isinstance(e, dict) else None
+        if not isinstance(name, str): raise SerializationError(f"entry {i} of the quantization table has no name", path=path)
+        missing = [k for k in ('shape', 'dtype', 'scheme') if k not in e]
+        if missing: raise SerializationError(f"the quantization table gives no {' or '.join(missing)}", path=path, tensor=name)
+        shape, scheme = check_shape(e['shape'], dtype_from_code(e['dtype'], path=path, tensor=name), path, name), e['scheme']
+        if scheme in BLOCK_FORMATS:
+            if not shape or shape[-1] % BLOCK_FORMATS[scheme].block_size:
+                raise SerializationError(f"shape {list(shape)} is not rows of whole {scheme} blocks", path=path, tensor=name)
+        elif scheme != 'none':
+            try: _linear_params(str(scheme))
+            except SerializationError as err: raise SerializationError(err.message, path=path, tensor=name) from None
+    return entries
+
 def _load_json(path) -> QuantizedModel:
     with reraise_as(SerializationError, path=path, what='reading the JSON'): d = orjson.loads(Path(path).read_bytes())
     if not isinstance(d, dict) or d.get('format') != FORMAT_TAG:
         raise SerializationError(f"not a quantized model (no \"format\": \"{FORMAT_TAG}\"; load an ordinary model with load_model)", path=path)
+    _check_table(d.get('tensors'), path)
     entries = [{k: v for k, v in t.items() if k not in ('data', 'scale', 'zero_point')} for t in d['tensors']]
     def loader(t, e):
         def load():
@@ -698,7 +716,7 @@ def _load_safetensors(path) -> QuantizedModel:
         raise SerializationError("not a quantized model (no 'quantization' metadata); load it with load_model", path=path)
     meta = dataclasses.replace(m.metadata, custom={k: v for k, v in m.metadata.custom.items() if k != 'quantization'})
     def loader(e): return lambda: _tensor_from_parts(e, [m.get_parameter(e['name'] + suf) for suf, _, _ in _parts(e)])
-    return QuantizedModel(meta, settings, {e['name']: loader(e) for e in settings['tensors']}, path)
+    return QuantizedModel(meta, settings, {e['name']: loader(e) for e in _check_table(settings['tensors'], path)}, path)
 
 # %% ../nbs/04_quantize.ipynb #2f54e0a5
 _GGUF_KEEP = {'BOOL': 'I8', 'U8': 'I8', 'U16': 'I16', 'U32': 'I32', 'U64': 'I64'}   # stored as the signed type of their width
@@ -718,6 +736,17 @@ def _gguf_type(entry):
     return code, (np.dtype(np.uint8) if code == 'BF16' else dtype_from_code(code))
 
 # %% ../nbs/04_quantize.ipynb #dc14c16a
+class _WrittenByFile(np.ndarray):
+    "An array whose `tofile` writes through the file object: a failed write raises the OS error with its errno"
+    def tofile(self, fid, *args, **kwargs): fid.write(memoryview(np.ascontiguousarray(self.view(np.ndarray)).reshape(-1).view(np.uint8)))
+
+def write_gguf_tensor(writer, # a `gguf.GGUFWriter` whose header and tensor table are written
+                      data:np.ndarray, # the next tensor's bytes (or values), as the table declares them
+                     ):
+    "Append the next tensor's data to `writer`; a failed write raises `OSError` with the system's errno"
+    writer.write_tensor_data(np.ascontiguousarray(data).view(_WrittenByFile))
+
+# %% ../nbs/04_quantize.ipynb #92e31e35
 class _GgufSink(_AtomicSink):
     "Write a GGUF file with `gguf.GGUFWriter`, header first, then each tensor as it comes"
     def __init__(self, path, entries, metadata, settings):
@@ -738,16 +767,14 @@ class _GgufSink(_AtomicSink):
         w.write_header_to_file(tmp); w.write_kv_data_to_file(); w.write_ti_data_to_file()
     def write(self, qt:QuantizedTensor):
         a = np.ascontiguousarray(to_numpy(qt.data)).reshape(-1).view(np.uint8)   # the header already holds the type
-        with reraise_as(IoError, path=self.path, tensor=qt.name, what='writing'): self.w.write_tensor_data(a)
+        with reraise_as(IoError, path=self.path, tensor=qt.name, what='writing'): write_gguf_tensor(self.w, a)
     def _finish(self): pass
     def _close(self):
         if getattr(self, 'w', None) is not None: self.w.close()
 
 # %% ../nbs/04_quantize.ipynb #e402a0ca
 def _load_gguf(path) -> QuantizedModel:
-    import gguf
-    check_gguf(path)    # every count and length in the header, before GGUFReader trusts them
-    with reraise_as(SerializationError, path=path, what='reading the GGUF file'): r = gguf.GGUFReader(path)
+    r = open_gguf(path)    # header checked first; checked and read from one open file
     def field(key):
         f = r.fields.get(key)
         return None if f is None else f.contents()
@@ -755,7 +782,7 @@ def _load_gguf(path) -> QuantizedModel:
     meta = _meta_from(json.loads(field('entrenar.metadata') or '{}')) if field('entrenar.metadata') else \
         ModelMetadata(field('general.name') or Path(path).stem, field('general.architecture') or 'unknown')
     by_name = {t.name: t for t in r.tensors}
-    entries = settings.get('tensors') or [_foreign_entry(t) for t in r.tensors]
+    entries = _check_table(settings.get('tensors') or [_foreign_entry(t) for t in r.tensors], path)
     settings['tensors'] = entries
     def loader(e):
         t = by_name.get(e.get('gguf_name', e['name']))

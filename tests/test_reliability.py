@@ -4,14 +4,20 @@
 - mergekit recipes expanded YAML aliases, kept the last of duplicate keys and quoted whole values in errors;
 - a GGUF whose header claims an array of 2**62 items kept `gguf.GGUFReader` looping for ever;
 - YAML model files kept the last of duplicate keys (JSON refuses them).
+
+Items 1, 5 and 6:
+- a file replaced (renamed over) while it was read gave the old header's offsets with the new file's bytes;
+- impossible shapes and broken quantization tables raised raw ValueError/KeyError/TypeError;
+- `kill -9` left `.NAME.entrenar-tmp-*` files for ever, a failed `ftruncate` leaked one, and the GGUF writers lost
+  the errno of a failed write.
 """
-import struct, subprocess, sys, time
+import errno, json, os, resource, signal, struct, subprocess, sys, time
 import numpy as np
 import pytest
 import fastcore.test as ft
 from conftest import MODELS, entrenar_cmd, one_error_line
 from entrenar.errors import MergeError, SerializationError
-from entrenar.io import Model, ModelMetadata, check_gguf, load_model, save_model
+from entrenar.io import Model, ModelMetadata, SafeTensorsReader, check_gguf, load_model, save_model
 
 A, B = MODELS / 'tiny-llama-a', MODELS / 'tiny-llama-b'
 HEAD_JSON = '{"metadata":{"name":"m","architecture":"a"},"parameters":[{"name":"w","shape":[1],"dtype":"f32"}],'
@@ -263,3 +269,195 @@ def test_check_gguf_reads_big_endian_files_and_alignment(tmp_path):
     ft.test_eq((info['alignment'], info['data_offset'], info['tensors']), (64, r.data_offset, 2))
     p.write_bytes(p.read_bytes()[:-100])
     with pytest.raises(SerializationError, match="tensor 'v': its 384 bytes"): check_gguf(p)
+
+
+# ---- 1: a file replaced while it is read ----
+
+REPLACER = """
+import os, shutil, sys
+d, files = sys.argv[1], sys.argv[2:]
+i = 0
+while not os.path.exists(os.path.join(d, 'stop')):
+    src = files[i % len(files)]; tmp = os.path.join(d, f'.replacing{i % 2}')
+    shutil.copyfile(src, tmp); os.replace(tmp, os.path.join(d, 'model' + os.path.splitext(src)[1])); i += 1
+print(i)
+"""
+
+def _two_models(tmp_path, ext='.safetensors'):
+    "Two models with the same tensor names and shapes but other values, and headers of other lengths (other offsets)"
+    rng = np.random.default_rng(0)
+    names = [f't{i}' for i in range(6)]
+    models = [{k: rng.standard_normal((32, 64)).astype(np.float32) for k in names} for _ in range(2)]
+    metas = [ModelMetadata('a', 'x'), ModelMetadata('b' * 100, 'x').with_custom('pad', 'p' * 333)]
+    paths = [save_model(Model(meta, m), tmp_path / f'{c}{ext}') for meta, m, c in zip(metas, models, 'ab')]
+    return names, models, paths
+
+def _which(m, names, models):
+    "0 or 1: the model whose every tensor `m` holds exactly; None for a mix"
+    got = {k: np.array(m.get_parameter(k)) for k in names}
+    return next((i for i, x in enumerate(models) if all(np.array_equal(got[k], x[k]) for k in names)), None)
+
+def test_loads_racing_a_replacing_writer_are_never_mixed(tmp_path):
+    "Before: 300 lazy and 300 eager loads racing os.replace gave 3 and 6 mixed models (and 6 errors); now none"
+    names, models, paths = _two_models(tmp_path)
+    target = tmp_path / 'model.safetensors'; target.write_bytes(paths[0].read_bytes())
+    p = subprocess.Popen([sys.executable, '-c', REPLACER, str(tmp_path), *map(str, paths)], stdout=subprocess.PIPE, text=True)
+    counts = dict(lazy=[0, 0], eager=[0, 0], typed=0)
+    try:
+        for _ in range(300):
+            for lazy in (True, False):
+                try: m = load_model(target, lazy=lazy)
+                except SerializationError: counts['typed'] += 1; continue
+                i = _which(m, names, models)
+                assert i is not None, f"a {'lazy' if lazy else 'eager'} load mixed the two files"
+                counts['lazy' if lazy else 'eager'][i] += 1
+    finally:
+        (tmp_path / 'stop').touch(); replaced = int(p.communicate(timeout=30)[0])
+    assert replaced > 50 and sum(counts['lazy']) + sum(counts['eager']) > 500, (replaced, counts)
+
+def test_lazy_model_reads_the_file_it_opened(tmp_path):
+    "Its file replaced before any tensor is read, a lazy model still reads the file it opened (it used to map the path again)"
+    names, models, paths = _two_models(tmp_path)
+    target = tmp_path / 'model.safetensors'
+    for first, second in ((0, 1), (1, 0)):
+        target.write_bytes(paths[first].read_bytes())
+        lazy, reader = load_model(target, lazy=True), SafeTensorsReader(target)
+        (tmp_path / 'new').write_bytes(paths[second].read_bytes()); os.replace(tmp_path / 'new', target)
+        ft.test_eq(_which(lazy, names, models), first)
+        ft.test_eq(_which(Model(None, reader.read_all()), names, models), first)
+        ft.test_eq(_which(load_model(target), names, models), second)
+
+def test_quantized_gguf_racing_a_replacing_writer(tmp_path):
+    "A GGUF is checked and read from one open file: each load gives one file's tensors or a typed error"
+    from entrenar.quantize import quantize_model, load_quantized
+    names, models, paths = _two_models(tmp_path)
+    ggufs = [tmp_path / f'{p.stem}.gguf' for p in paths]
+    for p, g in zip(paths, ggufs): quantize_model(p, g, bits=8)
+    want = [{n: load_quantized(g)[n].dequantize() for n in names} for g in ggufs]
+    target = tmp_path / 'model.gguf'; target.write_bytes(ggufs[0].read_bytes())
+    p = subprocess.Popen([sys.executable, '-c', REPLACER, str(tmp_path), *map(str, ggufs)], stdout=subprocess.PIPE, text=True)
+    seen = [0, 0]
+    try:
+        for _ in range(150):
+            try: q = load_quantized(target); got = {n: q[n].dequantize() for n in names}
+            except SerializationError: continue
+            i = next((i for i, w in enumerate(want) if all(np.array_equal(got[n], w[n]) for n in names)), None)
+            assert i is not None, "a GGUF load mixed the two files"
+            seen[i] += 1
+    finally:
+        (tmp_path / 'stop').touch(); p.communicate(timeout=30)
+    assert sum(seen) > 100, seen
+
+# ---- 5: impossible shapes and broken quantization tables give a typed error naming file and tensor ----
+
+def _safetensors_with(tmp_path, header, data=b''):
+    hb = json.dumps(header).encode()
+    p = tmp_path / 'shape.safetensors'; p.write_bytes(struct.pack('<Q', len(hb)) + hb + data)
+    return p
+
+@pytest.mark.parametrize('lazy', [False, True])
+def test_empty_tensor_of_impossible_shape(run_cli, tmp_path, lazy):
+    "shape [0, 2**64]: a raw ValueError (lazy) or an IoError (eager) before; now SerializationError naming file and tensor"
+    p = _safetensors_with(tmp_path, {'w': dict(dtype='F32', shape=[0, 2**64], data_offsets=[0, 0])})
+    with pytest.raises(SerializationError, match=r"shape.safetensors: tensor 'w': shape \[0, 18446744073709551616\] is too large"):
+        load_model(p, lazy=lazy)
+    assert "tensor 'w'" in one_error_line(run_cli('info', p))
+
+def test_json_shape_too_large_for_numpy(run_cli, tmp_path):
+    "[0, 2**47-1, 2**47-1]: a raw ValueError from np.zeros before"
+    p = tmp_path / 'huge.json'
+    p.write_text('{"metadata":{"name":"m","architecture":"a"},"parameters":[{"name":"w","shape":[0,140737488355327,140737488355327],"dtype":"f32"}],"data":[]}')
+    with pytest.raises(SerializationError, match="huge.json: tensor 'w': shape .* is too large"): load_model(p)
+    assert "huge.json: tensor 'w'" in one_error_line(run_cli('info', p))
+
+@pytest.mark.parametrize('change,words', [(('"dtype": "F32", ', ''), 'gives no dtype'), (('[2, 32]', '2'), 'shape 2 is not a list')])
+def test_quantized_table_entry_broken(run_cli, tmp_path, change, words):
+    "A quantized JSON entry without dtype, or with shape 2: raw KeyError/TypeError (an 'internal error' in the CLI) before"
+    from entrenar.quantize import dequantize_model, load_quantized
+    entry = '{"name": "w", "shape": [2, 32], "dtype": "F32", "scheme": "q8_0", "data": ""}'
+    p = tmp_path / 'q.json'; p.write_text('{"format": "entrenar-quantized", "tensors": [' + entry.replace(*change) + ']}')
+    with pytest.raises(SerializationError, match=f"q.json: tensor 'w': .*{words}"): load_quantized(p)
+    with pytest.raises(SerializationError, match=f"q.json: tensor 'w': .*{words}"): dequantize_model(p)
+    line = one_error_line(run_cli('dequantize', p, '--output', tmp_path / 'out.safetensors'))
+    assert "q.json: tensor 'w'" in line and words in line, line
+
+def _one_tensor_gguf(offset):
+    gstr = lambda b: struct.pack('<Q', len(b)) + b
+    head = b'GGUF' + struct.pack('<IQQ', 3, 1, 1) + gstr(b'general.architecture') + struct.pack('<I', 8) + gstr(b'llama')
+    head += gstr(b'w') + struct.pack('<IQIQ', 1, 8, 0, offset)
+    return head + bytes(-len(head) % 32) + np.arange(16, dtype='<f4').tobytes()
+
+@pytest.mark.parametrize('offset,words', [(2**64 - 32, 'run past the end'), (4, 'not a multiple of the alignment')])
+def test_gguf_tensor_offsets_checked(run_cli, tmp_path, offset, words):
+    "An offset of 2**64-32 wraps in GGUFReader's uint64 sum (it read the wrong bytes); a misaligned one was accepted"
+    from entrenar.gguf import GgufFile
+    p = tmp_path / 'off.gguf'; p.write_bytes(_one_tensor_gguf(offset))
+    with pytest.raises(SerializationError, match=f"off.gguf: tensor 'w': .*{words}"): GgufFile(p)
+    assert words in one_error_line(run_cli('info', p))
+    p.write_bytes(_one_tensor_gguf(32))    # an aligned offset inside the file still reads
+    ft.test_eq(GgufFile(p).array('w').tolist(), list(range(8, 16)))
+
+# ---- 6: temporary files of killed writers, failed writes ----
+
+@pytest.fixture(scope='module')
+def big_models(tmp_path_factory):
+    "Three 40 MB models: big enough that writing their merge, conversion or quantization takes a moment"
+    d = tmp_path_factory.mktemp('big')
+    rng = np.random.default_rng(1)
+    for c in 'abc':
+        save_model(Model(ModelMetadata(c, 'x'), {f't{i}': rng.standard_normal((1024, 1024)).astype(np.float32) for i in range(10)}),
+                   d / f'{c}.safetensors')
+    return d
+
+def _temps(folder): return sorted(f.name for f in folder.iterdir() if '.entrenar-tmp-' in f.name)
+
+KILLS = {
+    'convert': lambda d, out: ['convert', d / 'a.safetensors', out / 'model.json'],
+    'merge-shards': lambda d, out: ['merge', d / 'a.safetensors', d / 'b.safetensors', d / 'c.safetensors', '--method', 'ties',
+                                    '--shard-size', '8MB', '--output', out / 'model.safetensors', '--quiet'],
+    'quantize': lambda d, out: ['quantize', d / 'a.safetensors', '--bits', '4', '--output', out / 'q.json'],
+}
+
+@pytest.mark.parametrize('kind', ['convert', 'merge-shards', 'quantize'])
+def test_kill_9_leaves_old_output_and_next_run_removes_temps(big_models, tmp_path, kind):
+    "kill -9 mid-write: the old output is intact (or absent) and the next run to the same place removes the stale temps"
+    out = tmp_path / 'out'; out.mkdir()
+    args = KILLS[kind](big_models, out)
+    p = subprocess.Popen(entrenar_cmd() + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not _temps(out):
+        assert time.time() < deadline and p.poll() is None, f"{kind} finished or failed before it could be killed"
+        time.sleep(0.002)
+    p.send_signal(signal.SIGKILL); p.wait()
+    left = _temps(out)
+    assert left and all(f'-{p.pid}-' in n for n in left), left
+    ft.test_eq([f.name for f in out.iterdir() if not f.name.startswith('.')], [])   # no output appeared
+    r = subprocess.run(entrenar_cmd() + [str(a) for a in args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ft.test_eq(_temps(out), [])
+    assert [f for f in out.iterdir() if not f.name.startswith('.')]
+
+def test_stale_temps_of_live_processes_and_other_files_are_kept(tmp_path):
+    "Only our naming, only dead pids of this machine: a live writer's temp (this process, pid 1), another file's, a stranger's stay"
+    from entrenar.io import _HOST
+    keep = [f'.m.safetensors.entrenar-tmp-{_HOST}-{os.getpid()}-0123abcd', f'.m.safetensors.entrenar-tmp-{_HOST}-1-0123abcd',
+            f'.other.safetensors.entrenar-tmp-{_HOST}-4194305-0123abcd', '.m.safetensors.entrenar-tmp-ffffff-4194305-0123abcd',
+            '.m.safetensors.entrenar-tmp-4194305-notours', 'm.safetensors.entrenar-tmp-4194305-0123abcd']
+    gone = [f'.m.safetensors.entrenar-tmp-{_HOST}-4194305-0123abcd', '.m.safetensors.entrenar-tmp-4194305-89abcdef']
+    for n in keep + gone: (tmp_path / n).write_text('x')
+    save_model(Model(None, {'w': np.ones(2, np.float32)}), tmp_path / 'm.safetensors')
+    ft.test_eq(sorted(f.name for f in tmp_path.iterdir()), sorted(keep + ['m.safetensors']))
+
+def _limited(args, limit, timeout=300):
+    "Run `entrenar ARGS` with files limited to `limit` bytes (RLIMIT_FSIZE): writes past it fail with EFBIG"
+    pre = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    return subprocess.run(entrenar_cmd() + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, preexec_fn=pre)
+
+@pytest.mark.parametrize('output,extra', [('out.safetensors', []), ('out.json', []), ('q.gguf', ['--type', 'q8_0'])])
+def test_efbig_is_named_and_leaves_nothing(tmp_path, output, extra):
+    "A write over the file size limit: the error names EFBIG; no output and no temporary file is left (ftruncate leaked one)"
+    cmd = (['quantize', MODELS / 'tiny-llama-a', *extra, '--output', tmp_path / output] if output.endswith('.gguf')
+           else ['convert', MODELS / 'tiny-llama-a', tmp_path / output])
+    line = one_error_line(_limited(cmd, 64 * 1024))
+    assert 'File too large (EFBIG)' in line and output in line, line
+    ft.test_eq(list(tmp_path.iterdir()), [])

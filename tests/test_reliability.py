@@ -37,6 +37,8 @@ def _warm(tmp_path_factory):
     p.write_text(HEAD_JSON + '"data":[1]}')
     load_model(p)
 
+QUICK = 10.0   # seconds: generous on a loaded 2-core machine; the quadratic scans took minutes at the larger sizes here (and the GGUF loop never ended)
+
 # ---- 4(a): finding `data` is linear ----
 
 def test_json_with_3000_data_keys_loads_at_once(tmp_path):
@@ -49,7 +51,7 @@ def test_json_with_3000_data_keys_loads_at_once(tmp_path):
         assert not isinstance(m, Exception), m
         ft.test_eq(m.get_parameter('w').tolist(), [1.5])
         ft.test_eq(m.metadata.custom['k7'], {'data': []})
-        assert secs < 1.0, (n, secs)
+        assert secs < QUICK, (n, secs)
 
 def test_json_with_3000_top_level_data_keys_is_refused_at_once(tmp_path):
     "30 KB, 3,000 top-level `data` keys: 3.4 s before (6,000: 17 s), now an error naming the file and the key"
@@ -58,7 +60,7 @@ def test_json_with_3000_top_level_data_keys_is_refused_at_once(tmp_path):
         p.write_text(HEAD_JSON + '"data":[],' * (n - 1) + '"data":[1]}')
         secs, e = _timed(load_model, p)
         assert isinstance(e, SerializationError) and f"dups{n}.json: duplicate key 'data'" in str(e), e
-        assert secs < 1.0, (n, secs)
+        assert secs < QUICK, (n, secs)
 
 def test_yaml_with_thousands_of_data_lines_is_quick(tmp_path):
     "An 8 KB YAML with 1,000 `data:` lines took 6.5 s (18 KB: 25 s); now a handful of tries, then one general parse"
@@ -67,7 +69,7 @@ def test_yaml_with_thousands_of_data_lines_is_quick(tmp_path):
         p.write_text(HEAD_YAML + 'data: []\n' * (n - 1) + 'data: [1]\n')
         secs, e = _timed(load_model, p)
         assert isinstance(e, SerializationError) and f"dups{n}.yaml: duplicate key 'data' (line 4)" in str(e), e
-        assert secs < 1.0, (n, secs)
+        assert secs < QUICK, (n, secs)
     for n in (1000, 20000):   # `data:` lines inside a multi-line string come before the real one: still found, still quick
         p = tmp_path / f'instring{n}.yaml'
         p.write_text('metadata: {name: m, architecture: a, custom: {note: "x\n' + 'data: [1]\n' * n + '"}}\n'
@@ -76,12 +78,12 @@ def test_yaml_with_thousands_of_data_lines_is_quick(tmp_path):
         assert not isinstance(m, Exception), m
         ft.test_eq(m.get_parameter('w').tolist(), [2.5])
         assert m.metadata.custom['note'].count('data: [1]') == n
-        assert secs < 2.0, (n, secs)
+        assert secs < QUICK, (n, secs)
     p = tmp_path / 'open.yaml'   # 1,000 `data: [` lines, one `]`: the first candidate is taken and its numbers refused
     p.write_text(HEAD_YAML + 'data: [\n' * 1000 + ']\n')
     secs, e = _timed(load_model, p)
     assert isinstance(e, SerializationError) and 'open.yaml' in str(e) and 'is not a number' in str(e), e
-    assert secs < 1.0
+    assert secs < QUICK
 
 def test_ordinary_text_models_still_load_both_ways(tmp_path):
     "The fast path is unchanged: our own files, block-style YAML as the Rust crate writes it, a `[` inside a name"
@@ -216,7 +218,7 @@ def test_every_gguf_opener_checks_first(tmp_path):
     for f in (check_gguf, GgufFile, load_quantized, read_imatrix):
         secs, e = _timed(f, g)
         assert isinstance(e, SerializationError) and ENDLESS_WORDS in str(e) and e.path == str(g), (f, e)
-        assert secs < 1.0, (f, secs)
+        assert secs < QUICK, (f, secs)
 
 @pytest.fixture(scope='module')
 def real_gguf(tmp_path_factory):

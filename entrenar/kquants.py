@@ -247,6 +247,7 @@ def _qkx2_rows(x, rms, nmax, rmin, rdelta, nstep, mad, scales, mins, L):
                     L[j, :] = laux; best, scale, mn = cur, this_scale, this_min
         mins[j], scales[j] = -mn, scale
 
+# %% ../nbs/04a_kquants.ipynb #718a6821
 def _qx_rows(x, nmax, scales, L):
     "make_qx_quants (rmse_type 1: weights x*x) of every row of x (m, S), as C computes it"
     m, S = x.shape
@@ -323,6 +324,7 @@ def _q3_rows(x, nmax, scales, L):
         for i in range(S): L[j, i] = li[i] + nmax
         scales[j] = sumlx / suml2 if suml2 > zero else zero
 
+# %% ../nbs/04a_kquants.ipynb #bf9580aa
 @functools.cache
 def _kernels():
     "The compiled loops (numba, on first use; cached on disk): qkx2, qx, q3"
@@ -618,6 +620,7 @@ def make_qkx3_quants(X, # float32 `(n, m)` sub-blocks as columns
     L[:, flat] = 0; scale[flat] = 0
     return scale, -mn, L.astype(np.uint8)
 
+# %% ../nbs/04a_kquants.ipynb #ede1e187
 def make_qp_quants(X, # float32 `(n, m)`: non-negative values (sub-scales or mins) as columns
                    W, # their weights
                    nmax:int, # levels run from 0 to nmax

@@ -84,7 +84,6 @@ def test_llama_cpp_runs_the_mixes(peers, run_cli, tmp_path, wide, mix):
     got, ref = peers.run('llama_run.py', out, PROMPT, 4), peers.run('hf_run.py', wide, PROMPT, 4)
     ft.test_eq(got['prompt_tokens'], ref['prompt_tokens'])
     r = np.corrcoef(got['logits'], ref['logits'])[0, 1]
-    print(mix, r)
     assert r > (0.85 if mix == 'q4_k_m' else 0.5), r   # a random 8-layer model with outliers: error compounds
 
 def _importances(rng, n) -> dict:

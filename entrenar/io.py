@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/io.html.md"""
 
 # %% ../nbs/02_io.ipynb #65e5df8f
 from __future__ import annotations
-import contextlib, copy, ctypes, dataclasses, enum, errno, gzip, hashlib, itertools, json, math, mmap, os, re, socket, struct, tempfile, threading, weakref
+import contextlib, copy, ctypes, dataclasses, enum, errno, gzip, hashlib, itertools, json, math, mmap, os, re, shutil, socket, struct, tempfile, threading, weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +18,8 @@ from .numtext import parse_numbers, _read
 # %% auto #0
 __all__ = ['DTYPES', 'MAX_HEADER', 'dtype_from_code', 'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata',
            'ModelFormat', 'parse_size', 'SaveConfig', 'Model', 'lazy_tensor', 'Parameters', 'summary', 'atomic_path',
-           'check_shape', 'SafeTensorsReader', 'release_pages', 'format_numbers', 'ModelWriter', 'parse_yaml',
-           'save_model', 'load_model', 'check_gguf', 'open_gguf']
+           'publish_dir', 'atomic_dir', 'check_shape', 'SafeTensorsReader', 'release_pages', 'format_numbers',
+           'ModelWriter', 'parse_yaml', 'save_model', 'load_model', 'check_gguf', 'open_gguf']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
 DTYPES = {
@@ -235,7 +235,9 @@ def _remove_stale_temps(path:Path):
         for f in entries:
             m = pat.fullmatch(f.name) if f.name.startswith(prefix) else None
             if m and m[1] in (None, _HOST) and int(m[2]) != os.getpid() and not _pid_alive(int(m[2])):
-                with contextlib.suppress(OSError): os.unlink(f.path)
+                if f.is_dir(follow_symlinks=False): shutil.rmtree(f.path, ignore_errors=True)   # a folder being built
+                else:
+                    with contextlib.suppress(OSError): os.unlink(f.path)
 
 def _tmp_name(path:Path) -> Path:
     "A fresh temporary name beside `path`; stale temporary files of `path` go first"
@@ -262,6 +264,68 @@ def atomic_path(path, # the file to create or replace
             os.replace(tmp_path, path)
     finally:
         if tmp_path.exists(): tmp_path.unlink()
+
+# %% ../nbs/02_io.ipynb #c77d7088
+_libc = ctypes.CDLL(None, use_errno=True)
+
+def _exchange(a, b) -> bool:
+    "Swap the names `a` and `b` in one step (Linux's renameat2 RENAME_EXCHANGE); False where the system cannot"
+    fn = getattr(_libc, 'renameat2', None)
+    if fn is None: return False
+    if fn(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0: return True   # AT_FDCWD, RENAME_EXCHANGE
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP): return False   # a file system or kernel without it
+    raise OSError(err, os.strerror(err), str(b))
+
+def _carry(src:str, dst:Path):
+    "Hard links of `src` (a file, link or folder) at `dst`; copies where the file system cannot link"
+    if os.path.islink(src): os.symlink(os.readlink(src), dst)
+    elif os.path.isdir(src):
+        dst.mkdir()
+        with os.scandir(src) as it:
+            for e in it: _carry(e.path, dst / e.name)
+    else:
+        try: os.link(src, dst)
+        except OSError: shutil.copy2(src, dst)
+
+def _fsync_dir(path):
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+
+def publish_dir(staging, # a complete folder, beside `target`
+                target, # where it must appear
+                replaced=lambda name: False, # names in an existing `target` that the new folder replaces (not carried over)
+               ):
+    "Make folder `staging` appear as `target` in one step, carrying over the other entries of an existing `target`"
+    staging, target = Path(staging), Path(target)
+    if not target.exists(): os.rename(staging, target); _fsync_dir(target.parent); return
+    if not target.is_dir(): raise IoError("is a file, not a folder", path=target)
+    with os.scandir(target) as it:
+        for e in it:
+            if os.path.lexists(staging / e.name) or replaced(e.name) or '.entrenar-tmp-' in e.name: continue
+            _carry(e.path, staging / e.name)
+    if _exchange(staging, target): shutil.rmtree(staging)   # `staging` now names the old folder
+    else:
+        old = _tmp_name(target); os.rename(target, old); os.rename(staging, target); shutil.rmtree(old)
+    _fsync_dir(target.parent)
+
+@contextlib.contextmanager
+def atomic_dir(path, # the folder to create or replace
+               replaced=lambda name: False, # names of an existing folder's entries that the new one replaces
+              ):
+    "Context manager giving a temporary folder beside `path`, put in its place when the block succeeds"
+    path = Path(path)
+    if path.exists() and not path.is_dir(): raise IoError("is a file, not a folder", path=path)
+    with reraise_as(IoError, path=path, what='creating the folder'):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = _tmp_name(path); staging.mkdir()
+    try:
+        yield staging
+        with reraise_as(IoError, path=path, what='publishing the folder'): publish_dir(staging, path, replaced)
+    finally:
+        if staging.exists(): shutil.rmtree(staging, ignore_errors=True)
 
 # %% ../nbs/02_io.ipynb #5260ae51
 def check_shape(shape, # a shape read from a file: a list of dimensions
@@ -609,7 +673,18 @@ class ModelWriter:
         self.by_name = {s.name: s for s in self.specs}
         if len(self.by_name) != len(self.specs): raise EntrenarError("duplicate tensor names in the output", path=path)
         self._lock, self.written, self.parts, self.index_path = threading.Lock(), set(), [], None
-        self._created_dir = False
+        self._created_dir, self.staging, self.files = False, None, {}
+
+    def add_file(self, name:str, # a file name in the output folder, e.g. 'config.json'
+                 data:bytes|str): # its contents
+        "Have a folder output hold one more file, published with the tensors (before `close`)"
+        if not self.is_dir: raise EntrenarError(f"{name} goes into a folder output; this one is a file", path=self.path)
+        if '/' in name or name in ('', '.', '..'): raise EntrenarError(f"{name!r} is not a file name", path=self.path)
+        self.files[name] = data.encode() if isinstance(data, str) else bytes(data)
+
+    def replaced(self, name:str) -> bool:
+        "True for the files of a model saved in this folder before (model.safetensors, its shards and index, model.json …)"
+        return self.is_dir and re.fullmatch(r"model(-\d{5}-of-\d{5})?\.(safetensors|json|yaml)(\.gz)?|model\.safetensors\.index\.json", name) is not None
 
     def layout(self) -> tuple:
         "The files this writer makes, as `(path, specs)` pairs, and the index's path (None unless sharded); creates nothing"
@@ -624,10 +699,15 @@ class ModelWriter:
 
     def _open(self):
         p, cfg = self.path, self.config
-        if self.is_dir:
-            if not p.exists(): p.mkdir(parents=True); self._created_dir = True
+        if self.is_dir:   # built in a folder beside the target, published at once by `close`
+            if p.exists() and not p.is_dir(): raise IoError("is a file, not a folder", path=p)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            self.staging = _tmp_name(p); self.staging.mkdir()
         elif p.parent and not p.parent.exists(): p.parent.mkdir(parents=True); self._created_dir = p.parent
         files, self.index_path = self.layout()
+        if self.staging is not None:
+            files = [(self.staging / f.name, g) for f, g in files]
+            if self.index_path is not None: self.index_path = self.staging / self.index_path.name
         if self.fmt != ModelFormat.SafeTensors:
             base = files[0][0]
             self.parts = [_TextPart(base, self.specs, self.metadata, self.fmt, cfg.pretty, cfg.compress or base.name.lower().endswith('.gz'))]
@@ -673,6 +753,10 @@ def _writer_methods():
                 idx_tmp = _tmp_name(self.index_path); idx_tmp.write_text(self.index_text()); _fsync(idx_tmp)
             for part in self.parts: os.replace(part.tmp, part.path)
             if idx_tmp is not None: os.replace(idx_tmp, self.index_path)
+            if self.staging is not None:
+                for name, data in self.files.items():
+                    with open(self.staging / name, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
+                publish_dir(self.staging, self.path, self.replaced)
     def index_text(self) -> str:
         "The index of a sharded output (total size, metadata, the file of each tensor) as the JSON text `close` writes"
         where = {s.name: f.name for f, group in self.layout()[0] for s in group}
@@ -682,6 +766,7 @@ def _writer_methods():
     def abort(self):
         "Remove every temporary file; nothing appears at the target"
         for part in self.parts: part.abort()
+        if self.staging is not None: shutil.rmtree(self.staging, ignore_errors=True)
         d = self.path if self._created_dir is True else self._created_dir or None
         if d is not None and d.exists() and not any(d.iterdir()): d.rmdir()
     def __exit__(self, typ, exc, tb):
@@ -943,8 +1028,29 @@ def _find_in_folder(folder):
         if len(found) > 1: raise SerializationError(f"holds several candidates ({', '.join(f.name for f in found[:3])}): name the file to load", path=folder)
     raise SerializationError("holds no model file (.safetensors, index .json, model.json or model.yaml)", path=folder)
 
-def _load_index(path, lazy):
-    "A sharded checkpoint from its index file"
+def _load_index(path, lazy, tries:int=5):
+    "A sharded checkpoint from its index file; read again if its folder is replaced meanwhile"
+    for _ in range(tries):
+        folder = lambda: os.stat(Path(path).parent).st_ino
+        with reraise_as(IoError, path=path, what='reading'): before = folder()
+        try: readers, wm = _open_shards(path)   # every reader holds its file open: what it reads cannot change
+        except EntrenarError:
+            if _same(folder, before): raise   # a broken checkpoint, not a replaced one
+            continue
+        if _same(folder, before): break   # index and shards all came from one folder: one checkpoint, not a mix
+    else: raise IoError(f"the checkpoint folder was replaced {tries} times while it was read", path=path)
+    first = next(iter(readers.values()), None)
+    meta = _metadata_from_strings(first.metadata if first else {}, path)
+    loaded = {s: (r.read_all() if not lazy else None) for s, r in readers.items()}
+    params = [(n, _Lazy(TensorSpec(n, *readers[s].entries[n][1:3]), readers[s]) if lazy else loaded[s][n]) for n, s in wm.items()]
+    return Model(meta, params, path=Path(path))
+
+def _same(folder, inode) -> bool:
+    try: return folder() == inode
+    except OSError: return False
+
+def _open_shards(path) -> tuple:
+    "(shard file -> `SafeTensorsReader`, the weight map) of an index, every tensor checked to be where the index says"
     with reraise_as(SerializationError, path=path, what='index'):
         idx = json.loads(Path(path).read_text('utf-8'), object_pairs_hook=_no_duplicates(path))
     wm = idx.get('weight_map') if isinstance(idx, dict) else None
@@ -958,11 +1064,7 @@ def _load_index(path, lazy):
         readers[shard] = SafeTensorsReader(p)
     for name, shard in wm.items():
         if name not in readers[shard].entries: raise SerializationError(f"the index puts it in {shard}, which does not hold it", path=path, tensor=name)
-    first = next(iter(readers.values()), None)
-    meta = _metadata_from_strings(first.metadata if first else {}, path)
-    loaded = {s: (r.read_all() if not lazy else None) for s, r in readers.items()}
-    params = [(n, _Lazy(TensorSpec(n, *readers[s].entries[n][1:3]), readers[s]) if lazy else loaded[s][n]) for n, s in wm.items()]
-    return Model(meta, params, path=Path(path))
+    return readers, wm
 
 def _load_safetensors(path, lazy):
     r = SafeTensorsReader(path)

@@ -7,17 +7,17 @@ Docs: https://entrenar.github.io/entrenar/merge.html.md"""
 # %% ../nbs/03_merge.ipynb #48e7a82d
 from __future__ import annotations
 import argparse, collections, ctypes, functools, hashlib, json, math, mmap, os, re, shutil, sys, time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 import numpy as np, yaml
 from fastcore.basics import AttrDict
 from tqdm.auto import tqdm
-from .errors import EntrenarError, IoError, MergeError, reraise_as, short_repr
+from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
 from .backend import get_array_module, get_backend, is_device_array, to_device, to_numpy
 from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
                          is_float_dtype, dtype_from_code, release_pages)
+from .runner import DictSink, Plan, Sources, Threads, executor, run_plan
 
 # %% auto #0
 __all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'TOKENIZER_FILES', 'CLI_DEFAULTS', 'Param', 'MergeMethod', 'merge_method',
@@ -25,9 +25,9 @@ __all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'TOKENIZER_FILES', 'CLI_DEFAULTS
            'linear', 'slerp_pair', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'nearswap', 'kth_value', 'rank_mask',
            'magnitude_mask', 'random_mask', 'outlier_mask', 'della_mask', 'sparsify', 'task_arithmetic_merge',
            'model_stock', 'sce', 'passthrough', 'methods_table', 'evaluate_setting', 'layer_index', 'with_layer',
-           'Source', 'Slice', 'Recipe', 'parse_recipe', 'TensorTask', 'parse_dtype', 'plan_merge', 'run_tasks',
-           'merge_models', 'MergeSummary', 'load_recipe', 'recipe_yaml', 'model_card', 'merge_files', 'cli_defaults',
-           'register_cli', 'tune_allocator', 'merge_command']
+           'Source', 'Slice', 'Recipe', 'parse_recipe', 'TensorTask', 'parse_dtype', 'plan_merge', 'merge_task',
+           'merge_plan', 'merge_models', 'MergeSummary', 'load_recipe', 'recipe_yaml', 'model_card', 'merge_files',
+           'cli_defaults', 'register_cli', 'tune_allocator', 'merge_command']
 
 # %% ../nbs/03_merge.ipynb #9fe2ab26
 @dataclass(frozen=True)
@@ -882,31 +882,24 @@ def _run_task(task, m, models, seed, in_dtype, allow_nonfinite):
     b = None if task.base is None else _read(models, *task.base, in_dtype, allow_nonfinite, raw)
     return _apply(m, xs, b, task.params, task.name, seed, task.spec.dtype), raw
 
-def run_tasks(tasks:list, # from `plan_merge`
-              method, # the recipe's method
-              models:dict, # reference -> `Model`
-              sink:Callable, # called as sink(name, array) for each output tensor, from worker threads
-              seed:int=0, in_dtype=None, allow_nonfinite:bool=False,
-              workers:int=1, # threads merging tensors at once
-              progress:bool=False, # show a progress bar
-             ):
-    "Merge every task's tensor and give it to `sink`"
-    m, workers = get_method(method), max(1, int(workers))
-    def one(t):
-        out, raw = _run_task(t, m, models, seed, in_dtype, allow_nonfinite)
-        sink(t.name, out)
-        for a in raw: release_pages(a)
-    with tqdm(total=len(tasks), desc=f"merge ({m.name})", unit='tensor', disable=not progress, leave=False) as bar:
-        if workers == 1:
-            for t in tasks: one(t); bar.update()
-            return
-        ex, pending = ThreadPoolExecutor(workers), collections.deque()
-        try:
-            for t in tasks:
-                pending.append(ex.submit(one, t))
-                while len(pending) >= 2 * workers: pending.popleft().result(); bar.update()
-            while pending: pending.popleft().result(); bar.update()
-        finally: ex.shutdown(wait=True, cancel_futures=True)
+def merge_task(sources, # reference -> `Model` (a runner `Sources`)
+               task:TensorTask, # one output tensor
+               method:str, seed:int=0, in_dtype=None, allow_nonfinite:bool=False, # the merge's
+              ) -> tuple:
+    "Merge one output tensor: `([(name, array)], None)`, as the runner's work functions return"
+    out, raw = _run_task(task, get_method(method), sources, seed, in_dtype, allow_nonfinite)
+    for a in raw: release_pages(a)
+    return [(task.name, out)], None
+
+def merge_plan(tasks:list, # from `plan_merge`
+               method:str, # the recipe's method
+               models, # reference -> `Model` or path
+               seed:int=0, in_dtype=None, allow_nonfinite:bool=False,
+              ) -> Plan:
+    "The runner `Plan` of a merge: one `merge_task` per output tensor"
+    sizes = [t.spec.nbytes * (len(t.inputs) + (t.base is not None)) for t in tasks]
+    return Plan(merge_task, tasks, models if isinstance(models, Sources) else Sources(models),
+                (get_method(method).name, seed, in_dtype, allow_nonfinite), sizes, f"merge ({get_method(method).name})", MergeError)
 
 # %% ../nbs/03_merge.ipynb #8fcb6be1
 def _merge_metadata(recipe, models, seed, name='merged', labels=None):
@@ -935,8 +928,8 @@ def merge_models(models:list, # `Model`s to merge (lazy ones are fine)
     recipe = method if isinstance(method, Recipe) else Recipe.from_method(method, [k for k in pool if k != 'base'], bref, **params)
     if dtype is not None: recipe.dtype = dtype
     if out_dtype is not None: recipe.out_dtype = out_dtype
-    tasks = plan_merge(recipe, pool); out = {}
-    run_tasks(tasks, recipe.merge_method, pool, out.__setitem__, seed, parse_dtype(recipe.dtype), allow_nonfinite, workers)
+    tasks = plan_merge(recipe, pool)
+    run_plan(merge_plan(tasks, recipe.merge_method, pool, seed, parse_dtype(recipe.dtype), allow_nonfinite), out := DictSink(), Threads(workers))
     return Model(_merge_metadata(recipe, pool, seed), [(t.name, out[t.name]) for t in tasks])
 
 # %% ../nbs/03_merge.ipynb #984cc4a9
@@ -969,20 +962,19 @@ def _local(ref, root):
 TOKENIZER_FILES = ('tokenizer.model', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
                    'added_tokens.json', 'generation_config.json', 'merges.txt', 'vocab.json')
 
-def _write_config(recipe, models, paths, output, tasks):
-    "Copy config.json and the tokenizer files from the base's (or first model's) folder into the output folder"
-    src = paths[recipe.base_model or recipe.models[0]]
-    out = Path(output)
-    if not (Path(src).is_dir() and (Path(src) / 'config.json').is_file()) or out.suffix: return
-    cfg = json.loads((Path(src) / 'config.json').read_text('utf-8'))
-    if recipe.layered and isinstance(cfg, dict) and 'num_hidden_layers' in cfg:
-        cfg['num_hidden_layers'] = len({layer_index(t.name) for t in tasks} - {None})
-    if (recipe.out_dtype or recipe.dtype) and isinstance(cfg, dict) and 'torch_dtype' in cfg:
-        cfg['torch_dtype'] = parse_dtype(recipe.out_dtype or recipe.dtype).name
-    with atomic_path(out / 'config.json') as tmp: Path(tmp).write_text(json.dumps(cfg, indent=2) + '\n')
+def _config_files(recipe, paths, tasks) -> dict:
+    "config.json (updated) and the tokenizer files of the base's (or first model's) folder: file name -> contents"
+    src = Path(paths[recipe.base_model or recipe.models[0]])
+    if not (src.is_dir() and (src / 'config.json').is_file()): return {}
+    with reraise_as(SerializationError, path=src / 'config.json', what='reading'): cfg = json.loads((src / 'config.json').read_text('utf-8'))
+    if not isinstance(cfg, dict): raise SerializationError("is not a JSON object", path=src / 'config.json')
+    if recipe.layered and 'num_hidden_layers' in cfg: cfg['num_hidden_layers'] = len({layer_index(t.name) for t in tasks} - {None})
+    if (recipe.out_dtype or recipe.dtype) and 'torch_dtype' in cfg: cfg['torch_dtype'] = parse_dtype(recipe.out_dtype or recipe.dtype).name
+    files = {'config.json': json.dumps(cfg, indent=2) + '\n'}
     for name in TOKENIZER_FILES:   # so the merge can be loaded by transformers and converted for llama.cpp as it is
-        if (Path(src) / name).is_file():
-            with atomic_path(out / name) as tmp: shutil.copyfile(Path(src) / name, tmp)
+        if (src / name).is_file():
+            with reraise_as(IoError, path=src / name, what='reading'): files[name] = (src / name).read_bytes()
+    return files
 
 # %% ../nbs/03_merge.ipynb #3a572269
 def recipe_yaml(info:dict, # the `merge` entry of a merge's metadata (`_merge_metadata`)
@@ -1013,14 +1005,11 @@ def model_card(name:str, # the merged model's name
     return '\n'.join(lines)
 
 # %% ../nbs/03_merge.ipynb #c567e9df
-def _write_card(output, meta:ModelMetadata, recipe:str|None):
-    "mergekit_config.yml and README.md into a folder output"
-    out = Path(output)
-    if out.suffix: return
+def _card_files(meta:ModelMetadata, recipe:str|None) -> dict:
+    "mergekit_config.yml and README.md for a folder output: file name -> contents"
     info = meta.custom['merge']
     recipe = recipe or recipe_yaml(info)
-    with atomic_path(out / 'mergekit_config.yml') as tmp: Path(tmp).write_text(recipe)
-    with atomic_path(out / 'README.md') as tmp: Path(tmp).write_text(model_card(meta.name, info, recipe))
+    return {'mergekit_config.yml': recipe, 'README.md': model_card(meta.name, info, recipe)}
 
 # %% ../nbs/03_merge.ipynb #c5870113
 def merge_files(inputs:list, # model files or folders (sharded checkpoints too); None with a recipe file
@@ -1035,7 +1024,7 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
                 allow_nonfinite:bool=False, # accept NaN/inf inputs
                 quiet:bool=True, # no progress bar or notes
                 progress:bool|None=None, # show a progress bar (default: unless `quiet`)
-                client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': one task per output shard on its workers
+                client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': the tensors are merged on its workers
                 notes:list|None=None, # notes to print with the merge's own (e.g. the command's defaults)
                 **params) -> MergeSummary:
     "Merge checkpoints on disk into `output`, one tensor at a time; nothing is written unless everything checks out"
@@ -1059,14 +1048,11 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
     config = SaveConfig().with_shard_size(shard_size) if shard_size else None
     meta = _merge_metadata(recipe, models, seed, name or 'merged', paths)
     writer, bar = ModelWriter(output, [t.spec for t in tasks], meta, config), not quiet if progress is None else progress
-    if client is not None:
-        from entrenar.distributed import merge_on_cluster
-        merge_on_cluster(client, writer, tasks, paths, recipe.merge_method, seed, parse_dtype(recipe.dtype), allow_nonfinite, bar)
-    else:
-        with writer as w: run_tasks(tasks, recipe.merge_method, models, w.write, seed, parse_dtype(recipe.dtype), allow_nonfinite, workers, progress=bar)
-    _write_config(recipe, models, paths, output, tasks)
-    recipe_text = Path(method).read_text('utf-8') if is_recipe and not isinstance(method, Recipe) else None
-    _write_card(output, meta, recipe_text)
+    if writer.is_dir:   # read and checked before anything is written; published with the tensors, all at once
+        recipe_text = Path(method).read_text('utf-8') if is_recipe and not isinstance(method, Recipe) else None
+        for name, data in {**_config_files(recipe, paths, tasks), **_card_files(meta, recipe_text)}.items(): writer.add_file(name, data)
+    plan = merge_plan(tasks, recipe.merge_method, models, seed, parse_dtype(recipe.dtype), allow_nonfinite)
+    with executor(workers, client, MergeError) as ex: run_plan(plan, writer, ex, progress=bar)
     copied = sum(t.params is None for t in tasks)
     return MergeSummary(str(output), recipe.merge_method, len(tasks) - copied, copied, sum(t.spec.nbytes for t in tasks), time.perf_counter() - start)
 

@@ -18,6 +18,7 @@ from .backend import get_array_module, to_numpy, to_device, is_device_array, get
 from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
                          dtype_code, dtype_from_code, is_float_dtype, check_shape, open_gguf)
 from .kquants import K_QUANTS, quantize_weighted, weighted_levels
+from .runner import DictSink, Plan, Sources, executor, run_plan
 
 # %% auto #0
 __all__ = ['FLOAT32_TINY', 'BLOCK_FORMATS', 'CHUNK_BLOCKS', 'THREADS', 'METHODS', 'GRANULARITIES', 'FORMAT_TAG', 'FORMAT_VERSION',
@@ -25,8 +26,8 @@ __all__ = ['FLOAT32_TINY', 'BLOCK_FORMATS', 'CHUNK_BLOCKS', 'THREADS', 'METHODS'
            'scale_overflow', 'get_block_format', 'linear_quantize', 'linear_dequantize', 'pack_codes', 'unpack_codes',
            'resolve_scheme', 'scheme_bits', 'QuantizedTensor', 'quantize_tensor', 'tensor_error', 'plan_tensor',
            'check_values', 'QuantizedModel', 'dequantize_model', 'quantized_format', 'gguf_name', 'write_gguf_tensor',
-           'load_quantized', 'QuantizeReport', 'quantize_model', 'summary_text', 'report_table', 'quantize_command',
-           'dequantize_command', 'register_cli']
+           'load_quantized', 'QuantizeReport', 'quantize_model', 'check_task', 'quantize_task', 'summary_text',
+           'report_table', 'quantize_command', 'dequantize_command', 'register_cli']
 
 # %% ../nbs/04_quantize.ipynb #4c15e39b
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32: scales below it are flushed
@@ -650,7 +651,7 @@ class _JsonSink(_AtomicSink):
         head = dict(format=FORMAT_TAG, format_version=FORMAT_VERSION, metadata=_meta_dict(self.metadata),
                     quantization={k: v for k, v in self.settings.items() if k != 'tensors'})
         self.f.write(orjson.dumps(head)[:-1] + b',"tensors":[\n'); self.first = True
-    def write(self, qt:QuantizedTensor):
+    def write(self, name:str, qt:QuantizedTensor):
         d = dict(name=qt.name, shape=list(qt.shape), dtype=dtype_code(qt.dtype), scheme=qt.scheme, data=_b64(qt.data))
         if qt.scale is not None: d['scale'] = _b64(qt.scale.astype(np.float32))
         if qt.zero_point is not None: d['zero_point'] = _b64(qt.zero_point.astype(np.int64))
@@ -704,7 +705,7 @@ class _SafeTensorsSink:
             raise QuantizeError("a scale tensor's name collides with a model tensor; write .json or .gguf instead", tensor=dup)
         self.writer = ModelWriter(path, specs, metadata.with_custom('quantization', settings), config)
     def __enter__(self): self.writer.__enter__(); return self
-    def write(self, qt:QuantizedTensor):
+    def write(self, name:str, qt:QuantizedTensor):
         for (suf, _, _), a in zip(_parts(dict(name=qt.name, shape=qt.shape, dtype=dtype_code(qt.dtype), scheme=qt.scheme)), _arrays(qt)):
             self.writer.write(qt.name + suf, a)
     def __exit__(self, *exc): return self.writer.__exit__(*exc)
@@ -765,7 +766,7 @@ class _GgufSink(_AtomicSink):
             if code == 'BF16': shape = (*shape[:-1], shape[-1] * 2)
             w.add_tensor_info(e['gguf_name'], shape, wdtype, math.prod(shape) * wdtype.itemsize, raw_dtype=getattr(gguf.GGMLQuantizationType, code))
         w.write_header_to_file(tmp); w.write_kv_data_to_file(); w.write_ti_data_to_file()
-    def write(self, qt:QuantizedTensor):
+    def write(self, name:str, qt:QuantizedTensor):
         a = np.ascontiguousarray(to_numpy(qt.data)).reshape(-1).view(np.uint8)   # the header already holds the type
         with reraise_as(IoError, path=self.path, tensor=qt.name, what='writing'): write_gguf_tensor(self.w, a)
     def _finish(self): pass
@@ -848,11 +849,6 @@ def _plan_entry(src, spec, scheme, include_1d, allow_nonfinite):
     e = dict(name=spec.name, shape=list(spec.shape), dtype=dtype_code(spec.dtype), scheme=scheme if reason is None else 'none')
     return {**e, 'reason': reason} if reason else e
 
-def _plan(src, scheme, include_1d, allow_nonfinite, quiet):
-    "One table entry per tensor: what it becomes, and why if it is kept"
-    return [_plan_entry(src, spec, scheme, include_1d, allow_nonfinite)
-            for spec in tqdm(src.specs, desc='check', unit='tensor', disable=_no_bar(quiet), leave=False)]
-
 def _quantize_entry(src, e, scheme):
     "(the original array, its `QuantizedTensor`) for one table entry"
     x = src.get_parameter(e['name'])
@@ -872,36 +868,34 @@ def quantize_model(model, # a `Model`, or a path that `load_model` reads (lazily
                    report:bool=True, # measure each tensor's error (costs a dequantization)
                    quiet:bool=True, # no progress bar
                    shard_size=None, # SafeTensors output: shards of at most this size (e.g. '5GB') plus an index
-                   client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': one task per shard on its workers
+                   client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': the tensors are quantized on its workers
                   ) -> QuantizeReport:
     "Quantize every tensor that can be, keep the others, and write the result to `output`"
     scheme = resolve_scheme(bits, method, granularity, block_size, format)
     sink = _SINKS[quantized_format(output)] if output is not None else None
     if sink is _GgufSink and scheme not in BLOCK_FORMATS: raise QuantizeError(f"GGUF holds ggml block formats only, not {scheme}: write .json or .safetensors", path=output)
-    if (shard_size or client is not None) and sink is not _SafeTensorsSink: raise QuantizeError("shards (--shard-size, --scheduler) are written as SafeTensors: give a .safetensors file or a folder", path=output)
+    if shard_size and sink is not _SafeTensorsSink: raise QuantizeError("shards (--shard-size) are written as SafeTensors: give a .safetensors file or a folder", path=output)
     if shard_size: sink = functools.partial(_SafeTensorsSink, config=SaveConfig().with_shard_size(shard_size))
     src = model if isinstance(model, Model) else load_model(model, lazy=True)
     settings = _settings(scheme, bits, method, granularity, include_1d, allow_nonfinite)
-    if client is not None:
-        from entrenar.distributed import quantize_on_cluster
-        return quantize_on_cluster(client, src, output, scheme, settings, shard_size, report, quiet)
-    entries = _plan(src, scheme, include_1d, allow_nonfinite, quiet)
-    settings['tensors'] = entries
-    rows, kept = [], {}
-    ctx = sink(output, entries, src.metadata, settings) if sink else None
-    with (ctx or _NoSink()) as out:
-        for e in tqdm(entries, desc='quantize', unit='tensor', disable=_no_bar(quiet)):
-            x, qt = _quantize_entry(src, e, scheme)
-            out.write(qt)
-            if sink is None: kept[e['name']] = _on_host(qt)
-            rows.append(_report_row(e, x, qt, report))
-    result = QuantizedModel(src.metadata, settings, kept) if sink is None else None
+    sources, sizes, bar = Sources({'m': src}), [s.nbytes for s in src.specs], False if quiet else None
+    with executor(1, client, QuantizeError) as ex:
+        checks = Plan(check_task, [s.name for s in src.specs], sources, (scheme, include_1d, allow_nonfinite), sizes, 'check', QuantizeError)
+        entries = settings['tensors'] = run_plan(checks, None, ex, bar)
+        out = sink(output, entries, src.metadata, settings) if sink else DictSink()
+        rows = run_plan(Plan(quantize_task, entries, sources, (scheme, report), sizes, 'quantize', QuantizeError), out, ex, bar)
+    result = QuantizedModel(src.metadata, settings, dict(out)) if sink is None else None
     return QuantizeReport(settings, rows, result, None if output is None else Path(output))
 
-class _NoSink:
-    def __enter__(self): return self
-    def write(self, qt): pass
-    def __exit__(self, *exc): return False
+def check_task(sources, name:str, scheme:str, include_1d:bool, allow_nonfinite:bool) -> tuple:
+    "Runner work: the quantization table entry of tensor `name` of `sources['m']` (no outputs)"
+    src = sources['m']
+    return [], _plan_entry(src, src.spec(name), scheme, include_1d, allow_nonfinite)
+
+def quantize_task(sources, entry:dict, scheme:str, report:bool) -> tuple:
+    "Runner work: quantize one table entry of `sources['m']`: `([(name, QuantizedTensor)], report row)`"
+    x, qt = _quantize_entry(sources['m'], entry, scheme)
+    return [(entry['name'], _on_host(qt))], _report_row(entry, x, qt, report)
 
 # %% ../nbs/04_quantize.ipynb #b911df4d
 def _to_backend(x):

@@ -70,39 +70,49 @@ def test_quantize_same_bytes_as_one_process(client, sharded, tmp_path, args):
     back = load_quantized(tmp_path / 'cluster' / 'q')
     ft.test_eq(back.names, load_model(src, lazy=True).names)
 
-class KillMidWrite(WorkerPlugin):
-    "Kill the first worker that starts an entrenar task, as soon as its shard is half-written (once: a marker file remembers)"
-    name = 'kill-mid-write'
-    def __init__(self, marker, folder): self.marker, self.folder = str(marker), Path(folder)
+class KillMidTask(WorkerPlugin):
+    "Kill the first worker that starts an entrenar task, while the task computes (once: a marker file remembers)"
+    name = 'kill-mid-task'
+    def __init__(self, marker): self.marker = str(marker)
     def transition(self, key, start, finish, **kwargs):
         if finish != 'executing' or 'entrenar-' not in str(key) or os.path.exists(self.marker): return
-        open(self.marker, 'w').write('starting')
+        open(self.marker, 'w').write(f'killed {key}')
         threading.Thread(target=self.kill, daemon=True).start()
-    def kill(self):
-        deadline, seen = time.monotonic() + 3, False
-        while time.monotonic() < deadline and not seen:
-            seen = any('entrenar-tmp' in f.name for d in self.folder.glob('.*entrenar-dist-*') for f in d.iterdir())
-            time.sleep(0.0005)
-        open(self.marker, 'w').write('mid-write' if seen else 'after')
-        os._exit(1)
+    def kill(self): time.sleep(0.05); os._exit(1)
 
 def test_killed_worker_is_retried_same_bytes(client, tmp_path):
-    "A worker dies while writing a shard: Dask runs the task again elsewhere, the output is the same, the partial file is gone"
+    "A worker dies in the middle of a task: Dask runs the task again elsewhere, and the output is the same"
     rng = np.random.default_rng(0)
-    big = {f'model.layers.{i}.mlp.up_proj.weight': rng.standard_normal((1024, 1024), np.float32) for i in range(4)}
+    big = {f'model.layers.{i}.mlp.up_proj.weight': rng.standard_normal((2048, 1024), np.float32) for i in range(8)}
     for k, name in enumerate(('base', 'x', 'y')):
         save_model(Model(None, {n: a + k * 0.01 * rng.standard_normal(a.shape, np.float32) for n, a in big.items()}), tmp_path / f'{name}.safetensors')
     ins = [tmp_path / 'x.safetensors', tmp_path / 'y.safetensors']
-    recipe = dict(base=tmp_path / 'base.safetensors', method='dare_ties', weight=[0.6, 0.4], density=0.3, seed=5, shard_size='4MB')
+    recipe = dict(base=tmp_path / 'base.safetensors', method='dare_ties', weight=[0.6, 0.4], density=0.3, seed=5, shard_size='20MB')
     merge_files(ins, tmp_path / 'local' / 'm', **recipe)
     marker, out = tmp_path / 'killed', tmp_path / 'cluster'
-    out.mkdir(); client.register_plugin(KillMidWrite(marker, out))
+    client.register_plugin(KillMidTask(marker))
     try: merge_files(ins, out / 'm', client=client, **recipe)
-    finally: client.unregister_worker_plugin(KillMidWrite.name)
-    ft.test_eq(marker.read_text(), 'mid-write')
+    finally: client.unregister_worker_plugin(KillMidTask.name)
+    assert marker.read_text().startswith('killed entrenar-0-'), marker.read_text()   # the first task's worker died
     ft.test_eq(digests(out / 'm'), digests(tmp_path / 'local' / 'm'))
     ft.test_eq(sorted(p.name for p in out.iterdir()), ['m'])   # no temporary folder left
     client.wait_for_workers(2, timeout=60)
+
+@pytest.mark.parametrize('out', ['m.json', 'm.yaml', 'm.safetensors', 'folder'])
+def test_every_merge_output_same_bytes(client, tmp_path, out):
+    for d in ('cluster', 'local'):
+        merge_files([A, B, C], tmp_path / d / out, base=BASE, client=client if d == 'cluster' else None, **{**DARE, 'shard_size': None})
+    where = (lambda d: tmp_path / d / out) if out == 'folder' else (lambda d: tmp_path / d)
+    ft.test_eq(digests(where('cluster')), digests(where('local')))
+
+@pytest.mark.parametrize('out,args', [('q.gguf', dict(format='q4_k')), ('q.gguf', dict(bits=4)), ('q.json', dict(bits=4, method='asymmetric')),
+                                      ('q.json', dict(bits=8, granularity='channel')), ('q.safetensors', dict(format='q6_k'))])
+def test_every_quantize_output_same_bytes(client, sharded, tmp_path, out, args):
+    src = sharded / A.name
+    rep = quantize_model(src, tmp_path / 'cluster' / out, client=client, **args)
+    ref = quantize_model(src, tmp_path / 'local' / out, **args)
+    ft.test_eq(digests(tmp_path / 'cluster'), digests(tmp_path / 'local'))
+    ft.test_eq(rep.rows, ref.rows)
 
 def test_bad_input_fails_the_run_naming_the_tensor(client, tmp_path):
     full = load_model(A)
@@ -139,10 +149,12 @@ def test_cli_errors_are_one_line(run_cli, client, tmp_path):
     r = run_cli('merge', A, B, '--method', 'linear', '--scheduler', 'local:two', '--output', tmp_path / 'x')
     ft.test_eq(r.returncode, 1)
     ft.test_eq(r.stderr.strip().splitlines(), ["error: the scheduler 'local:N' needs a number of worker processes N, got 'local:two'"])
-    r = run_cli('quantize', A, '--bits', '4', '--scheduler', client.scheduler.address, '--output', tmp_path / 'q.json')
+    full = load_model(A)
+    save_model(Model(full.metadata, [(n, np.full_like(x, np.inf) if n == W else x) for n, x in full.parameters]), tmp_path / 'inf.safetensors')
+    r = run_cli('quantize', tmp_path / 'inf.safetensors', '--bits', '4', '--scheduler', client.scheduler.address, '--output', tmp_path / 'q.json')
     ft.test_eq(r.returncode, 1)
-    assert 'written as SafeTensors' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    ft.test_eq(leftovers(tmp_path, ''), [])
+    assert f"tensor '{W}'" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    ft.test_eq(leftovers(tmp_path, ''), ['inf.safetensors'])
 
 @pytest.mark.gpu
 def test_gpu_workers_same_bytes_as_one_gpu_process(tmp_path):

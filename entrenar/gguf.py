@@ -506,21 +506,22 @@ class GgufSink:
                  split_max_size=None, # a part's tensor data at most, as `llama-gguf-split --split-max-size` reads it: '2G'
                  split_max_tensors:int|None=None, # tensors per part at most, as `llama-gguf-split --split-max-tensors`
                 ):
-        if split_max_size is not None and split_max_tensors is not None:
-            raise QuantizeError("give a split size or a tensor count per part, not both (llama-gguf-split takes one)", path=output)
-        if split_max_tensors is not None and (isinstance(split_max_tensors, bool) or not isinstance(split_max_tensors, (int, np.integer))
-                                              or split_max_tensors < 1):
-            raise QuantizeError(f"the tensors per part must be a whole number from 1, not {split_max_tensors!r}", path=output)
-        self.plan, self.output, self.split = plan, Path(output), split_max_size is not None or split_max_tensors is not None
+        size, count = split_max_size, split_max_tensors
+        if size is not None and count is not None:
+            raise QuantizeError("give a split size or a tensor count per part, not both (as llama-gguf-split)", path=output)
+        if count is not None and (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1):
+            raise QuantizeError(f"the tensors per part must be a whole number from 1, not {count!r}", path=output)
+        self.plan, self.output, self.split = plan, Path(output), size is not None or count is not None
         self.sizes = [math.prod(_byte_shape(shape, t)) for _, _, shape, t, _ in plan.tensors]
-        size = None if split_max_size is None else parse_split_size(split_max_size)
-        self.part_of = split_tensors(self.sizes, size, split_max_tensors) if self.split else [0] * len(self.sizes)
+        size = None if size is None else parse_split_size(size)
+        self.part_of = split_tensors(self.sizes, size, count) if self.split else [0] * len(self.sizes)
         n = self.part_of[-1] + 1 if self.part_of else 1
-        if n > 65535: raise QuantizeError(f"{n:,} parts: llama.cpp counts at most 65,535 (split.count is 16 bits)", path=output)
+        if n > 65535: raise QuantizeError(f"{n:,} parts: llama.cpp counts 65,535 at most (split.count is 16 bits)", path=output)
         self.paths = split_paths(self.output, n) if self.split else [self.output]
         self.written, self._stack = 0, None
 
-    def __repr__(self): return f"GgufSink({self.paths[0].name!r}, {len(self.paths)} file(s), {self.written}/{len(self.sizes)} tensors written)"
+    def __repr__(self):
+        return f"GgufSink({self.paths[0].name!r}, {len(self.paths)} file(s), {self.written}/{len(self.sizes)} tensors written)"
 
 # %% ../nbs/08_gguf.ipynb #86f7c7df
 @patch
@@ -571,8 +572,8 @@ def write(self:GgufSink, name:str, # the tensor's llama.cpp name: the plan's nex
     i, n = self.written, len(self.sizes)
     if self._stack is None: raise QuantizeError("GgufSink.write outside its `with` block", path=self.paths[0], tensor=name)
     if i >= n or self.plan.tensors[i][1] != name:
-        raise QuantizeError(f"tensors come in the plan's order: expected {self.plan.tensors[i][1]!r}" if i < n else
-                            f"all {n} tensors of the plan are written already", path=self.paths[0], tensor=name)
+        why = f"tensors come in the plan's order: expected {self.plan.tensors[i][1]!r}" if i < n else f"all {n} tensors are written"
+        raise QuantizeError(why, path=self.paths[0], tensor=name)
     data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     part = self.part_of[i]
     if data.nbytes != self.sizes[i]:
@@ -604,10 +605,11 @@ def write_gguf(plan:GgufPlan, # from `plan_gguf`
         for entry in (progress or (lambda x: x))(plan.tensors):
             src, g, _, t, _ = entry
             raw = np.asarray(plan.extra[src] if src in (plan.extra or {}) else load(src))
-            try: data, row = encode_gguf_tensor(entry, raw, im[g] if im is not None and g in im and t in BLOCK_FORMATS else None, measure)
-            except QuantizeError as e:
-                if e.path is None: raise QuantizeError(e.message, path=sink.paths[sink.part_of[sink.written]], tensor=e.tensor) from None
-                raise
+            weights = im[g] if im is not None and g in im and t in BLOCK_FORMATS else None
+            try: data, row = encode_gguf_tensor(entry, raw, weights, measure)
+            except QuantizeError as e:   # name the file it was going to
+                if e.path is not None: raise
+                raise QuantizeError(e.message, path=sink.paths[sink.part_of[sink.written]], tensor=e.tensor) from None
             sink.write(g, data); rows.append(row)
             del data; release_pages(raw)   # a lazily read tensor's pages leave memory: peak RSS stays a few tensors
     return rows
@@ -764,7 +766,7 @@ def gguf_info_text(info:dict) -> str:
     lines = [f"architecture: {info['architecture']}", f"tensors:      {info['tensors']}",
              f"parameters:   {info['parameters']:,}", f"bytes:        {info['bytes']:,}"]
     lines += [f"  {k:<11} {v} tensors" for k, v in info['tensor_types'].items()]
-    if 'files' in info: lines += [f"files:        {len(info['files'])} (a split set)"] + [f"  {p}" for p in info['files']]
+    if 'files' in info: lines += [f"files:        {len(info['files'])} (a split set)", *(f"  {p}" for p in info['files'])]
     lines += [f"general.{k}: {json.dumps(v)}" for k, v in info['general'].items() if k != 'architecture']
     lines += [f"{info['architecture']}.{k}: {json.dumps(v)}" for k, v in info['hparams'].items()]
     lines += [f"tokenizer.{k}: {json.dumps(v)}" for k, v in info['tokenizer'].items()]
@@ -776,7 +778,8 @@ def _split_value(reader, key:str, path) -> int:
     fld = reader.fields.get(key)
     if fld is None: raise SerializationError(f"a part of a split GGUF without {key}", path=path)
     with reraise_as(SerializationError, path=path, what=f'reading {key}'): v = fld.contents()
-    if not isinstance(v, int) or isinstance(v, bool): raise SerializationError(f"{key} is {short_repr(v)}, not a number", path=path)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise SerializationError(f"{key} is {short_repr(v)}, not a number", path=path)
     return v
 
 def _open_parts(f:GgufFile):
@@ -784,7 +787,8 @@ def _open_parts(f:GgufFile):
     n = _split_value(f.reader, 'split.count', f.path)
     if n <= 1: return   # one file: a set of one, or a merged file
     first, no = split_paths(f.path, n)[0], _split_value(f.reader, 'split.no', f.path)
-    if no != 0: raise SerializationError(f"part {no + 1} of a split GGUF of {n} parts: open its first part, {first.name}", path=f.path)
+    if no != 0:
+        raise SerializationError(f"part {no + 1} of a split GGUF of {n} parts: open its first part, {first.name}", path=f.path)
     if f.path.name != first.name:
         raise SerializationError(f"the first part of a split GGUF of {n} parts, but not named STEM-00001-of-{n:05d}.gguf: "
                                  "its other parts cannot be found", path=f.path)
@@ -792,7 +796,8 @@ def _open_parts(f:GgufFile):
         if not p.is_file(): raise SerializationError(f"part {i + 1} of {n} of the split GGUF {first.name} is missing", path=p)
         r = open_gguf(p)
         count, no = _split_value(r, 'split.count', p), _split_value(r, 'split.no', p)
-        if count != n: raise SerializationError(f"belongs to a split GGUF of {count} parts, not of {n} as {first.name}: a part of another set?", path=p)
+        if count != n:
+            raise SerializationError(f"belongs to a split GGUF of {count} parts, not of {n} as {first.name}: a part of another set?", path=p)
         if no != i: raise SerializationError(f"says it is part {no + 1}, but its name makes it part {i + 1} of {n}", path=p)
         with reraise_as(SerializationError, path=p, what='reading the GGUF header'):
             for t in r.tensors:
@@ -800,7 +805,8 @@ def _open_parts(f:GgufFile):
                 f.tensors[t.name] = t
         f.parts.append(p)
     total = _split_value(f.reader, 'split.tensors.count', f.path)
-    if total != len(f.tensors): raise SerializationError(f"split.tensors.count says {total}, but the {n} parts hold {len(f.tensors)} tensors", path=f.path)
+    if total != len(f.tensors):
+        raise SerializationError(f"split.tensors.count says {total}, but the {n} parts hold {len(f.tensors)} tensors", path=f.path)
 
 # %% ../nbs/08_gguf.ipynb #ed1b0c77
 def _copied_metadata(f:GgufFile) -> dict:

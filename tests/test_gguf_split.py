@@ -242,3 +242,19 @@ def test_killed_half_way_leaves_only_temporaries_that_the_next_write_removes(tmp
     from entrenar.gguf import to_gguf
     to_gguf(TINY, out / 'out.gguf', 'q8_0', split_max_tensors=4)
     ft.test_eq(sorted(p.name for p in out.iterdir()), [f'out-0000{i}-of-00006.gguf' for i in range(1, 7)])
+
+def test_tensors_encoded_in_other_processes_make_the_same_set(tmp_path):
+    "encode_gguf_tensor runs in worker processes (pickled there and back), GgufSink writes here: the bytes write_gguf writes"
+    import json as _json
+    from concurrent.futures import ProcessPoolExecutor
+    from entrenar.gguf import GgufSink, encode_gguf_tensor, plan_gguf, write_gguf
+    from entrenar.io import load_model
+    m, config = load_model(TINY, lazy=True), _json.loads((TINY / 'config.json').read_text())
+    plan = plan_gguf(m, config, 'q4_k_m', TINY)
+    write_gguf(plan, m.get_parameter, tmp_path / 'a' / 'm.gguf', split_max_size='100K')
+    with ProcessPoolExecutor(2) as pool, GgufSink(plan, tmp_path / 'b' / 'm.gguf', split_max_size='100K') as sink:
+        jobs = [pool.submit(encode_gguf_tensor, e, m.get_parameter(e[0])) for e in plan.tensors]
+        for e, job in zip(plan.tensors, jobs): sink.write(e[1], job.result()[0])
+    a, b = sorted((tmp_path / 'a').iterdir()), sorted((tmp_path / 'b').iterdir())
+    ft.test_eq([p.name for p in a], [p.name for p in b])
+    for x, y in zip(a, b): ft.test_eq(x.read_bytes(), y.read_bytes())

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import fastcore.test as ft
 from conftest import MODELS, one_error_line
-from entrenar.errors import QuantizeError, SerializationError
 from entrenar.gguf import GgufFile, gguf_model, split_paths
 
 TINY = MODELS / 'tiny-llama'

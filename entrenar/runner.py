@@ -34,9 +34,9 @@ def open_model(path, # a model file or checkpoint folder
 # %% ../nbs/02c_runner.ipynb #99af4723
 class Sources:
     "Model reference -> lazy `Model`: the given ones in this process, reopened from their paths in a worker"
-    def __init__(self, models:dict, # reference -> `Model` or path
+    def __init__(self, models:dict, # reference -> `Model` (or anything with `get_parameter`) or path
                 ):
-        self._given = {r: m for r, m in models.items() if isinstance(m, Model)}
+        self._given = {r: m for r, m in models.items() if not isinstance(m, (str, os.PathLike))}
         self.paths = {r: _portable(m) for r, m in models.items()}
     def __getitem__(self, ref) -> Model: return self._given[ref] if ref in self._given else open_model(self.paths[ref])
     def __contains__(self, ref): return ref in self.paths
@@ -49,9 +49,9 @@ class Sources:
         return {'_given': {}, 'paths': self.paths}
 
 def _portable(m) -> str|None:
-    "The absolute path a worker can open `m` from, or None for a model held in memory"
-    if not isinstance(m, Model): return os.path.abspath(m)
-    return os.path.abspath(m.path) if m.path is not None and m.is_lazy else None
+    "The absolute path a worker can open `m` from, or None for a model held in memory (or not read by `load_model`)"
+    if isinstance(m, (str, os.PathLike)): return os.path.abspath(m)
+    return os.path.abspath(m.path) if isinstance(m, Model) and m.path is not None and m.is_lazy else None
 
 # %% ../nbs/02c_runner.ipynb #b1ffec03
 @dataclass

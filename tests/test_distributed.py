@@ -169,3 +169,21 @@ def test_gpu_workers_same_bytes_as_one_gpu_process(tmp_path):
         merge_files([A, B, C], tmp_path / 'local' / 'dare', base=BASE, **DARE)
         quantize_model(A, tmp_path / 'local' / 'q', bits=4, shard_size='60kB')
     for name in ('dare', 'q'): ft.test_eq(digests(tmp_path / 'cluster' / name), digests(tmp_path / 'local' / name))
+
+@pytest.mark.parametrize('type,split', [('q4_k_m', None), ('q8_0', '200K'), ('f16', None)])
+def test_llama_cpp_gguf_same_bytes(client, tmp_path, type, split):
+    "llama.cpp's GGUF (split or not) written from a checkpoint on the cluster: the bytes of one process"
+    from entrenar.gguf import to_gguf
+    for d in ('cluster', 'local'):
+        (tmp_path / d).mkdir()
+        rep = to_gguf(BASE, tmp_path / d / 'm.gguf', type, split_max_size=split, client=client if d == 'cluster' else None, report=True)
+    ft.test_eq(digests(tmp_path / 'cluster'), digests(tmp_path / 'local'))
+    if split: assert len(digests(tmp_path / 'cluster')) >= 2, sorted(digests(tmp_path / 'cluster'))
+
+def test_cli_gguf_on_a_local_cluster(run_cli, tmp_path):
+    r = run_cli('quantize', BASE, '--type', 'q4_k_m', '--scheduler', 'local:2', '--quiet', '--output', tmp_path / 'c.gguf')
+    ft.test_eq((r.returncode, r.stderr), (0, ''))
+    r = run_cli('quantize', BASE, '--type', 'q4_k_m', '--quiet', '--output', tmp_path / 'p.gguf')
+    ft.test_eq((tmp_path / 'c.gguf').read_bytes(), (tmp_path / 'p.gguf').read_bytes())
+    r = run_cli('quantize', tmp_path / 'p.gguf', '--type', 'q8_0', '--scheduler', 'local:1', '--output', tmp_path / 'r.gguf')
+    assert r.returncode == 1 and 'requantized in one process' in r.stderr, r.stderr

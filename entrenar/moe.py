@@ -16,9 +16,9 @@ from .io import TensorSpec, ModelMetadata, SaveConfig, ModelWriter, load_model, 
 from .merge import TOKENIZER_FILES, model_card, parse_dtype, tensor_rng
 
 # %% auto #0
-__all__ = ['GATE_MODES', 'MLP_PROJS', 'LAYOUTS', 'Expert', 'MoEConfig', 'parse_moe_config', 'read_config', 'check_moe_inputs',
-           'random_gates', 'prompt_token_ids', 'embedding_gate', 'cheap_embed_gates', 'hidden_gates', 'moe_gates',
-           'moe_config_json', 'plan_moe', 'MoESummary', 'build_moe', 'register_cli']
+__all__ = ['GATE_MODES', 'MLP_PROJS', 'LAYOUTS', 'SOURCE_DEFAULTS', 'Expert', 'MoEConfig', 'parse_moe_config', 'read_config',
+           'check_moe_inputs', 'random_gates', 'prompt_token_ids', 'embedding_gate', 'cheap_embed_gates',
+           'hidden_gates', 'moe_gates', 'moe_config_json', 'plan_moe', 'MoESummary', 'build_moe', 'register_cli']
 
 # %% ../nbs/03c_moe.ipynb #ad1a3a08
 GATE_MODES = ('random', 'uniform_random', 'cheap_embed', 'hidden', 'hidden_avg', 'hidden_last')
@@ -248,11 +248,19 @@ def moe_gates(c:MoEConfig, base_model, base_config:dict, experts:list, seed:int=
 
 # %% ../nbs/03c_moe.ipynb #58416584
 LAYOUTS = ('mixtral', 'fused')
+# what transformers assumes for a key a config.json leaves out, where Mixtral's or Qwen2-MoE's default differs
+SOURCE_DEFAULTS = {
+    'llama': dict(rope_theta=10000.0, rms_norm_eps=1e-6, max_position_embeddings=2048, tie_word_embeddings=False, hidden_act='silu'),
+    'mistral': dict(rope_theta=10000.0, rms_norm_eps=1e-6, max_position_embeddings=4096 * 32, tie_word_embeddings=False, hidden_act='silu', num_key_value_heads=8),
+    'qwen2': dict(rope_theta=10000.0, rms_norm_eps=1e-6, max_position_embeddings=32768, tie_word_embeddings=False, hidden_act='silu', num_key_value_heads=32)}
 
 def moe_config_json(base:dict, # the base's config.json
                     c:MoEConfig, out_dtype) -> dict:
-    "The output's config.json"
-    cfg = {k: v for k, v in base.items() if k not in ('architectures', 'model_type', 'transformers_version')}
+    "The output's config.json: the base's, with its architecture's defaults written out, and the experts"
+    defaults = dict(SOURCE_DEFAULTS.get(base.get('model_type'), {}))
+    if base.get('model_type') == 'llama': defaults['num_key_value_heads'] = base.get('num_attention_heads')
+    if 'rope_parameters' in base: defaults.pop('rope_theta')
+    cfg = {**defaults, **{k: v for k, v in base.items() if k not in ('architectures', 'model_type', 'transformers_version')}}
     if c.shared_experts:
         cfg.update(architectures=['Qwen2MoeForCausalLM'], model_type='qwen2_moe', num_experts=len(c.experts),
                    num_experts_per_tok=c.experts_per_token, decoder_sparse_step=1, norm_topk_prob=True, sliding_window=None,
@@ -294,7 +302,11 @@ def plan_moe(c:MoEConfig, models:dict, base_config:dict, gates:np.ndarray,
     for s in base.specs:
         m = mlp.match(s.name)
         if not m:
-            plan.append((spec(s.name, s), lambda n=s.name: _cast(base.get_parameter(n), out_dtype))); continue
+            plan.append((spec(s.name, s), lambda n=s.name: _cast(base.get_parameter(n), out_dtype)))
+            b = s.name[:-len('weight')] + 'bias'
+            if c.shared_experts and re.search(r'\.self_attn\.[qkv]_proj\.weight$', s.name) and b not in base.names:   # Qwen2-MoE has q/k/v biases
+                plan.append((TensorSpec(b, np.dtype(out_dtype or s.dtype), (s.shape[0],)), lambda b=b, n=s.shape[0], d=out_dtype or s.dtype: np.zeros(n, d)))
+            continue
         i = int(m.group(1))
         if i in done: continue
         done.add(i)

@@ -155,12 +155,58 @@ def test_missing_tokenizer_named(run_cli, tmp_path):
 @pytest.mark.parametrize('yaml_text,expect', [
     (moe_yaml(experts_per_token=5), 'experts_per_token is 5 but there are only 4 experts'),
     (moe_yaml().replace('gate_mode: cheap_embed', 'gate_mode: magic'), "unknown gate_mode 'magic'"),
-    (moe_yaml() + 'shared_experts:\n  - source_model: x\n  - source_model: y\n', 'exactly one shared expert'),
+    (moe_yaml() + 'shared_experts:\n  - source_model: x\n  - source_model: y\n', 'Qwen2-MoE output takes one shared expert, got 2'),
     (moe_yaml().replace('dtype: float32', 'dtype: float8'), "unknown dtype 'float8'"),
     (moe_yaml(experts=[M['-a']] * 4).replace('"once upon a time"]', '"x"]'), 'every expert is the same model'),
+    (moe_yaml() + 'architecture: deepseek\n', "architecture 'deepseek'"),
+    (moe_yaml(shared=True).replace('    positive_prompts: ["a shared prompt for all"]\n', ''), 'shared_experts[0]'),
 ])
 def test_bad_config(run_cli, tmp_path, yaml_text, expect):
     cfg = tmp_path / 'moe.yml'; cfg.write_text(yaml_text)
     line = one_error_line(run_cli('moe', cfg, tmp_path / 'out'))
     assert expect in line, line
     assert not (tmp_path / 'out').exists()
+
+PROMPTS = ["the cat sat on the mat", "hello world", " leading space", "Two  spaces\nand a newline", "", "ünïcode 日本語",
+           "<s> a special token inside", "</s>", "trailing space ", "tabs\tand\r\nreturns", "x", "ALL CAPS 123 !?"]
+
+@pytest.mark.peers
+def test_sentencepiece_tokens_equal_transformers(peers):
+    "cheap_embed's token ids from tokenizer.model (sentencepiece) are transformers' ids"
+    from entrenar.moe import prompt_token_ids
+    ft.test_eq(prompt_token_ids(M[''], PROMPTS), peers.run('tokenize_prompts.py', M[''], json.dumps(PROMPTS)))
+
+@pytest.mark.peers
+def test_tokenizer_json_tokens_equal_transformers(peers, tmp_path):
+    "with a tokenizer.json (transformers' own file), the tokenizers package gives transformers' ids"
+    expected = peers.run('tokenize_prompts.py', M[''], json.dumps(PROMPTS), tmp_path / 'tok')
+    assert (tmp_path / 'tok' / 'tokenizer.json').is_file()
+    code = ("import json, sys; from entrenar.moe import prompt_token_ids; "
+            "print(json.dumps(prompt_token_ids(sys.argv[1], json.loads(sys.argv[2]))))")
+    r = subprocess.run([str(peers.python), '-c', code, str(tmp_path / 'tok'), json.dumps(PROMPTS)], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    ft.test_eq(json.loads(r.stdout), expected)
+
+def test_output_inside_an_input_refused(run_cli, tmp_path):
+    cfg = tmp_path / 'moe.yml'; cfg.write_text(moe_yaml('random'))
+    line = one_error_line(run_cli('moe', cfg, M['-a']))
+    assert 'is also an input' in line, line
+
+def test_unknown_field_named(run_cli, tmp_path):
+    cfg = tmp_path / 'moe.yml'; cfg.write_text(moe_yaml() + 'gate_mdoe: random\n')
+    line = one_error_line(run_cli('moe', cfg, tmp_path / 'out'))
+    assert "unknown fields in the MoE config: ['gate_mdoe']" in line and str(cfg) in line, line
+
+def test_noise_and_residual_scale(run_cli, tmp_path):
+    "mergekit's noise_scale (seeded here) and residual_scale (on down_proj)"
+    text = moe_yaml('random').replace(f"  - source_model: {M['-b']}\n", f"  - source_model: {M['-b']}\n    residual_scale: 0.5\n    noise_scale: 0.01\n")
+    cfg = tmp_path / 'moe.yml'; cfg.write_text(text)
+    ft.test_eq(run_cli('moe', cfg, tmp_path / 'out', '--quiet').returncode, 0)
+    out, b = load_model(tmp_path / 'out'), load_model(M['-b'])
+    w2, down = out['model.layers.0.block_sparse_moe.experts.1.w2.weight'], b['model.layers.0.mlp.down_proj.weight']
+    noise = w2 / 0.5 - down
+    assert 0.008 < noise.std() < 0.012 and abs(noise.mean()) < 0.002, (noise.std(), noise.mean())
+    w1 = out['model.layers.0.block_sparse_moe.experts.1.w1.weight'] - b['model.layers.0.mlp.gate_proj.weight']
+    assert 0.008 < w1.std() < 0.012
+    assert np.array_equal(out['model.layers.0.block_sparse_moe.experts.0.w1.weight'], load_model(M['-a'])['model.layers.0.mlp.gate_proj.weight'])

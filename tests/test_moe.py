@@ -75,9 +75,10 @@ def test_cheap_embed_equals_mergekit(run_cli, tmp_path, dtype):
     assert card.startswith('---\nbase_model:') and str(M['-c']) in card and '4 experts, 2 used per token' in card, card
 
 @pytest.mark.peers
-def test_random_gates_like_mergekit(run_cli, tmp_path):
+@pytest.mark.parametrize('mode', ['random', 'uniform_random'])
+def test_random_gates_like_mergekit(run_cli, tmp_path, mode):
     "mergekit draws from torch's unseeded generator: the same shapes and distribution, the same expert tensors"
-    cfg = tmp_path / 'moe.yml'; cfg.write_text(moe_yaml('random'))
+    cfg = tmp_path / 'moe.yml'; cfg.write_text(moe_yaml(mode))
     mk = mergekit_moe(cfg, tmp_path / 'mk')
     ft.test_eq(run_cli('moe', cfg, tmp_path / 'en', '--layout', 'fused', '--seed', '3', '--quiet').returncode, 0)
     en = load_model(tmp_path / 'en')
@@ -85,7 +86,11 @@ def test_random_gates_like_mergekit(run_cli, tmp_path):
     for n in mk.names:
         if n.endswith('gate.weight'):
             ft.test_eq(mk[n].shape, en[n].shape)
-            for g in (mk[n], en[n]): assert abs(float(g.mean())) < 0.1 and abs(float(g.std()) - 1) < 0.1, (n, g.mean(), g.std())
+            bound = 128 ** -0.5   # uniform_random: torch.nn.Linear's init, U(-1/sqrt(hidden), 1/sqrt(hidden))
+            mean, std = (0, 1) if mode == 'random' else (0, bound / 3 ** 0.5)
+            for g in (mk[n], en[n]):
+                assert abs(float(g.mean()) - mean) < 0.1 * std and abs(float(g.std()) - std) < 0.1 * std, (n, g.mean(), g.std())
+                if mode == 'uniform_random': assert np.abs(g).max() <= bound
         else: assert np.array_equal(mk[n], en[n]), n
     ft.test_eq(run_cli('moe', cfg, tmp_path / 'again', '--layout', 'fused', '--seed', '3', '--quiet').returncode, 0)
     assert np.array_equal(load_model(tmp_path / 'again')['model.layers.1.mlp.gate.weight'], en['model.layers.1.mlp.gate.weight'])
@@ -103,9 +108,10 @@ def test_transformers_runs_it(run_cli, peers, tmp_path, layout):
     np.testing.assert_allclose(r['logits'], peers.run('moe_run.py', tmp_path / 'mk')['logits'], rtol=0, atol=1e-5)
 
 @pytest.mark.peers
-def test_hidden_gates_equal_mergekit(peers, tmp_path):
+@pytest.mark.parametrize('mode', ['hidden', 'hidden_avg'])
+def test_hidden_gates_equal_mergekit(peers, tmp_path, mode):
     "gate_mode hidden runs the base in transformers (the moe-hidden extra): run entrenar in the peer venv, which has torch"
-    cfg = tmp_path / 'moe.yml'; cfg.write_text(moe_yaml('hidden'))
+    cfg = tmp_path / 'moe.yml'; cfg.write_text(moe_yaml(mode))
     mk = mergekit_moe(cfg, tmp_path / 'mk')
     r = subprocess.run([str(peers.python), '-c', 'import sys; from entrenar.cli import main; sys.exit(main())', 'moe', str(cfg),
                         str(tmp_path / 'en'), '--layout', 'fused', '--quiet'], capture_output=True, text=True, timeout=600,
@@ -127,6 +133,16 @@ def test_qwen2_moe_with_shared_expert(run_cli, peers, tmp_path):
     out = peers.run('moe_run.py', tmp_path / 'en')
     ft.test_eq((out['cls'], out['n_experts'], out['top_k']), ('Qwen2MoeForCausalLM', 4, 2))
     np.testing.assert_allclose(out['logits'], peers.run('moe_run.py', tmp_path / 'mk')['logits'], rtol=0, atol=1e-5)
+
+@pytest.mark.peers
+def test_llama_cpp_converts_and_runs_it(run_cli, peers, tmp_path):
+    "The default (Hub Mixtral) layout is what llama.cpp's convert_hf_to_gguf.py reads; llama.cpp then runs it as transformers does"
+    cfg = tmp_path / 'moe.yml'; cfg.write_text(moe_yaml())
+    ft.test_eq(run_cli('moe', cfg, tmp_path / 'en', '--quiet').returncode, 0)
+    gguf = peers.convert(tmp_path / 'en', tmp_path / 'en.gguf', 'f32')
+    got, ref = peers.run('llama_run.py', gguf, 'the cat sat on', 6), peers.run('hf_run.py', tmp_path / 'en', 'the cat sat on', 6)
+    ft.test_eq((got['prompt_tokens'], got['generated']), (ref['prompt_tokens'], ref['generated']))
+    np.testing.assert_allclose(got['logits'], ref['logits'], rtol=0, atol=2e-3)
 
 def _copy(src, dst, **config):
     shutil.copytree(src, dst)

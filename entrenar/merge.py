@@ -991,6 +991,7 @@ def recipe_yaml(info:dict, # the `merge` entry of a merge's metadata (`_merge_me
 def model_card(name:str, # the merged model's name
                info:dict, # the `merge` entry of its metadata
                recipe:str, # the recipe, as YAML
+               recipe_file:str='mergekit_config.yml', # where the output folder keeps the recipe
               ) -> str:
     "A Hugging Face model card (README.md) for a merge, as mergekit writes one"
     merged = list(dict.fromkeys(m['model'] for m in info['models']))
@@ -1001,7 +1002,7 @@ def model_card(name:str, # the merged model's name
              "[entrenar](https://github.com/entrenar/entrenar), whose methods follow [mergekit](https://github.com/arcee-ai/mergekit).",
              "", "## Merge details", f"This model was merged with the `{info['method']}` method{base}.", "",
              "The models merged:", *[f"* {m}" for m in merged], "", "## Configuration",
-             "The recipe (also in `mergekit_config.yml`):", "", "```yaml", recipe.rstrip('\n'), "```", ""]
+             f"The recipe (also in `{recipe_file}`):", "", "```yaml", recipe.rstrip('\n'), "```", ""]
     return '\n'.join(lines)
 
 # %% ../nbs/03_merge.ipynb #c567e9df

@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 from .errors import MergeError, IoError, reraise_as, short_repr
 from .io import TensorSpec, ModelMetadata, SaveConfig, ModelWriter, load_model, atomic_path, release_pages
+from .runner import Plan, run_plan
 from .merge import TOKENIZER_FILES, model_card, parse_dtype, tensor_rng, tune_allocator
 
 # %% auto #0
@@ -464,15 +465,19 @@ def _moe_card(name, c:MoEConfig, arch:str, config_text:str) -> str:
     card = card.replace("- entrenar\n---", "- entrenar\n- moe\n---", 1)
     return card.replace("## Configuration", extra + "## Configuration", 1)
 
-def _write_extras(out:Path, c:MoEConfig, base_cfg:dict, out_dtype, arch:str, text:str):
-    "config.json, the base's tokenizer files, the config copy and the model card, each written atomically"
-    config_json = json.dumps(moe_config_json(base_cfg, c, out_dtype), indent=2) + '\n'
-    with atomic_path(out / 'config.json') as tmp: Path(tmp).write_text(config_json)
+def _extras(out:Path, c:MoEConfig, base_cfg:dict, out_dtype, arch:str, text:str) -> dict:
+    "config.json, the base's tokenizer files, the config copy and the model card: file name -> contents"
+    files = {'config.json': json.dumps(moe_config_json(base_cfg, c, out_dtype), indent=2) + '\n'}
     for n in TOKENIZER_FILES:   # transformers loads the output as it is; llama.cpp's converter finds the vocabulary
         if (Path(c.base_model) / n).is_file():
-            with atomic_path(out / n) as tmp: Path(tmp).write_bytes((Path(c.base_model) / n).read_bytes())
-    with atomic_path(out / 'mergekit_moe_config.yml') as tmp: Path(tmp).write_text(text)
-    with atomic_path(out / 'README.md') as tmp: Path(tmp).write_text(_moe_card(out.name, c, arch, text))
+            with reraise_as(IoError, path=Path(c.base_model) / n, what='reading'): files[n] = (Path(c.base_model) / n).read_bytes()
+    return {**files, 'mergekit_moe_config.yml': text, 'README.md': _moe_card(out.name, c, arch, text)}
+
+def _make(sources, task) -> tuple:
+    "Runner work: one output tensor of the plan, made by its function"
+    spec, make = task
+    a = make()
+    return [(spec.name, a)], None
 
 # %% ../nbs/03c_moe.ipynb #a55a75cb
 def load_moe_config(config, # a path to mergekit-moe YAML, YAML text, a dict or an `MoEConfig`
@@ -518,14 +523,8 @@ def build_moe(config, # a path to mergekit-moe YAML, YAML text, a dict or an `Mo
     save = SaveConfig().with_shard_size(shard_size) if shard_size else None
     writer = ModelWriter(out, [s for s, _ in plan], meta, save)
     if not writer.is_dir: raise MergeError("the MoE output is a folder, not a file", path=out)
-    if progress:
-        from tqdm.auto import tqdm
-        plan = tqdm(plan, desc='moe', unit='tensor')
-    with writer as w:
-        for s, make in plan:
-            w.write(s.name, a := make())
-            release_pages(a)   # a tensor copied as it is was a view of its input file
-    _write_extras(out, c, base_cfg, out_dtype, arch, text)
+    for name, data in _extras(out, c, base_cfg, out_dtype, arch, text).items(): writer.add_file(name, data)   # published with the tensors
+    run_plan(Plan(_make, plan, desc='moe', error=MergeError), writer, progress=progress)
     notes = [f"layers {bad} have near-parallel router rows (condition number > 5): some experts will be underused"
              for bad in [degenerate_layers(gates[:, :len(c.experts)])] if bad]
     return MoESummary(str(out), arch, len(c.experts), c.experts_per_token, c.gate_mode, len(writer.specs),

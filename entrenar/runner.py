@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from . import errors
 from .errors import EntrenarError, IoError, reraise_as
 from .backend import is_device_array, to_numpy
-from .io import Model, load_model
+import numpy as np
+from .io import Model, load_model, release_pages
 from .distributed import DaskExecutor, connect, in_order
 
 # %% auto #0
@@ -149,7 +150,9 @@ def run_plan(plan:Plan, # the tasks and their work
         for done in results:
             if isinstance(done, Failure): done.reraise()
             for outputs, info in done:
-                for name, value in outputs: out.write(name, value)
+                for name, value in outputs:
+                    out.write(name, value)
+                    if isinstance(value, np.ndarray): release_pages(value)   # an input's tensor passed on as it is: its pages go
                 infos.append(info)
             pbar.update(len(done))
     return infos

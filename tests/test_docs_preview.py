@@ -17,7 +17,7 @@ PREVIEW, SHOTS = ROOT / '_preview', ROOT / 'screenshots'
 MODULE_PAGES = {'entrenar.io': 'io.html', 'entrenar.numtext': 'numtext.html', 'entrenar.merge': 'merge.html',
                 'entrenar.quantize': 'quantize.html', 'entrenar.hf_pipeline': 'hub.html', 'entrenar.widgets': 'widgets.html',
                 'entrenar.cli': 'cli.html', 'entrenar.backend': 'backend.html', 'entrenar.errors': 'errors.html', 'entrenar.gguf': 'gguf.html',
-                'entrenar.kquants': 'kquants.html', 'entrenar.imatrix': 'imatrix.html'}
+                'entrenar.kquants': 'kquants.html', 'entrenar.imatrix': 'imatrix.html', 'entrenar.lora': 'lora.html'}
 PLOT_PAGES = ['quantize.html', 'kquants.html', 'gguf.html', 'widgets.html', 'tutorial.html']
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get('ENTRENAR_REQUIRE_BROWSER'),

@@ -61,7 +61,7 @@ def index_adapter(config:dict, # the adapter_config.json contents
     for name in tensors.names:
         key = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
         m = _LORA_NAME.match(key)
-        if m is None: ad.full[key.replace('.modules_to_save.', '.')] = name; continue
+        if m is None: ad.full[key.replace('.modules_to_save.', '.').replace('.base_layer.', '.')] = name; continue
         entry = ad.lora.setdefault(m['module'], {'embedding': False})
         part = m['part']
         if part == 'lora_B.bias': entry['bias'] = name
@@ -123,7 +123,7 @@ def fold_weight(weight:np.ndarray, # the base model's weight
 
 # %% ../nbs/03b_lora.ipynb #378259bf
 def _fold_plan(model:Model, ad:LoraAdapter) -> dict:
-    "base tensor name -> ('lora', module, entry) or ('full', adapter name); checks names and shapes against `model`"
+    "base tensor name -> ('lora'|'bias', module, entry, transpose, whole) or ('full', adapter name); checks names and shapes against `model`"
     names, cfg, plan = set(model.names), ad.config, {}
     missing = sorted([m for m in ad.lora if f'{m}.weight' not in names] + [n for n in ad.full if n not in names])
     if missing:
@@ -140,14 +140,15 @@ def _fold_plan(model:Model, ad:LoraAdapter) -> dict:
         want = (b.shape[0], a.shape[1])[::-1] if transpose else (b.shape[0], a.shape[1])
         if len(a.shape) != 2 or len(b.shape) != 2 or a.shape[0] != b.shape[1] or tuple(w.shape) != want:
             raise MergeError(f"lora_A {list(a.shape)} and lora_B {list(b.shape)} do not fit the base weight {list(w.shape)}", path=ad.path, tensor=f'{module}.weight')
-        plan[f'{module}.weight'] = ('lora', module, e, transpose)
+        plan[f'{module}.weight'] = ('lora', module, e, transpose, None)
         if e.get('bias') and cfg.get('lora_bias'):
             if f'{module}.bias' not in names: raise MergeError("lora_bias: the base layer has no bias", path=ad.path, tensor=f'{module}.bias')
-            plan[f'{module}.bias'] = ('bias', module, e, False)
+            plan[f'{module}.bias'] = ('bias', module, e, False, None)
     for name, src in ad.full.items():
         if tuple(ad.tensors.spec(src).shape) != tuple(model.spec(name).shape):
             raise MergeError(f"is {list(ad.tensors.spec(src).shape)} in the adapter but {list(model.spec(name).shape)} in the base", path=ad.path, tensor=name)
-        plan[name] = ('full', src)
+        # a whole weight saved beside its own LoRA (peft's save_embedding_layers) replaces the base's, then the LoRA applies
+        plan[name] = plan[name][:4] + (src,) if name in plan else ('full', src)
     return plan
 
 # %% ../nbs/03b_lora.ipynb #0ee85d91
@@ -155,7 +156,8 @@ def _folded(model:Model, ad:LoraAdapter, name:str, how:tuple) -> np.ndarray:
     "Tensor `name` of `model` with the adapter applied"
     w = model.get_parameter(name)
     if how[0] == 'full': return np.asarray(ad.tensors.get_parameter(how[1])).astype(w.dtype)
-    _, module, e, transpose = how
+    _, module, e, transpose, whole = how
+    if whole is not None: w = np.asarray(ad.tensors.get_parameter(whole)).astype(w.dtype)
     scaling = lora_scaling(ad.config, module)
     if how[0] == 'bias': return fold_weight(w, np.asarray(ad.tensors.get_parameter(e['bias']), np.float32) * np.float32(scaling))
     return fold_weight(w, lora_delta(ad.tensors.get_parameter(e['A']), ad.tensors.get_parameter(e['B']), scaling, transpose))
@@ -374,6 +376,21 @@ def _apply_lora_option(args):
     args.models = [f"{m}+{chosen[m]}" if m in chosen else m for m in args.models]
     if args.base in chosen: args.base = f"{args.base}+{chosen[args.base]}"
 
+def _model_files(args):
+    "After a merge whose base (or first) model carried an adapter: its config.json and tokenizer files, which merge copies only from a plain folder"
+    from entrenar.merge import TOKENIZER_FILES, load_recipe
+    out, root = Path(args.output), None
+    if out.suffix or not out.is_dir() or (out / 'config.json').exists(): return
+    if args.config: recipe, root = load_recipe(args.config); ref = recipe.base_model or recipe.models[0]
+    else: ref = args.base or args.models[0]
+    model, adapter = split_reference(ref)
+    src = Path(model).expanduser()
+    if root is not None and not src.is_absolute() and not src.exists(): src = Path(root) / src
+    if adapter is None or not (src / 'config.json').is_file(): return
+    for name in ('config.json', *TOKENIZER_FILES):
+        if (src / name).is_file():
+            with atomic_path(out / name) as tmp: Path(tmp).write_bytes((src / name).read_bytes())
+
 def _extract_command(args):
     "Run `entrenar extract-lora` from parsed arguments"
     out = args.out or args.out_path
@@ -408,6 +425,10 @@ def register_cli(sub):
     m.add_argument('--lora', action='append', default=[], metavar='[MODEL=]ADAPTER',
                    help='fold a PEFT LoRA adapter into MODEL before merging (same as MODEL+ADAPTER; bare ADAPTER when one model is named)')
     original = m.get_default('func')
-    def run(args): _apply_lora_option(args); return original(args)
+    def run(args):
+        _apply_lora_option(args)
+        res = original(args)
+        _model_files(args)
+        return res
     m.set_defaults(func=run)
     return p

@@ -160,7 +160,9 @@ def _folded(model:Model, ad:LoraAdapter, name:str, how:tuple) -> np.ndarray:
     if whole is not None: w = np.asarray(ad.tensors.get_parameter(whole)).astype(w.dtype)
     scaling = lora_scaling(ad.config, module)
     if how[0] == 'bias': return fold_weight(w, np.asarray(ad.tensors.get_parameter(e['bias']), np.float32) * np.float32(scaling))
-    return fold_weight(w, lora_delta(ad.tensors.get_parameter(e['A']), ad.tensors.get_parameter(e['B']), scaling, transpose))
+    delta = lora_delta(ad.tensors.get_parameter(e['A']), ad.tensors.get_parameter(e['B']), scaling, transpose)
+    if e['embedding'] and is_float_dtype(w.dtype): delta = delta.astype(w.dtype).astype(np.float32)   # peft's Embedding.merge rounds it first
+    return fold_weight(w, delta)
 
 def fold_adapter(model:Model, # the base model (lazy or in memory)
                  adapter:LoraAdapter|str|Path, # a `LoraAdapter` or an adapter folder

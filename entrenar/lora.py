@@ -12,7 +12,8 @@ from functools import partial
 from pathlib import Path
 import numpy as np
 from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
-from .io import Model, ModelMetadata, TensorSpec, ModelWriter, load_model, lazy_tensor, atomic_path, is_float_dtype
+from .io import (Model, ModelMetadata, TensorSpec, ModelWriter, load_model, lazy_tensor, atomic_path,
+                         is_float_dtype)
 
 # %% auto #0
 __all__ = ['ADAPTER_CONFIG', 'ADAPTER_WEIGHTS', 'EMBEDDING_MODULES', 'OUTPUT_MODULES', 'split_reference', 'LoraAdapter',
@@ -46,7 +47,8 @@ class LoraAdapter:
     full: dict = field(default_factory=dict) # base tensor name -> adapter tensor name (modules_to_save)
 
     def __repr__(self):
-        return f"LoraAdapter(r={self.config.get('r')}, alpha={self.config.get('lora_alpha')}, {len(self.lora)} modules, {len(self.full)} whole tensors)"
+        c = self.config
+        return f"LoraAdapter(r={c.get('r')}, alpha={c.get('lora_alpha')}, {len(self.lora)} modules, {len(self.full)} whole tensors)"
 
 # %% ../nbs/03b_lora.ipynb #4d4cab38
 def index_adapter(config:dict, # the adapter_config.json contents
@@ -68,7 +70,8 @@ def index_adapter(config:dict, # the adapter_config.json contents
         else: entry[part.split('.')[0][-1]] = name; entry['embedding'] |= 'embedding' in part
     for module, e in ad.lora.items():
         if 'A' not in e or 'B' not in e:
-            raise SerializationError(f"module {module} has lora_{'B' if 'A' in e else 'A'} but not lora_{'A' if 'A' in e else 'B'}", path=path)
+            has, lacks = ('B', 'A') if 'B' in e else ('A', 'B')
+            raise SerializationError(f"module {module} has lora_{has} but not lora_{lacks}", path=path)
     return ad
 
 # %% ../nbs/03b_lora.ipynb #344994e9
@@ -159,9 +162,11 @@ def _folded(model:Model, ad:LoraAdapter, name:str, how:tuple) -> np.ndarray:
     _, module, e, transpose, whole = how
     if whole is not None: w = np.asarray(ad.tensors.get_parameter(whole)).astype(w.dtype)
     scaling = lora_scaling(ad.config, module)
-    if how[0] == 'bias': return fold_weight(w, np.asarray(ad.tensors.get_parameter(e['bias']), np.float32) * np.float32(scaling))
+    if how[0] == 'bias':
+        return fold_weight(w, np.asarray(ad.tensors.get_parameter(e['bias']), np.float32) * np.float32(scaling))
     delta = lora_delta(ad.tensors.get_parameter(e['A']), ad.tensors.get_parameter(e['B']), scaling, transpose)
-    if e['embedding'] and is_float_dtype(w.dtype): delta = delta.astype(w.dtype).astype(np.float32)   # peft's Embedding.merge rounds it first
+    if e['embedding'] and is_float_dtype(w.dtype):   # peft's Embedding.merge rounds the change to the weight's dtype first
+        delta = delta.astype(w.dtype).astype(np.float32)
     return fold_weight(w, delta)
 
 def fold_adapter(model:Model, # the base model (lazy or in memory)
@@ -202,7 +207,8 @@ def relative_error(delta:np.ndarray, # the change to the weight
     "`‖delta − B @ A‖_F / ‖delta‖_F` (0 for an unchanged weight)"
     d = np.asarray(delta, np.float32)
     norm = float(np.linalg.norm(d))
-    return 0.0 if norm == 0 else float(np.linalg.norm(d - np.asarray(lora_b, np.float32) @ np.asarray(lora_a, np.float32))) / norm
+    approx = np.asarray(lora_b, np.float32) @ np.asarray(lora_a, np.float32)
+    return 0.0 if norm == 0 else float(np.linalg.norm(d - approx)) / norm
 
 # %% ../nbs/03b_lora.ipynb #0094247a
 EMBEDDING_MODULES = ('embed_tokens', 'wte', 'wpe', 'word_embeddings', 'embed_in', 'tok_embeddings', 'embed_positions',
@@ -314,12 +320,13 @@ def _factorise(base, model, module, embedding, rank, distribute_scale, sv_epsilo
     "One module's factors (PEFT's names and arrays), its rank and its relative error"
     w = f'{module}.weight'
     delta = model.get_parameter(w) - base.get_parameter(w)   # in the checkpoint's dtype, as mergekit
-    if not np.isfinite(np.asarray(delta, np.float32)).all(): raise MergeError("the change from the base is not finite", path=model.path, tensor=w)
+    if not np.isfinite(np.asarray(delta, np.float32)).all():
+        raise MergeError("the change from the base is not finite", path=model.path, tensor=w)
     d = delta.T if embedding else delta
     a, b, _ = lora_factors(d, rank, distribute_scale, sv_epsilon)
     kind, suffix = ('lora_embedding', '') if embedding else ('lora', '.weight')
     out = {f'{_PREFIX}{module}.{kind}_A{suffix}': a, f'{_PREFIX}{module}.{kind}_B{suffix}': b}
-    if f'{module}.bias' in model: out[f'{_PREFIX}{module}.lora_B.bias'] = model.get_parameter(f'{module}.bias') - base.get_parameter(f'{module}.bias')
+    if (bias := f'{module}.bias') in model: out[f'{_PREFIX}{module}.lora_B.bias'] = model.get_parameter(bias) - base.get_parameter(bias)
     return out, a.shape[0], relative_error(d, a, b)
 
 def extract_lora(base, # the base model: a path (folder, file, hf://) or a `Model`
@@ -348,12 +355,17 @@ def extract_lora(base, # the base model: a path (folder, file, hf://) or a `Mode
     for module, emb in tqdm(plan.factor, desc='extract-lora', unit='module', disable=not progress):
         out, r, err = _factorise(b, m, module, emb, rank, distribute_scale, sv_epsilon)
         factors.update(out); layers.append((module, tuple(m.spec(f'{module}.weight').shape), r, err))
-    specs = [TensorSpec.of(n, a) for n, a in factors.items()] + [TensorSpec(_PREFIX + n, m.spec(n).dtype, m.spec(n).shape) for n in plan.save]
+    specs = [TensorSpec.of(n, a) for n, a in factors.items()]
+    specs += [TensorSpec(_PREFIX + n, m.spec(n).dtype, m.spec(n).shape) for n in plan.save]
     res = LoraExtraction(str(output), rank, layers, list(plan.save), notes=plan.notes)
+    if clipped := [l[0] for l in layers if min(l[1]) < rank]:
+        res.notes.append(f"rank {rank} is larger than the smaller side of {len(clipped)} of {len(layers)} modules "
+                         f"(e.g. {clipped[0]}): clipped to it, as mergekit does")
     with ModelWriter(Path(output) / ADAPTER_WEIGHTS, specs, ModelMetadata(Path(output).name or 'adapter', 'peft-lora')) as wr:
         for n, a in factors.items(): wr.write(n, a)
         for n in plan.save: wr.write(_PREFIX + n, m.get_parameter(n))
-    cfg = adapter_config(base if not isinstance(base, Model) else (b.path or b.metadata.name), {l[0]: l[2] for l in layers}, plan.modules_to_save)
+    base_ref = base if not isinstance(base, Model) else (b.path or b.metadata.name)
+    cfg = adapter_config(base_ref, {l[0]: l[2] for l in layers}, plan.modules_to_save)
     with atomic_path(Path(output) / ADAPTER_CONFIG) as tmp: Path(tmp).write_text(json.dumps(cfg, indent=4) + '\n')
     res.seconds = time.perf_counter() - start
     model_ref = model if not isinstance(model, Model) else (m.path or m.metadata.name)

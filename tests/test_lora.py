@@ -46,6 +46,7 @@ def test_extract_equals_mergekit(peers, run_cli, tmp_path, rank):
     for c in (a, b): c['target_modules'], c['modules_to_save'] = sorted(c['target_modules']), sorted(c['modules_to_save'])
     ft.test_eq(a, b)
     ft.test_eq(a['r'], min(rank, 128))   # a rank larger than the matrices is clipped to their smaller side, as mergekit does
+    assert ('clipped to it' in r.stdout) == (rank > 128), r.stdout
     assert '| model.layers.0.self_attn.q_proj | 128×128 |' in (tmp_path / 'ours' / 'README.md').read_text()
 
 def test_errors_reported_are_the_reconstruction_errors(run_cli, tmp_path):

@@ -17,7 +17,7 @@ __all__ = ['COMMAND_MODULES', 'info_command', 'check_output_is_not_input', 'conv
            'main']
 
 # %% ../nbs/10_cli.ipynb #ad7483e9
-COMMAND_MODULES = ['entrenar.cli', 'entrenar.merge', 'entrenar.quantize', 'entrenar.gguf', 'entrenar.imatrix', 'entrenar.moe', 'entrenar.hf_pipeline']   # gguf extends quantize, convert, info, dequantize
+COMMAND_MODULES = ['entrenar.cli', 'entrenar.merge', 'entrenar.lora', 'entrenar.quantize', 'entrenar.gguf', 'entrenar.imatrix', 'entrenar.moe', 'entrenar.hf_pipeline']   # gguf extends quantize, convert, info, dequantize
 
 def _fmt_bytes(n:int) -> str:
     "A byte count for people: 1.84 MB"

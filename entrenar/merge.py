@@ -18,6 +18,7 @@ from .backend import get_array_module, get_backend, is_device_array, to_device, 
 from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
                          is_float_dtype, dtype_from_code, release_pages)
 from .runner import DictSink, Plan, Sources, Threads, executor, run_plan
+from .lora import load_reference, split_reference
 
 # %% auto #0
 __all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'TOKENIZER_FILES', 'CLI_DEFAULTS', 'Param', 'MergeMethod', 'merge_method',
@@ -954,6 +955,8 @@ def load_recipe(path) -> tuple[Recipe, Path]:
     except MergeError as e: raise MergeError(e.message, path=p, tensor=e.tensor) from None
 
 def _local(ref, root):
+    model, adapter = split_reference(ref)   # mergekit's model+adapter: both sides found the same way
+    if adapter is not None: return f"{_local(model, root)}+{_local(adapter, root)}"
     if str(ref).startswith('hf://'): return str(ref)   # load_model fetches those
     p = Path(ref).expanduser()
     return p if p.is_absolute() or p.exists() or root is None or not (Path(root) / p).exists() else Path(root) / p
@@ -964,7 +967,7 @@ TOKENIZER_FILES = ('tokenizer.model', 'tokenizer.json', 'tokenizer_config.json',
 
 def _config_files(recipe, paths, tasks) -> dict:
     "config.json (updated) and the tokenizer files of the base's (or first model's) folder: file name -> contents"
-    src = Path(paths[recipe.base_model or recipe.models[0]])
+    src = Path(split_reference(str(paths[recipe.base_model or recipe.models[0]]))[0])   # a model+adapter: the model's files
     if not (src.is_dir() and (src / 'config.json').is_file()): return {}
     with reraise_as(SerializationError, path=src / 'config.json', what='reading'): cfg = json.loads((src / 'config.json').read_text('utf-8'))
     if not isinstance(cfg, dict): raise SerializationError("is not a JSON object", path=src / 'config.json')
@@ -1039,7 +1042,7 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
     if dtype is not None: recipe.dtype = dtype
     if out_dtype is not None: recipe.out_dtype = out_dtype
     paths = {ref: _local(ref, root) for ref in recipe.models}
-    models = {ref: load_model(p, lazy=True) for ref, p in paths.items()}
+    models = {ref: load_reference(p) for ref, p in paths.items()}   # lazy; model+adapter folds as tensors are read
     from entrenar.cli import check_output_is_not_input   # here, not at the top: the command layer imports this module
     check_output_is_not_input(output, [*paths.values(), *(mm.path for mm in models.values() if mm.path is not None)])
     tasks = plan_merge(recipe, models)

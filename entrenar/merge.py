@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/merge.html.md"""
 
 # %% ../nbs/03_merge.ipynb #48e7a82d
 from __future__ import annotations
-import argparse, collections, ctypes, functools, hashlib, json, math, mmap, os, re, shutil, sys, time
+import argparse, collections, ctypes, functools, hashlib, json, math, mmap, os, re, shutil, sys, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -16,8 +16,10 @@ from tqdm.auto import tqdm
 from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
 from .backend import get_array_module, get_backend, is_device_array, to_device, to_numpy
 from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
-                         is_float_dtype, dtype_from_code, release_pages)
-from .runner import DictSink, Plan, Sources, Threads, executor, run_plan
+                         is_float_dtype, dtype_from_code, lazy_tensor, release_pages)
+from .runner import DictSink, MultiSink, Plan, Sources, Threads, executor, run_plan
+from .gguf import GgufFile, GgufSink, encode_gguf_tensor, plan_gguf
+from .quantize import BLOCK_FORMATS, QuantizeReport, report_table, summary_text
 from .lora import load_reference, split_reference
 
 # %% auto #0
@@ -28,7 +30,8 @@ __all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'TOKENIZER_FILES', 'CLI_DEFAULTS
            'model_stock', 'sce', 'passthrough', 'methods_table', 'evaluate_setting', 'layer_index', 'with_layer',
            'Source', 'Slice', 'Recipe', 'parse_recipe', 'TensorTask', 'parse_dtype', 'plan_merge', 'merge_task',
            'merge_plan', 'merge_models', 'MergeSummary', 'load_recipe', 'recipe_yaml', 'model_card', 'merge_files',
-           'cli_defaults', 'register_cli', 'tune_allocator', 'merge_command']
+           'plan_merge_gguf', 'merge_gguf_task', 'merge_gguf_plan', 'verify_gguf', 'check_text', 'cli_defaults',
+           'register_cli', 'tune_allocator', 'merge_command']
 
 # %% ../nbs/03_merge.ipynb #9fe2ab26
 @dataclass(frozen=True)
@@ -943,8 +946,15 @@ class MergeSummary:
     copied: int # non-float tensors copied
     bytes: int # bytes written
     seconds: float
+    gguf: QuantizeReport|None = None # the llama.cpp GGUF written in the same pass, if any
     def __str__(self):
-        return f"{self.method}: merged {self.merged} tensors, copied {self.copied}, wrote {self.bytes / 1e6:,.1f} MB to {self.output} in {self.seconds:.2f} s"
+        if self.gguf is None:
+            return f"{self.method}: merged {self.merged} tensors, copied {self.copied}, wrote {self.bytes / 1e6:,.1f} MB to {self.output} in {self.seconds:.2f} s"
+        g = self.gguf
+        also = '' if str(g.path) == self.output else f" and {self.bytes / 1e6:,.1f} MB to {self.output}"
+        text = (f"{self.method}: merged {self.merged} tensors, copied {self.copied}, wrote {g.path} "
+                f"({g.settings['scheme'].upper()}, llama.cpp architecture {g.settings['architecture']}){also} in {self.seconds:.2f} s\n" + summary_text(g))
+        return text + ('\n' + check_text(g) if g.settings.get('checked') else '')
 
 def load_recipe(path) -> tuple[Recipe, Path]:
     "Read a mergekit YAML recipe file"
@@ -1030,6 +1040,10 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
                 progress:bool|None=None, # show a progress bar (default: unless `quiet`)
                 client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': the tensors are merged on its workers
                 notes:list|None=None, # notes to print with the merge's own (e.g. the command's defaults)
+                type:str|None=None, # llama-quantize's type for a GGUF output: f16 (default), q8_0, q4_k_m, … (`GGUF_OUTPUT_TYPES`)
+                gguf=None, # also write the merge as this llama.cpp .gguf, from the same read of the inputs
+                imatrix=None, # an importance matrix (`Imatrix` or a llama-imatrix file) for the GGUF's quantization
+                check:bool=False, # measure each GGUF tensor against the merged one and read the file back (`check_text`)
                 **params) -> MergeSummary:
     "Merge checkpoints on disk into `output`, one tensor at a time; nothing is written unless everything checks out"
     start, root, notes = time.perf_counter(), None, list(notes or [])
@@ -1051,14 +1065,101 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
     name = Path(output).name.split('.')[0] if Path(output).suffix else Path(output).name
     config = SaveConfig().with_shard_size(shard_size) if shard_size else None
     meta = _merge_metadata(recipe, models, seed, name or 'merged', paths)
-    writer, bar = ModelWriter(output, [t.spec for t in tasks], meta, config), not quiet if progress is None else progress
-    if writer.is_dir:   # read and checked before anything is written; published with the tensors, all at once
-        recipe_text = Path(method).read_text('utf-8') if is_recipe and not isinstance(method, Recipe) else None
-        for name, data in {**_config_files(recipe, paths, tasks), **_card_files(meta, recipe_text)}.items(): writer.add_file(name, data)
-    plan = merge_plan(tasks, recipe.merge_method, models, seed, parse_dtype(recipe.dtype), allow_nonfinite)
-    with executor(workers, client, MergeError) as ex: run_plan(plan, writer, ex, progress=bar)
+    recipe_text = Path(method).read_text('utf-8') if is_recipe and not isinstance(method, Recipe) else None
+    gguf_out = output if str(output).lower().endswith('.gguf') else gguf
+    if gguf_out is None and (type or imatrix or check): raise MergeError("--type, --imatrix and --check are for a GGUF output: name a .gguf (--output or --gguf)")
+    if gguf_out is not None:   # planned and checked before anything is read or written
+        if gguf is not None: check_output_is_not_input(gguf, [*paths.values()])
+        gplan = plan_merge_gguf(recipe, paths, tasks, meta, type or 'f16', imatrix, recipe_text)
+        if not quiet:
+            for e, want, got in gplan.fallbacks: print(f"note: {e}: rows do not divide into {want.upper()} blocks; written as {got.upper()}, as llama-quantize does")
+    writer, bar = None if gguf_out is output else ModelWriter(output, [t.spec for t in tasks], meta, config), not quiet if progress is None else progress
+    if writer is not None and writer.is_dir:   # read and checked before anything is written; published with the tensors, all at once
+        for n, data in {**_config_files(recipe, paths, tasks), **_card_files(meta, recipe_text)}.items(): writer.add_file(n, data)
+    merge_args = (get_method(recipe.merge_method).name, seed, parse_dtype(recipe.dtype), allow_nonfinite)
+    report = None
+    with executor(workers, client, MergeError) as ex:
+        if gguf_out is None: run_plan(merge_plan(tasks, recipe.merge_method, models, seed, parse_dtype(recipe.dtype), allow_nonfinite), writer, ex, progress=bar)
+        else:
+            sinks = dict(gguf=GgufSink(gplan, gguf_out), **({} if writer is None else dict(model=writer)))
+            rows = run_plan(merge_gguf_plan(tasks, gplan, models, merge_args, check, writer is not None), MultiSink(**sinks), ex, progress=bar)
+            settings = dict(scheme=type or 'f16', format='gguf', architecture=gplan.arch, fallbacks=gplan.fallbacks)
+            if gplan.imatrix is not None: settings.update(imatrix=len(gplan.imatrix), unweighted=gplan.unweighted)
+            report = QuantizeReport(settings, [r for r in rows if r is not None], None, Path(gguf_out))
+            if check: settings['checked'] = verify_gguf(report)
     copied = sum(t.params is None for t in tasks)
-    return MergeSummary(str(output), recipe.merge_method, len(tasks) - copied, copied, sum(t.spec.nbytes for t in tasks), time.perf_counter() - start)
+    nbytes = sum(t.spec.nbytes for t in tasks) if writer is not None else Path(gguf_out).stat().st_size
+    return MergeSummary(str(output), recipe.merge_method, len(tasks) - copied, copied, nbytes, time.perf_counter() - start, report)
+
+# %% ../nbs/03_merge.ipynb #1c40c2d8
+def plan_merge_gguf(recipe:Recipe, # the merge
+                    paths:dict, # model reference -> path (the base's folder holds config.json and the tokenizer)
+                    tasks:list, # `plan_merge`'s tasks
+                    meta:ModelMetadata, # the merge's metadata (`_merge_metadata`): its name and model card
+                    type:str='f16', # llama-quantize's type name
+                    imatrix=None, # an importance matrix (`Imatrix` or its file)
+                    recipe_text:str|None=None, # the recipe as the user wrote it, for the model card
+                   ):
+    "The llama.cpp `GgufPlan` of a merge's output, as `to_gguf` would plan it from the merged checkpoint folder"
+    folder = Path(split_reference(str(paths[recipe.base_model or recipe.models[0]]))[0])
+    files = _config_files(recipe, paths, tasks)
+    if 'config.json' not in files:
+        raise MergeError("a llama.cpp GGUF needs the base's config.json (the model's hyperparameters): merge checkpoint folders", path=folder)
+    shell = Model(meta, [(t.name, lazy_tensor(t.spec, None)) for t in tasks])   # specs only: nothing is read to plan
+    with tempfile.TemporaryDirectory() as d:   # the card the merged folder would hold, where llama.cpp's metadata heuristics read it
+        card = Path(d) / meta.name
+        card.mkdir()
+        for n, text in {'config.json': files['config.json'], **_card_files(meta, recipe_text)}.items(): (card / n).write_text(text)
+        return plan_gguf(shell, json.loads(files['config.json']), type, folder, path=folder, folder=card, imatrix=imatrix)
+
+def merge_gguf_task(sources, # reference -> `Model`
+                    task:tuple, # (a `TensorTask` or None, the GGUF plan entry or None, an array the plan computes or None, importance weights or None)
+                    merge_args:tuple, # `merge_task`'s arguments: method, seed, in_dtype, allow_nonfinite
+                    measure:bool=False, # measure the GGUF tensor's error against the merged one
+                    keep:bool=False, # also output the merged tensor (for a SafeTensors output beside the GGUF)
+                   ) -> tuple:
+    "Runner work: merge one tensor and encode it for the GGUF: `([(('gguf', name), bytes), (('model', name), array)], report row)`"
+    tensor_task, entry, extra, weights = task
+    merged = None if tensor_task is None else to_numpy(merge_task(sources, tensor_task, *merge_args)[0][0][1])
+    outputs, row = [], None
+    if entry is not None:
+        data, row = encode_gguf_tensor(entry, merged if extra is None else extra, weights, measure)
+        if measure: row['sha256'] = hashlib.sha256(data).hexdigest()
+        outputs.append((('gguf', entry[1]), data))
+    if keep and tensor_task is not None: outputs.append((('model', tensor_task.name), merged))
+    return outputs, row
+
+def merge_gguf_plan(tasks:list, gplan, models, merge_args:tuple, measure:bool=False, keep:bool=False) -> Plan:
+    "The runner `Plan` of a one-pass merge: the GGUF's tensors in its order, then any tensor only the SafeTensors output holds"
+    by_name, im, extra = {t.name: t for t in tasks}, gplan.imatrix, gplan.extra or {}
+    items = [(by_name.get(e[0]), e, extra.get(e[0]), im[e[1]] if im is not None and e[1] in im and e[3] in BLOCK_FORMATS else None)
+             for e in gplan.tensors]
+    in_gguf = {e[0] for e in gplan.tensors}
+    if keep: items += [(t, None, None, None) for t in tasks if t.name not in in_gguf]
+    sizes = [0 if t is None else t.spec.nbytes * (len(t.inputs) + 1) for t, *_ in items]
+    return Plan(merge_gguf_task, items, Sources(models), (merge_args, measure, keep), sizes, f"merge ({merge_args[0]}) to gguf", MergeError)
+
+# %% ../nbs/03_merge.ipynb #718b4c83
+def verify_gguf(report:QuantizeReport) -> int:
+    "Read the written GGUF back: every tensor's bytes must hash as when they were encoded; the number checked"
+    tensors = {t.name: t for t in GgufFile(report.path).reader.tensors}
+    hashes = {r['name']: r['sha256'] for r in report.rows if 'sha256' in r}
+    for name, want in hashes.items():
+        if hashlib.sha256(np.ascontiguousarray(tensors[name].data).reshape(-1).view(np.uint8)).hexdigest() != want:
+            raise MergeError("the written tensor does not hold the bytes that were encoded", path=report.path, tensor=name)
+    return len(hashes)
+
+def check_text(report:QuantizeReport, # a one-pass merge's GGUF report, measured (`check=True`)
+               worst:int=5, # how many tensors to name
+              ) -> str:
+    "The quantization error of the GGUF against the merged tensors: overall, and the worst tensors by SQNR"
+    q = sorted((r for r in report.rows if 'sqnr_db' in r), key=lambda r: r['sqnr_db'])
+    if not q: return "check: no quantized tensors"
+    mean = sum(r['sqnr_db'] for r in q if math.isfinite(r['sqnr_db'])) / max(1, sum(math.isfinite(r['sqnr_db']) for r in q))
+    lines = [f"check: {report.settings['checked']} tensors read back from {report.path}, bytes as encoded; "
+             f"{len(q)} quantized, mean SQNR {mean:.1f} dB; worst:"]
+    lines += [f"  {r['name']:<32} {r['scheme']:<6} SQNR {r['sqnr_db']:6.2f} dB  rel RMSE {r['rel_rmse']:.2%}" for r in q[:worst]]
+    return '\n'.join(lines)
 
 # %% ../nbs/03_merge.ipynb #39b78a63
 CLI_DEFAULTS = {'slerp': {'t': 0.5}, 'ties': {'density': 0.2}, 'dare_ties': {'density': 0.5}}   # the Rust crate's command line
@@ -1098,7 +1199,11 @@ def register_cli(subparsers):
     p.add_argument('--scheduler', help='run on Dask: tcp://HOST:PORT, or local:N for N local worker processes')
     p.add_argument('--allow-nonfinite', action='store_true', help='accept NaN/inf values in the inputs')
     p.add_argument('--quiet', '-q', action='store_true', help='no progress bar or summary')
-    p.add_argument('--output', '-o', required=True, help='output .safetensors/.json/.yaml file or folder')
+    p.add_argument('--type', help="llama-quantize's type for a .gguf output (f16 default, q8_0, q4_0, q4_k_m, q6_k, …): merged, quantized and written in one pass")
+    p.add_argument('--gguf', metavar='FILE.gguf', help='also write the merge as a llama.cpp GGUF, from the same read of the inputs')
+    p.add_argument('--imatrix', help='an importance matrix (llama-imatrix .gguf/.dat, or `entrenar imatrix`) for the GGUF')
+    p.add_argument('--check', action='store_true', help="measure each GGUF tensor against the merged one (RMSE, SQNR), read the file back, name the worst")
+    p.add_argument('--output', '-o', required=True, help='output .safetensors/.json/.yaml file or folder, or a .gguf for llama.cpp')
     p.set_defaults(func=merge_command)
     return p
 
@@ -1119,7 +1224,8 @@ def merge_command(args):
         params[k.strip()] = parse_yaml(v, error=MergeError, what=f'--param {k.strip()}')
     if args.weights is not None: params['weight'] = _numbers(args.weights, '--weights')
     common = dict(seed=args.seed, dtype=args.dtype, out_dtype=args.out_dtype, shard_size=args.shard_size, workers=args.workers,
-                  allow_nonfinite=args.allow_nonfinite, quiet=args.quiet, progress=not args.quiet and sys.stderr.isatty(), client=args.scheduler)
+                  allow_nonfinite=args.allow_nonfinite, quiet=args.quiet, progress=not args.quiet and sys.stderr.isatty(), client=args.scheduler,
+                  type=args.type, gguf=args.gguf, imatrix=args.imatrix, check=args.check)
     if args.config:
         if args.models or args.method or args.base or params: raise MergeError("--config gives the models, method and parameters: drop the others")
         s = merge_files(None, args.output, args.config, **common)
@@ -1128,4 +1234,4 @@ def merge_command(args):
         if not args.method: raise MergeError(f"choose a --method: {', '.join(sorted([*METHODS, *ALIASES]))}")
         params, notes = cli_defaults(args.method, params)
         s = merge_files(args.models, args.output, args.method, base=args.base, notes=notes, **common, **params)
-    if not args.quiet: print(s)
+    if not args.quiet or args.check: print(s)

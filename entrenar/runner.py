@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/runner.html.md"""
 
 # %% ../nbs/02c_runner.ipynb #72f313ad
 from __future__ import annotations
-import collections, contextlib, functools, os
+import collections, contextlib, functools, os, sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,8 @@ from .io import Model, load_model, release_pages
 from .distributed import DaskExecutor, connect, in_order
 
 # %% auto #0
-__all__ = ['open_model', 'Sources', 'Plan', 'Failure', 'run_group', 'Threads', 'executor', 'NullSink', 'DictSink', 'run_plan']
+__all__ = ['open_model', 'Sources', 'Plan', 'Failure', 'run_group', 'Threads', 'executor', 'NullSink', 'DictSink', 'MultiSink',
+           'run_plan']
 
 # %% ../nbs/02c_runner.ipynb #38dc85ec
 @functools.lru_cache(maxsize=16)
@@ -126,6 +127,18 @@ class DictSink(dict):
     def __enter__(self): return self
     def write(self, name, value): self[name] = value
     def __exit__(self, *exc): return False
+
+class MultiSink:
+    "Several sinks as one: an output named `(key, name)` goes to `sinks[key]` as `name`; all open and close together"
+    def __init__(self, **sinks): self.sinks = sinks
+    def __enter__(self):
+        self._stack = contextlib.ExitStack().__enter__()
+        try:
+            for s in self.sinks.values(): self._stack.enter_context(s)
+        except BaseException: self._stack.__exit__(*sys.exc_info()); raise
+        return self
+    def write(self, name, value): key, n = name; self.sinks[key].write(n, value)
+    def __exit__(self, *exc): return self._stack.__exit__(*exc)
 
 # %% ../nbs/02c_runner.ipynb #0151e870
 def _groups(plan:Plan, group_bytes:int) -> list:

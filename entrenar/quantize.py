@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .errors import QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError, reraise_as
 from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend, CPU_THREADS
 from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
-                         dtype_code, dtype_from_code, is_float_dtype, check_shape, open_gguf)
+                         dtype_code, dtype_from_code, is_float_dtype, check_shape, open_gguf, release_pages)
 from .kquants import K_QUANTS, quantize_weighted, weighted_levels
 from .runner import DictSink, Plan, Sources, executor, run_plan
 
@@ -890,12 +890,16 @@ def quantize_model(model, # a `Model`, or a path that `load_model` reads (lazily
 def check_task(sources, name:str, scheme:str, include_1d:bool, allow_nonfinite:bool) -> tuple:
     "Runner work: the quantization table entry of tensor `name` of `sources['m']` (no outputs)"
     src = sources['m']
-    return [], _plan_entry(src, src.spec(name), scheme, include_1d, allow_nonfinite)
+    entry = _plan_entry(src, src.spec(name), scheme, include_1d, allow_nonfinite)
+    release_pages(src.get_parameter(name))   # read once to check: its pages leave memory
+    return [], entry
 
 def quantize_task(sources, entry:dict, scheme:str, report:bool) -> tuple:
     "Runner work: quantize one table entry of `sources['m']`: `([(name, QuantizedTensor)], report row)`"
     x, qt = _quantize_entry(sources['m'], entry, scheme)
-    return [(entry['name'], _on_host(qt))], _report_row(entry, x, qt, report)
+    row = _report_row(entry, x, qt, report)
+    if entry['scheme'] != 'none': release_pages(x)   # quantized: the input's pages leave memory (a tensor kept is written from them)
+    return [(entry['name'], _on_host(qt))], row
 
 # %% ../nbs/04_quantize.ipynb #b911df4d
 def _to_backend(x):

@@ -26,7 +26,12 @@ def main(path, prompt, n):
         lg = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).copy()
         if logits0 is None: logits0 = lg.tolist()
         nxt = int(lg.argmax()); out.append(nxt); cur = [nxt]
-    print(json.dumps(dict(prompt_tokens=toks, generated=out, logits=logits0)))
+    piece = ctypes.create_string_buffer(256)
+    def text_of(t):
+        n = L.llama_token_to_piece(vocab, t, piece, 256, 0, False)
+        return piece.raw[:max(n, 0)]
+    text = b''.join(text_of(t) for t in out).decode('utf-8', 'replace')
+    print(json.dumps(dict(prompt_tokens=toks, generated=out, logits=logits0, text=text)))
     L.llama_free(ctx); L.llama_model_free(model)
     return 0
 

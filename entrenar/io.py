@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/io.html.md"""
 
 # %% ../nbs/02_io.ipynb #65e5df8f
 from __future__ import annotations
-import contextlib, copy, ctypes, dataclasses, enum, errno, gzip, hashlib, itertools, json, math, mmap, os, re, socket, struct, tempfile, threading, weakref
+import contextlib, copy, ctypes, dataclasses, enum, errno, gzip, hashlib, itertools, json, math, mmap, os, re, socket, struct, tempfile, threading, weakref, zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +16,10 @@ from .backend import to_numpy
 from .numtext import parse_numbers, _read
 
 # %% auto #0
-__all__ = ['DTYPES', 'MAX_HEADER', 'dtype_from_code', 'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata',
-           'ModelFormat', 'parse_size', 'SaveConfig', 'Model', 'lazy_tensor', 'Parameters', 'summary', 'atomic_path',
-           'check_shape', 'SafeTensorsReader', 'release_pages', 'format_numbers', 'ModelWriter', 'parse_yaml',
-           'save_model', 'load_model', 'check_gguf', 'open_gguf']
+__all__ = ['DTYPES', 'MAX_HEADER', 'GZIP_FREE', 'GZIP_BYTES_PER_VALUE', 'dtype_from_code', 'dtype_code', 'is_float_dtype',
+           'TensorSpec', 'ModelMetadata', 'ModelFormat', 'parse_size', 'SaveConfig', 'Model', 'lazy_tensor',
+           'Parameters', 'summary', 'atomic_path', 'check_shape', 'SafeTensorsReader', 'release_pages',
+           'format_numbers', 'ModelWriter', 'parse_yaml', 'save_model', 'load_model', 'check_gguf', 'open_gguf']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
 DTYPES = {
@@ -903,18 +903,55 @@ def _parse_metadata(head, path):
                          tc, {str(k): _check_json(v, k) for k, v in custom.items()}, {str(k): str(v) for k, v in extra.items()})
 
 # %% ../nbs/02_io.ipynb #7cdd03c4
-def _read_text(path):
+GZIP_FREE = 64 << 20         # decompressed bytes any .gz model may reach before its parameters table must justify more
+GZIP_BYTES_PER_VALUE = 64    # the most text one number (with its comma and indentation) is allowed in a .gz model
+
+def _gzip_limit(out, fmt, path):
+    "How far the text of a .gz model may decompress: what its `parameters` table (read from the text before `data`) can need"
+    def refuse(why):
+        return SerializationError(f"decompresses past {GZIP_FREE:,} bytes {why}: refused as a possible gzip bomb", path=path)
+    start = next((c[0] for c in _data_candidates(out, fmt)), None)
+    if start is None: raise refuse("without reaching its data array")
+    key = b'"data": null}' if fmt == ModelFormat.Json else b'\ndata: null\n'
+    try: head = _parse_head(bytes(out[:start] + key).decode('utf-8'), fmt, path)
+    except (SerializationError, UnicodeDecodeError): head = None
+    if not isinstance(head, dict) or not isinstance(head.get('parameters'), list):
+        raise refuse("and its parameters table does not come before its data array")
+    need = sum(_values_count(s) for s in _parse_specs(head, path))
+    return start + need * GZIP_BYTES_PER_VALUE + GZIP_FREE
+
+def _gunzip(f, path, fmt, step=1 << 20):
+    "The decompressed text of the gzip file `f`, streamed; it may grow only as far as `_gzip_limit` allows"
+    out, limit, d, pending = bytearray(), GZIP_FREE, zlib.decompressobj(31), b''
+    while True:
+        if not pending and not (pending := f.read(step)): break
+        out += d.decompress(pending, step)
+        pending = d.unconsumed_tail
+        if len(out) > limit:
+            if limit == GZIP_FREE: limit = _gzip_limit(out, fmt, path)
+            if len(out) > limit:
+                raise SerializationError(f"decompresses to more than {limit:,} bytes, more than its parameters' values can take "
+                                         f"({GZIP_BYTES_PER_VALUE} bytes each): refused as a possible gzip bomb", path=path)
+        if d.eof:   # another gzip member may follow (as `cat a.gz b.gz` makes); zero padding is ignored, as gzip does
+            pending = d.unused_data + pending
+            if not pending.strip(b'\0'): pending = b''; continue
+            if pending[:2] != b'\x1f\x8b': raise SerializationError("bytes after the end of the gzip stream", path=path)
+            d = zlib.decompressobj(31)
+    if not d.eof: raise SerializationError("gzip stream is truncated (no end-of-stream marker)", path=path)
+    return out
+
+def _read_text(path, fmt=ModelFormat.Json):
     "The text of a model file: a read-only map of a plain file (its pages dropped as they are parsed), or gunzipped bytes"
     with reraise_as(IoError, path=path, what='reading'), open(path, 'rb') as f:
         magic = f.read(2)
         if magic != b'\x1f\x8b':
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if magic else b''
-        f.seek(0); buf = f.read()
-    with reraise_as(SerializationError, path=path, what='gzip'): return gzip.decompress(buf)
+        f.seek(0)
+        with reraise_as(SerializationError, path=path, what='gzip'): return _gunzip(f, path, fmt)
 
 def _load_text(path, fmt):
     "Load a JSON or YAML model file"
-    buf = _read_text(path)
+    buf = _read_text(path, fmt)
     if fmt == ModelFormat.Json and not buf[:1 << 16].lstrip()[:1] == b'{': raise SerializationError("not a JSON object", path=path)
     head, span = _find_data(buf, fmt, path)
     if not isinstance(head, dict): raise SerializationError("the document is not a mapping with metadata, parameters and data", path=path)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
-from .errors import EntrenarError, IoError, QuantizeError, SerializationError, reraise_as
+from .errors import EntrenarError, IoError, QuantizeError, SerializationError, reraise_as, short_repr
 from .io import (Model, ModelMetadata, TensorSpec, atomic_path, check_gguf, open_gguf, dtype_from_code, lazy_tensor, load_model,
                          release_pages, save_model)
 from .quantize import BLOCK_FORMATS, QuantizedTensor, QuantizeReport, quantize_tensor, tensor_error, write_gguf_tensor
@@ -676,6 +676,9 @@ def gguf_model(path, # a .gguf file
         heads = (n_head if '.attn_q.' in g else n_kv if '.attn_k.' in g else 0) if names and f.arch == 'llama' else 0
         def load(g=g, heads=heads, dtype=dtype):
             x = f.array(g, float32=False)   # F16/BF16 stay as stored, quantized types come as float32
+            if heads and (not isinstance(heads, int) or heads < 1 or x.shape[0] % (2 * heads)):
+                raise SerializationError(f"{x.shape[0]:,} rows do not split into {short_repr(heads)} heads of row pairs "
+                                         "(attention.head_count or head_count_kv is wrong)", path=f.path, tensor=g)
             return np.ascontiguousarray((unpermute_qk(x, heads) if heads else x).astype(dtype, copy=False))
         params.append((names.get(g, g), lazy_tensor(TensorSpec(names.get(g, g), dtype, f.shape(g)), load)))
     cls = _HF_CLASS.get(f.arch, (f.arch or 'unknown',))[0]

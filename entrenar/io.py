@@ -16,10 +16,11 @@ from .backend import to_numpy
 from .numtext import parse_numbers, _read
 
 # %% auto #0
-__all__ = ['DTYPES', 'MAX_HEADER', 'GZIP_FREE', 'GZIP_BYTES_PER_VALUE', 'dtype_from_code', 'dtype_code', 'is_float_dtype',
-           'TensorSpec', 'ModelMetadata', 'ModelFormat', 'parse_size', 'SaveConfig', 'Model', 'lazy_tensor',
-           'Parameters', 'summary', 'atomic_path', 'check_shape', 'SafeTensorsReader', 'release_pages',
-           'format_numbers', 'ModelWriter', 'parse_yaml', 'save_model', 'load_model', 'check_gguf', 'open_gguf']
+__all__ = ['DTYPES', 'MAX_HEADER', 'YAML_MAX', 'GZIP_FREE', 'GZIP_BYTES_PER_VALUE', 'GGUF_MAX_ITEMS', 'dtype_from_code',
+           'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata', 'ModelFormat', 'parse_size', 'SaveConfig',
+           'Model', 'lazy_tensor', 'Parameters', 'summary', 'atomic_path', 'check_shape', 'SafeTensorsReader',
+           'release_pages', 'format_numbers', 'ModelWriter', 'parse_yaml', 'save_model', 'load_model', 'check_gguf',
+           'open_gguf']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
 DTYPES = {
@@ -808,12 +809,17 @@ class _UniqueKeysLoader(_yaml_loader()):
         return super().construct_mapping(node, deep)
 
 # %% ../nbs/02_io.ipynb #30087d3a
+YAML_MAX = 4 << 20   # characters of YAML parsed whole: a recipe, or a model file's header (its data array is read apart)
+
 def parse_yaml(text:str, # YAML text
                path=None, # the file it came from, named in errors
                error:type=SerializationError, # the `EntrenarError` subclass to raise
                what:str='YAML', # what is being read, at the start of parser errors
               ):
-    "Parse YAML with the safe loader, refusing anchors and aliases, keys given twice, and tags it cannot build"
+    "Parse YAML with the safe loader, refusing anchors and aliases, keys given twice, tags it cannot build, and over `YAML_MAX`"
+    if len(text) > YAML_MAX:
+        raise error(f"{what}: {len(text):,} characters of YAML to parse whole, over the {YAML_MAX:,} allowed "
+                    "(PyYAML holds about 260 bytes per character)", path=path)
     with reraise_as(error, path=path, what=what):
         events = yaml.parse(text, Loader=_yaml_loader()) if '&' in text or '*' in text else ()   # no & or *: no anchor, no alias
         for ev in events:
@@ -1035,10 +1041,17 @@ def load_model(path, # a model file, a checkpoint folder, an index .json, or hf:
 # %% ../nbs/02_io.ipynb #d3df3079
 _GGUF_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}   # value type -> bytes
 _GGUF_STRING, _GGUF_ARRAY, _GGUF_NESTING = 8, 9, 4    # types of strings and arrays; arrays of arrays this deep at most
+GGUF_MAX_ITEMS = 1 << 21   # metadata items GGUFReader may be handed (a key or tensor counts 4): ~2x the largest tokenizer
 
 class _GgufCursor:
     "Reads GGUF header fields in order, refusing any count or length that runs past the end of the file"
-    def __init__(self, buf, path, order='<'): self.buf, self.path, self.order, self.pos = buf, path, order, 0
+    def __init__(self, buf, path, order='<'): self.buf, self.path, self.order, self.pos, self.items = buf, path, order, 0, 0
+    def count(self, n, what):
+        "Add `n` items to the header's count (`GGUFReader` keeps about 0.7-3.6 KB for each), refusing more than `GGUF_MAX_ITEMS`"
+        self.items += n
+        if self.items > GGUF_MAX_ITEMS:
+            raise SerializationError(f"{what} bring the header to {self.items:,} items, over the {GGUF_MAX_ITEMS:,} allowed "
+                                     "(the largest tokenizers hold under 1,000,000)", path=self.path)
     def need(self, n, what):
         left = len(self.buf) - self.pos
         if n > left:
@@ -1066,9 +1079,10 @@ def _gguf_value(c, vtype, what, depth=0):
     if depth >= _GGUF_NESTING: raise SerializationError(f"{what} nests arrays over {_GGUF_NESTING} deep", path=c.path)
     itype, count = c.uint(4, f"the item type of {what}"), c.uint(8, f"the length of {what}")
     items = f"{what} ({count:,} items)"
-    if itype in _GGUF_SCALARS: return c.skip(count * _GGUF_SCALARS[itype], items)
+    if itype in _GGUF_SCALARS: c.skip(count * _GGUF_SCALARS[itype], items); return c.count(count, items)
     if itype not in (_GGUF_STRING, _GGUF_ARRAY): raise SerializationError(f"{what}: unknown item type {itype}", path=c.path)
     c.need(count * (8 if itype == _GGUF_STRING else 12), items)    # the smallest string, the smallest array
+    c.count(count, items)
     if itype == _GGUF_STRING:
         for _ in range(count): c.skip(c.uint(8, items), items)      # a token list: hundreds of thousands of strings
     else:
@@ -1120,6 +1134,7 @@ def _walk_gguf(buf, path):
     if version not in (2, 3): raise SerializationError(f"GGUF version {version} is not supported (2 and 3 are)", path=path)
     n_tensors, n_keys = c.uint(8, 'the tensor count'), c.uint(8, 'the key count')
     c.need(13 * n_keys + 24 * n_tensors, f"{n_keys:,} keys and {n_tensors:,} tensors")    # their smallest sizes
+    c.count(4 * (n_keys + n_tensors), f"{n_keys:,} keys and {n_tensors:,} tensors")
     keys, alignment = set(), 32
     for i in range(n_keys):
         key = c.string(f"key {i}")

@@ -165,7 +165,7 @@ _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\w+')
 
 def _bytes_op(b: bytearray, rnd: random.Random, fields=()):
     "One byte-level mutation, in place (or a new array)"
-    op, i = rnd.randrange(9), rnd.randrange(len(b) + 1)
+    op, i = rnd.randrange(10 if fields else 6), rnd.randrange(len(b) + 1)   # text has no binary fields: ops 0-5 only
     if op == 0 and b: b[min(i, len(b) - 1)] ^= 1 << rnd.randrange(8)                        # bit flip
     elif op == 1: b[i:i] = rnd.choice(INTERESTING)                                            # insert a token
     elif op == 2: del b[i:i + rnd.randint(1, 16)]                                             # delete a run
@@ -180,7 +180,7 @@ def _bytes_op(b: bytearray, rnd: random.Random, fields=()):
     elif op == 8 and len(fields) > 1:                                                         # swap two header fields of one size
         (p, s), (q, t) = rnd.sample(fields, 2)
         if s == t and p + s <= len(b) and q + t <= len(b): b[p:p + s], b[q:q + t] = bytes(b[q:q + t]), bytes(b[p:p + s])
-    elif len(b) > 8: b[0:8] = rnd.randrange(2**64).to_bytes(8, 'little')                     # the first 8 bytes
+    elif op == 9 and fields[:1] == [(0, 8)] and len(b) > 8: b[0:8] = rnd.randrange(2**64).to_bytes(8, 'little')         # the first 8 bytes
     return b
 
 def _text_op(b: bytearray, rnd: random.Random):

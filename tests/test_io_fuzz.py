@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np, pytest
 import fastcore.test as ft
 import fuzz_io
+from conftest import one_error_line
 from entrenar.errors import SerializationError
-from entrenar.io import GZIP_FREE, Model, ModelMetadata, load_model, save_model
+from entrenar.io import GGUF_MAX_ITEMS, GZIP_FREE, YAML_MAX, Model, ModelMetadata, load_model, save_model
 
 CASES = int(os.environ.get('ENTRENAR_FUZZ_CASES', 300))
 SEED = int(os.environ.get('ENTRENAR_FUZZ_SEED', 1))
@@ -69,15 +70,25 @@ def test_gguf_heads_that_do_not_split_the_rows(tmp_path):
         m.get_parameter('model.layers.0.self_attn.q_proj.weight')
     ft.test_eq(gguf_model(p, hf_names=False).get_parameter('blk.0.attn_q.weight').shape, (32, 32))
 
+def test_recipe_model_entry_without_model(run_cli, tmp_path):
+    "`models: [{}]` (an entry with no `model` key): was a raw KeyError, now a MergeError naming the file and the field"
+    p = tmp_path / 'r.yml'
+    p.write_text('merge_method: linear\nmodels: [{}, {model: a}]\n')
+    from entrenar.merge import load_recipe
+    from entrenar.errors import MergeError
+    with pytest.raises(MergeError, match=r"r.yml: models\[\].model must name a model path, got None"): load_recipe(p)
+    err = one_error_line(run_cli('merge', '--config', p, '--output', tmp_path / 'out.safetensors'))
+    assert 'r.yml: models[].model must name a model path' in err, err
+
 # ---- the documented bounds: what a small hostile file can cost ----
 
 PEAK = '''
 import resource, sys, time
 sys.path[:0] = [{root!r}]
-from entrenar.io import load_model
+from entrenar.io import check_gguf, load_model
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.process_time()
-try: load_model(sys.argv[1])
+try: check_gguf(sys.argv[1]) if sys.argv[1].endswith('.gguf') else load_model(sys.argv[1])
 except Exception as e: print(type(e).__name__, str(e)[:400], file=sys.stderr)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, time.process_time() - t)
 '''
@@ -112,6 +123,20 @@ def test_small_hostile_files_cost_a_small_multiple(tmp_path):
         mb, secs, err = _peak_mb(tmp_path / name)
         assert 'SerializationError' in err and name in err, (name, err)
         assert mb < 64, (name, mb)
+
+def test_past_the_caps_costs_little(tmp_path):
+    "YAML over YAML_MAX (PyYAML would hold 1 GB per 4 MB) and a GGUF over GGUF_MAX_ITEMS are refused before parsing"
+    wide = tmp_path / 'wide.yaml'
+    wide.write_text('metadata: {custom: {x: [' + '{},' * (YAML_MAX // 3) + ']}}\nparameters: []\ndata: []\n')
+    many = tmp_path / 'many.gguf'
+    many.write_bytes(b'GGUF' + struct.pack('<IQQ', 3, 0, 1) + struct.pack('<Q', 1) + b'x'
+                     + struct.pack('<IIQ', 9, 8, GGUF_MAX_ITEMS + 1) + struct.pack('<Q', 0) * (GGUF_MAX_ITEMS + 1))
+    for p, words in ((wide, 'characters of YAML to parse whole'), (many, f'over the {GGUF_MAX_ITEMS:,} allowed')):
+        mb, secs, err = _peak_mb(p)
+        assert words in err and p.name in err, err
+        assert mb < 4 * p.stat().st_size >> 20, (p.name, mb)
+    from entrenar.gguf import GgufFile
+    with pytest.raises(SerializationError, match='many.gguf: key .x. \\(2,097,153 items\\) bring the header'): GgufFile(many)
 
 # ---- a killed save leaves the old file ----
 

@@ -920,7 +920,8 @@ def _gzip_limit(out, fmt, path):
     if start is None: raise refuse("without reaching its data array")
     key = b'"data": null}' if fmt == ModelFormat.Json else b'\ndata: null\n'
     try: head = _parse_head(bytes(out[:start] + key).decode('utf-8'), fmt, path)
-    except (SerializationError, UnicodeDecodeError): head = None
+    except SerializationError as e: raise refuse(f"and the text before its data array is no header ({e.message})") from None
+    except UnicodeDecodeError: raise refuse("and the text before its data array is not UTF-8") from None
     if not isinstance(head, dict) or not isinstance(head.get('parameters'), list):
         raise refuse("and its parameters table does not come before its data array")
     need = sum(_values_count(s) for s in _parse_specs(head, path))

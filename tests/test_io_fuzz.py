@@ -110,6 +110,17 @@ def test_gzip_bomb_costs_the_documented_bound(tmp_path):
     assert 'refused as a possible gzip bomb' in err and 'bomb.json.gz' in err, err
     assert mb < 3 * GZIP_FREE >> 20, mb
 
+@pytest.mark.parametrize('ext', ['json.gz', 'yaml.gz'])
+def test_gz_model_past_gzip_free_loads(tmp_path, ext):
+    "A real model whose text is larger than GZIP_FREE: its parameters table justifies the rest, and it loads exactly"
+    rng = np.random.default_rng(0)
+    m = Model(ModelMetadata('big', 'a'), {'w': rng.standard_normal((2000, 3200)).astype(np.float32), 'b': np.arange(7, dtype=np.int64)})
+    p = save_model(m, tmp_path / f'big.{ext}')
+    with gzip.open(p, 'rb') as f: text_bytes = sum(len(c) for c in iter(lambda: f.read(1 << 24), b''))
+    assert text_bytes > GZIP_FREE, text_bytes
+    back = load_model(p)
+    for n in m.names: ft.test_eq(back.get_parameter(n), m.get_parameter(n))
+
 def test_small_hostile_files_cost_a_small_multiple(tmp_path):
     "Files of a few hundred bytes that claim huge sizes (header lengths, shapes, counts) add under 64 MB to the peak RSS"
     cases = {

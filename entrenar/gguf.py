@@ -651,8 +651,14 @@ def _hf_names(f:GgufFile) -> dict:
     if f.arch not in _HF_CLASS: return {}
     n = f.hparams.get('block_count', 0)
     if not isinstance(n, int) or not 0 <= n <= 10_000: raise SerializationError(f"block_count {n!r} is not a layer count", path=f.path)
-    tmap = tensor_name_map(f.arch, n)
-    return {g: h for h in _hf_layer_names(n) if (g := gguf_tensor_name(tmap, h)) is not None}
+    tmap = tensor_name_map(f.arch, 1)   # one layer's names (a map of every layer costs ~50 KB a layer)
+    first = {g: h for h in _hf_layer_names(1) if (g := gguf_tensor_name(tmap, h)) is not None}
+    names = {}
+    for g in f.tensors:   # layer i's names are layer 0's with i in place of 0
+        i = _layer(g)
+        h = first.get(g) if i < 0 else first.get(g.replace(f'blk.{i}.', 'blk.0.', 1)) if i < n else None
+        if h is not None: names[g] = h.replace('model.layers.0.', f'model.layers.{i}.', 1) if i >= 0 else h
+    return names
 
 def _stored_dtype(kind:str) -> np.dtype:
     "The dtype a tensor of ggml type `kind` is read back as"

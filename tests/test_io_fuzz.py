@@ -70,6 +70,31 @@ def test_gguf_heads_that_do_not_split_the_rows(tmp_path):
         m.get_parameter('model.layers.0.self_attn.q_proj.weight')
     ft.test_eq(gguf_model(p, hf_names=False).get_parameter('blk.0.attn_q.weight').shape, (32, 32))
 
+GGUF_PEAK = '''
+import resource, sys
+sys.path[:0] = [{root!r}]
+from entrenar.gguf import gguf_model
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+m = gguf_model(sys.argv[1])
+print(m.names[1], (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+'''
+
+def test_gguf_block_count_costs_nothing(tmp_path):
+    "block_count 9,999 in a 6 KB file: the name map of every layer took 500 MB; now only the layers of the tensors present"
+    import gguf
+    p = tmp_path / 'llama.gguf'
+    fuzz_io._llama_gguf(p)
+    data = bytearray(p.read_bytes())
+    key = b'llama.block_count'
+    i = data.index(struct.pack('<Q', len(key)) + key) + 8 + len(key)
+    ft.test_eq(struct.unpack_from('<I', data, i)[0], gguf.GGUFValueType.UINT32)
+    data[i + 4:i + 8] = struct.pack('<I', 9999)
+    p.write_bytes(bytes(data))
+    r = subprocess.run([sys.executable, '-c', GGUF_PEAK.format(root=str(fuzz_io.HERE.parent)), str(p)], capture_output=True, text=True, timeout=600)
+    name, mb = r.stdout.split()
+    ft.test_eq(name, 'model.layers.0.input_layernorm.weight')
+    assert int(mb) < 32, mb
+
 def test_recipe_model_entry_without_model(run_cli, tmp_path):
     "`models: [{}]` (an entry with no `model` key): was a raw KeyError, now a MergeError naming the file and the field"
     p = tmp_path / 'r.yml'

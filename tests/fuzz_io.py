@@ -19,7 +19,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 CASE_SECONDS = 10          # a case that runs longer is a hang
 AS_LIMIT_MB = 4096         # the child's address-space limit: a blow-up becomes MemoryError, not a dead machine
-RSS_BOUND_MB = 600         # peak RSS allowed in the child (the imports take about 200 MB of it)
+RSS_BOUND_MB = 320         # peak RSS allowed in the child: the imports take about 160 MB, a case may add as much again
 
 # ---- seed files ----
 

@@ -862,8 +862,14 @@ def _hf_names(f:GgufFile) -> dict:
     if f.arch not in _HF_CLASS: return {}
     n = f.hparams.get('block_count', 0)
     if not isinstance(n, int) or not 0 <= n <= 10_000: raise SerializationError(f"block_count {n!r} is not a layer count", path=f.path)
-    tmap = tensor_name_map(f.arch, n)
-    return {g: h for h in _hf_layer_names(n) if (g := gguf_tensor_name(tmap, h)) is not None}
+    tmap = tensor_name_map(f.arch, 1)   # one layer's names (a map of every layer costs ~50 KB a layer)
+    first = {g: h for h in _hf_layer_names(1) if (g := gguf_tensor_name(tmap, h)) is not None}
+    names = {}
+    for g in f.tensors:   # layer i's names are layer 0's with i in place of 0
+        i = _layer(g)
+        h = first.get(g) if i < 0 else first.get(g.replace(f'blk.{i}.', 'blk.0.', 1)) if i < n else None
+        if h is not None: names[g] = h.replace('model.layers.0.', f'model.layers.{i}.', 1) if i >= 0 else h
+    return names
 
 def _stored_dtype(kind:str) -> np.dtype:
     "The dtype a tensor of ggml type `kind` is read back as"
@@ -887,6 +893,9 @@ def gguf_model(path, # a .gguf file
         heads = (n_head if '.attn_q.' in g else n_kv if '.attn_k.' in g else 0) if names and f.arch == 'llama' else 0
         def load(g=g, heads=heads, dtype=dtype):
             x = f.array(g, float32=False)   # F16/BF16 stay as stored, quantized types come as float32
+            if heads and (not isinstance(heads, int) or heads < 1 or x.shape[0] % (2 * heads)):
+                raise SerializationError(f"{x.shape[0]:,} rows do not split into {short_repr(heads)} heads of row pairs "
+                                         "(attention.head_count or head_count_kv is wrong)", path=f.path, tensor=g)
             return np.ascontiguousarray((unpermute_qk(x, heads) if heads else x).astype(dtype, copy=False))
         params.append((names.get(g, g), lazy_tensor(TensorSpec(names.get(g, g), dtype, f.shape(g)), load)))
     cls = _HF_CLASS.get(f.arch, (f.arch or 'unknown',))[0]

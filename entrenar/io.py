@@ -6,7 +6,7 @@ Docs: https://entrenar.github.io/entrenar/io.html.md"""
 
 # %% ../nbs/02_io.ipynb #65e5df8f
 from __future__ import annotations
-import contextlib, copy, ctypes, dataclasses, enum, errno, gzip, hashlib, itertools, json, math, mmap, os, re, shutil, socket, struct, tempfile, threading, weakref
+import contextlib, copy, ctypes, dataclasses, enum, errno, gzip, hashlib, itertools, json, math, mmap, os, re, shutil, socket, struct, tempfile, threading, weakref, zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +16,11 @@ from .backend import to_numpy
 from .numtext import parse_numbers, _read
 
 # %% auto #0
-__all__ = ['DTYPES', 'MAX_HEADER', 'dtype_from_code', 'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata',
-           'ModelFormat', 'parse_size', 'SaveConfig', 'Model', 'lazy_tensor', 'Parameters', 'summary', 'atomic_path',
-           'publish_dir', 'atomic_dir', 'check_shape', 'SafeTensorsReader', 'release_pages', 'format_numbers',
-           'ModelWriter', 'parse_yaml', 'save_model', 'load_model', 'check_gguf', 'open_gguf']
+__all__ = ['DTYPES', 'MAX_HEADER', 'YAML_MAX', 'GZIP_FREE', 'GZIP_BYTES_PER_VALUE', 'GGUF_MAX_ITEMS', 'dtype_from_code',
+           'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata', 'ModelFormat', 'parse_size', 'SaveConfig',
+           'Model', 'lazy_tensor', 'Parameters', 'summary', 'atomic_path', 'publish_dir', 'atomic_dir', 'check_shape',
+           'SafeTensorsReader', 'release_pages', 'format_numbers', 'ModelWriter', 'parse_yaml', 'save_model',
+           'load_model', 'check_gguf', 'open_gguf']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
 DTYPES = {
@@ -265,7 +266,7 @@ def atomic_path(path, # the file to create or replace
     finally:
         if tmp_path.exists(): tmp_path.unlink()
 
-# %% ../nbs/02_io.ipynb #c77d7088
+# %% ../nbs/02_io.ipynb #bd21e090
 _libc = ctypes.CDLL(None, use_errno=True)
 
 def _exchange(a, b) -> bool:
@@ -893,12 +894,17 @@ class _UniqueKeysLoader(_yaml_loader()):
         return super().construct_mapping(node, deep)
 
 # %% ../nbs/02_io.ipynb #30087d3a
+YAML_MAX = 4 << 20   # characters of YAML parsed whole: a recipe, or a model file's header (its data array is read apart)
+
 def parse_yaml(text:str, # YAML text
                path=None, # the file it came from, named in errors
                error:type=SerializationError, # the `EntrenarError` subclass to raise
                what:str='YAML', # what is being read, at the start of parser errors
               ):
-    "Parse YAML with the safe loader, refusing anchors and aliases, keys given twice, and tags it cannot build"
+    "Parse YAML with the safe loader, refusing anchors and aliases, keys given twice, tags it cannot build, and over `YAML_MAX`"
+    if len(text) > YAML_MAX:
+        raise error(f"{what}: {len(text):,} characters of YAML to parse whole, over the {YAML_MAX:,} allowed "
+                    "(PyYAML holds about 260 bytes per character)", path=path)
     with reraise_as(error, path=path, what=what):
         events = yaml.parse(text, Loader=_yaml_loader()) if '&' in text or '*' in text else ()   # no & or *: no anchor, no alias
         for ev in events:
@@ -988,18 +994,56 @@ def _parse_metadata(head, path):
                          tc, {str(k): _check_json(v, k) for k, v in custom.items()}, {str(k): str(v) for k, v in extra.items()})
 
 # %% ../nbs/02_io.ipynb #7cdd03c4
-def _read_text(path):
+GZIP_FREE = 64 << 20         # decompressed bytes any .gz model may reach before its parameters table must justify more
+GZIP_BYTES_PER_VALUE = 64    # the most text one number (with its comma and indentation) is allowed in a .gz model
+
+def _gzip_limit(out, fmt, path):
+    "How far the text of a .gz model may decompress: what its `parameters` table (read from the text before `data`) can need"
+    def refuse(why):
+        return SerializationError(f"decompresses past {GZIP_FREE:,} bytes {why}: refused as a possible gzip bomb", path=path)
+    start = next((c[0] for c in _data_candidates(out, fmt)), None)
+    if start is None: raise refuse("without reaching its data array")
+    key = b'"data": null}' if fmt == ModelFormat.Json else b'\ndata: null\n'
+    try: head = _parse_head(bytes(out[:start] + key).decode('utf-8'), fmt, path)
+    except SerializationError as e: raise refuse(f"and the text before its data array is no header ({e.message})") from None
+    except UnicodeDecodeError: raise refuse("and the text before its data array is not UTF-8") from None
+    if not isinstance(head, dict) or not isinstance(head.get('parameters'), list):
+        raise refuse("and its parameters table does not come before its data array")
+    need = sum(_values_count(s) for s in _parse_specs(head, path))
+    return start + need * GZIP_BYTES_PER_VALUE + GZIP_FREE
+
+def _gunzip(f, path, fmt, step=1 << 20):
+    "The decompressed text of the gzip file `f`, streamed; it may grow only as far as `_gzip_limit` allows"
+    out, limit, d, pending = bytearray(), GZIP_FREE, zlib.decompressobj(31), b''
+    while True:
+        if not pending and not (pending := f.read(step)): break
+        out += d.decompress(pending, step)
+        pending = d.unconsumed_tail
+        if len(out) > limit:
+            if limit == GZIP_FREE: limit = _gzip_limit(out, fmt, path)
+            if len(out) > limit:
+                raise SerializationError(f"decompresses to more than {limit:,} bytes, more than its parameters' values can take "
+                                         f"({GZIP_BYTES_PER_VALUE} bytes each): refused as a possible gzip bomb", path=path)
+        if d.eof:   # another gzip member may follow (as `cat a.gz b.gz` makes); zero padding is ignored, as gzip does
+            pending = d.unused_data + pending
+            if not pending.strip(b'\0'): pending = b''; continue
+            if pending[:2] != b'\x1f\x8b': raise SerializationError("bytes after the end of the gzip stream", path=path)
+            d = zlib.decompressobj(31)
+    if not d.eof: raise SerializationError("gzip stream is truncated (no end-of-stream marker)", path=path)
+    return out
+
+def _read_text(path, fmt=ModelFormat.Json):
     "The text of a model file: a read-only map of a plain file (its pages dropped as they are parsed), or gunzipped bytes"
     with reraise_as(IoError, path=path, what='reading'), open(path, 'rb') as f:
         magic = f.read(2)
         if magic != b'\x1f\x8b':
             return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if magic else b''
-        f.seek(0); buf = f.read()
-    with reraise_as(SerializationError, path=path, what='gzip'): return gzip.decompress(buf)
+        f.seek(0)
+        with reraise_as(SerializationError, path=path, what='gzip'): return _gunzip(f, path, fmt)
 
 def _load_text(path, fmt):
     "Load a JSON or YAML model file"
-    buf = _read_text(path)
+    buf = _read_text(path, fmt)
     if fmt == ModelFormat.Json and not buf[:1 << 16].lstrip()[:1] == b'{': raise SerializationError("not a JSON object", path=path)
     head, span = _find_data(buf, fmt, path)
     if not isinstance(head, dict): raise SerializationError("the document is not a mapping with metadata, parameters and data", path=path)
@@ -1100,10 +1144,17 @@ def load_model(path, # a model file, a checkpoint folder, an index .json, or hf:
 # %% ../nbs/02_io.ipynb #d3df3079
 _GGUF_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}   # value type -> bytes
 _GGUF_STRING, _GGUF_ARRAY, _GGUF_NESTING = 8, 9, 4    # types of strings and arrays; arrays of arrays this deep at most
+GGUF_MAX_ITEMS = 1 << 21   # metadata items GGUFReader may be handed (a key or tensor counts 4): ~2x the largest tokenizer
 
 class _GgufCursor:
     "Reads GGUF header fields in order, refusing any count or length that runs past the end of the file"
-    def __init__(self, buf, path, order='<'): self.buf, self.path, self.order, self.pos = buf, path, order, 0
+    def __init__(self, buf, path, order='<'): self.buf, self.path, self.order, self.pos, self.items = buf, path, order, 0, 0
+    def count(self, n, what):
+        "Add `n` items to the header's count (`GGUFReader` keeps about 0.7-3.6 KB for each), refusing more than `GGUF_MAX_ITEMS`"
+        self.items += n
+        if self.items > GGUF_MAX_ITEMS:
+            raise SerializationError(f"{what} bring the header to {self.items:,} items, over the {GGUF_MAX_ITEMS:,} allowed "
+                                     "(the largest tokenizers hold under 1,000,000)", path=self.path)
     def need(self, n, what):
         left = len(self.buf) - self.pos
         if n > left:
@@ -1131,9 +1182,10 @@ def _gguf_value(c, vtype, what, depth=0):
     if depth >= _GGUF_NESTING: raise SerializationError(f"{what} nests arrays over {_GGUF_NESTING} deep", path=c.path)
     itype, count = c.uint(4, f"the item type of {what}"), c.uint(8, f"the length of {what}")
     items = f"{what} ({count:,} items)"
-    if itype in _GGUF_SCALARS: return c.skip(count * _GGUF_SCALARS[itype], items)
+    if itype in _GGUF_SCALARS: c.skip(count * _GGUF_SCALARS[itype], items); return c.count(count, items)
     if itype not in (_GGUF_STRING, _GGUF_ARRAY): raise SerializationError(f"{what}: unknown item type {itype}", path=c.path)
     c.need(count * (8 if itype == _GGUF_STRING else 12), items)    # the smallest string, the smallest array
+    c.count(count, items)
     if itype == _GGUF_STRING:
         for _ in range(count): c.skip(c.uint(8, items), items)      # a token list: hundreds of thousands of strings
     else:
@@ -1185,6 +1237,7 @@ def _walk_gguf(buf, path):
     if version not in (2, 3): raise SerializationError(f"GGUF version {version} is not supported (2 and 3 are)", path=path)
     n_tensors, n_keys = c.uint(8, 'the tensor count'), c.uint(8, 'the key count')
     c.need(13 * n_keys + 24 * n_tensors, f"{n_keys:,} keys and {n_tensors:,} tensors")    # their smallest sizes
+    c.count(4 * (n_keys + n_tensors), f"{n_keys:,} keys and {n_tensors:,} tensors")
     keys, alignment = set(), 32
     for i in range(n_keys):
         key = c.string(f"key {i}")

@@ -685,7 +685,7 @@ def parse_recipe(recipe, # a dict, or YAML text, of a mergekit recipe
     if not recipe.get('merge_method'): raise MergeError("the recipe has no 'merge_method'")
     if bool(recipe.get('models')) == bool(recipe.get('slices')): raise MergeError("the recipe needs exactly one of 'models' or 'slices'")
     if recipe.get('models'):
-        srcs = [Source(_ref(_fields(e, ('model', 'parameters'), 'models')['model'] if isinstance(e, dict) else e, 'models[].model'), None,
+        srcs = [Source(_ref(_fields(e, ('model', 'parameters'), 'models').get('model') if isinstance(e, dict) else e, 'models[].model'), None,
                        _params(e, 'models') if isinstance(e, dict) else {}) for e in recipe['models']]
         slices, layered = [Slice(srcs)], False
     else:

@@ -613,9 +613,14 @@ def _parts(entry:dict) -> list:
 
 def _arrays(qt:QuantizedTensor) -> list: return [a for a in (qt.data, qt.scale, qt.zero_point) if a is not None]
 
-def _tensor_from_parts(entry:dict, arrays:list) -> QuantizedTensor:
-    "A `QuantizedTensor` from a table entry and the arrays `_parts` describes"
+def _tensor_from_parts(entry:dict, arrays:list, path=None) -> QuantizedTensor:
+    "A `QuantizedTensor` from a table entry and the arrays `_parts` describes, each checked to hold the bytes the entry needs"
     dtype, shape = dtype_from_code(entry['dtype']), tuple(entry['shape'])
+    for (suffix, dt, shp), a in zip(_parts(entry), arrays):
+        if a.nbytes != math.prod(shp) * dt.itemsize:
+            raise SerializationError(f"stores {a.nbytes:,} bytes{' of ' + suffix[2:] if suffix else ''} but its entry "
+                                     f"(shape {list(shape)}, {entry['scheme']}) needs {math.prod(shp) * dt.itemsize:,}",
+                                     path=path, tensor=entry['name'])
     data, scale, zero_point = (list(arrays) + [None, None])[:3]
     if entry['scheme'] == 'none': data = data.reshape(shape).view(dtype) if data.dtype != dtype else data.reshape(shape)
     return QuantizedTensor(entry['name'], shape, dtype, entry['scheme'], data, scale, zero_point, entry.get('reason'))
@@ -689,7 +694,7 @@ def _load_json(path) -> QuantizedModel:
         def load():
             with reraise_as(SerializationError, path=path, tensor=e['name'], what='decoding'):
                 arrays = [_unb64(t[k], dt, shp) for (suf, dt, shp), k in zip(_parts(e), ('data', 'scale', 'zero_point'))]
-                return _tensor_from_parts(e, arrays)
+                return _tensor_from_parts(e, arrays, path)
         return load
     settings = {**d.get('quantization', {}), 'tensors': entries}
     return QuantizedModel(_meta_from(d.get('metadata', {})), settings, {e['name']: loader(t, e) for t, e in zip(d['tensors'], entries)}, path)
@@ -716,7 +721,7 @@ def _load_safetensors(path) -> QuantizedModel:
     if not isinstance(settings, dict) or 'tensors' not in settings:
         raise SerializationError("not a quantized model (no 'quantization' metadata); load it with load_model", path=path)
     meta = dataclasses.replace(m.metadata, custom={k: v for k, v in m.metadata.custom.items() if k != 'quantization'})
-    def loader(e): return lambda: _tensor_from_parts(e, [m.get_parameter(e['name'] + suf) for suf, _, _ in _parts(e)])
+    def loader(e): return lambda: _tensor_from_parts(e, [m.get_parameter(e['name'] + suf) for suf, _, _ in _parts(e)], path)
     return QuantizedModel(meta, settings, {e['name']: loader(e) for e in _check_table(settings['tensors'], path)}, path)
 
 # %% ../nbs/04_quantize.ipynb #2f54e0a5
@@ -790,8 +795,8 @@ def _load_gguf(path) -> QuantizedModel:
         if t is None: raise SerializationError("tensor listed in the metadata is missing", path=path, tensor=e['name'])
         def load():
             data = np.asarray(t.data)
-            if e['scheme'] != 'none': return _tensor_from_parts(e, [data.reshape(_parts(e)[0][2])])
-            return _tensor_from_parts(e, [data.reshape(-1).view(np.uint8).view(dtype_from_code(e['dtype']))])
+            if e['scheme'] != 'none': return _tensor_from_parts(e, [data.reshape(_parts(e)[0][2])], path)
+            return _tensor_from_parts(e, [data.reshape(-1).view(np.uint8).view(dtype_from_code(e['dtype']))], path)
         return load
     return QuantizedModel(meta, settings, {e['name']: loader(e) for e in entries}, path)
 

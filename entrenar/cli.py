@@ -10,11 +10,10 @@ import argparse, importlib, json, os, sys
 from pathlib import Path
 import entrenar
 from .errors import EntrenarError, IoError
-from .io import load_model, save_model, SaveConfig, ModelFormat, dtype_code
+from .io import load_model, save_model, SaveConfig, ModelFormat, dtype_code, check_output_is_not_input
 
 # %% auto #0
-__all__ = ['COMMAND_MODULES', 'info_command', 'check_output_is_not_input', 'convert_command', 'register_cli', 'build_parser',
-           'main']
+__all__ = ['COMMAND_MODULES', 'info_command', 'convert_command', 'register_cli', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #ad7483e9
 COMMAND_MODULES = ['entrenar.cli', 'entrenar.merge', 'entrenar.lora', 'entrenar.quantize', 'entrenar.gguf', 'entrenar.imatrix', 'entrenar.moe', 'entrenar.hf_pipeline']   # gguf extends quantize, convert, info, dequantize
@@ -43,17 +42,6 @@ def info_command(args):
         for t in m.specs: print(f"{t.name:<{w}}  {str(list(t.shape)):<16} {dtype_code(t.dtype)}")
 
 # %% ../nbs/10_cli.ipynb #1154ab05
-def _same_file(a, b) -> bool:
-    try: return Path(a).resolve() == Path(b).resolve() or (Path(b).exists() and os.path.samefile(a, b))
-    except OSError: return False
-
-def check_output_is_not_input(output, # the path about to be written
-                              inputs, # paths that are read
-                             ):
-    "Refuse to write over one of the inputs"
-    for i in inputs:
-        if _same_file(i, output): raise IoError("is also an input: write the output somewhere else", path=output)
-
 def convert_command(args):
     "Convert a model between SafeTensors, JSON and YAML"
     check_output_is_not_input(args.output, [args.model])

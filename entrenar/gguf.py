@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .errors import EntrenarError, IoError, QuantizeError, SerializationError, reraise_as, short_repr
-from .io import (Model, ModelMetadata, TensorSpec, atomic_path, check_gguf, open_gguf, dtype_from_code, lazy_tensor, load_model,
+from .io import (check_output_is_not_input, Model, ModelMetadata, TensorSpec, atomic_path, check_gguf, open_gguf, dtype_from_code, lazy_tensor, load_model,
                          release_pages, save_model)
 from .quantize import BLOCK_FORMATS, QuantizedTensor, QuantizeReport, quantize_tensor, tensor_error, write_gguf_tensor
 from .imatrix import Imatrix, read_imatrix, check_imatrix
@@ -653,7 +653,6 @@ def to_gguf(source, # a transformers checkpoint folder (config.json, weights, to
             client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': tensors are encoded on its workers
            ) -> QuantizeReport:
     "Write `source` as a GGUF in llama.cpp's layout, quantized to `type` (one file, or a split set as llama-gguf-split's)"
-    from entrenar.cli import check_output_is_not_input
     type, src, inputs = check_output_type(type), Path(source), [Path(source)]
     if not src.exists(): raise IoError("no such file or folder", path=src)
     if src.suffix.lower() == '.gguf':
@@ -1060,7 +1059,6 @@ def _quantize_command(args, fallback):
         _split_args(args, split=False)
         if args.imatrix: raise QuantizeError("--imatrix weighs a llama.cpp GGUF's tensors (by their GGUF names): write a .gguf", path=args.output)
         return fallback(args)
-    from entrenar.cli import check_output_is_not_input
     check_output_is_not_input(args.output, [args.model])
     if not _is_gguf(args.output): raise QuantizeError(_REQUANT_ONLY, path=args.output)
     _not_for_gguf(args)
@@ -1089,7 +1087,6 @@ def _info_command(args, fallback):
 def _convert_command(args, fallback):
     "`entrenar convert` with a .gguf on either side"
     if not (_is_gguf(args.model) or _is_gguf(args.output)): _split_args(args, split=False); return fallback(args)
-    from entrenar.cli import check_output_is_not_input
     check_output_is_not_input(args.output, [args.model])
     if _is_gguf(args.output):
         if _is_gguf(args.model):
@@ -1107,7 +1104,6 @@ def _convert_command(args, fallback):
 def _dequantize_command(args, fallback):
     "`entrenar dequantize` of a llama.cpp GGUF"
     if not _is_gguf(args.model) or 'entrenar.quantization' in GgufFile(args.model).reader.fields: return fallback(args)
-    from entrenar.cli import check_output_is_not_input
     check_output_is_not_input(args.output, [args.model])
     src = gguf_model(args.model)
     as_f32 = lambda n: np.asarray(src.get_parameter(n), np.float32)

@@ -18,9 +18,9 @@ from .numtext import parse_numbers, _read
 # %% auto #0
 __all__ = ['DTYPES', 'MAX_HEADER', 'YAML_MAX', 'GZIP_FREE', 'GZIP_BYTES_PER_VALUE', 'GGUF_MAX_ITEMS', 'dtype_from_code',
            'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata', 'ModelFormat', 'parse_size', 'SaveConfig',
-           'Model', 'lazy_tensor', 'Parameters', 'summary', 'atomic_path', 'publish_dir', 'atomic_dir', 'check_shape',
-           'SafeTensorsReader', 'release_pages', 'format_numbers', 'ModelWriter', 'parse_yaml', 'save_model',
-           'load_model', 'check_gguf', 'open_gguf']
+           'Model', 'lazy_tensor', 'Parameters', 'summary', 'atomic_path', 'check_output_is_not_input', 'publish_dir',
+           'atomic_dir', 'check_shape', 'SafeTensorsReader', 'release_pages', 'format_numbers', 'ModelWriter',
+           'parse_yaml', 'save_model', 'load_model', 'check_gguf', 'open_gguf']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
 DTYPES = {
@@ -265,6 +265,18 @@ def atomic_path(path, # the file to create or replace
             os.replace(tmp_path, path)
     finally:
         if tmp_path.exists(): tmp_path.unlink()
+
+# %% ../nbs/02_io.ipynb #9f7131eb
+def _same_file(a, b) -> bool:
+    try: return Path(a).resolve() == Path(b).resolve() or (Path(b).exists() and os.path.samefile(a, b))
+    except OSError: return False
+
+def check_output_is_not_input(output, # the path about to be written
+                              inputs, # paths that are read
+                             ):
+    "Refuse to write over one of the inputs"
+    for i in inputs:
+        if _same_file(i, output): raise IoError("is also an input: write the output somewhere else", path=output)
 
 # %% ../nbs/02_io.ipynb #bd21e090
 _libc = ctypes.CDLL(None, use_errno=True)

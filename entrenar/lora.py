@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 import numpy as np
 from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
-from .io import (Model, ModelMetadata, TensorSpec, ModelWriter, load_model, lazy_tensor, atomic_path, atomic_dir,
+from .io import (check_output_is_not_input, Model, ModelMetadata, TensorSpec, ModelWriter, load_model, lazy_tensor, atomic_path, atomic_dir,
                          is_float_dtype)
 
 # %% auto #0
@@ -346,7 +346,6 @@ def extract_lora(base, # the base model: a path (folder, file, hf://) or a `Mode
     if rank < 1: raise MergeError(f"the rank must be at least 1, got {rank}")
     b = base if isinstance(base, Model) else load_model(base, lazy=True)
     m = model if isinstance(model, Model) else load_model(model, lazy=True)
-    from entrenar.cli import check_output_is_not_input   # here: the command layer imports this module
     check_output_is_not_input(output, [p for p in (b.path, m.path) if p is not None])
     plan = plan_extraction(b, m, embed_lora, modules_to_save, include, exclude, skip_undecomposable)
     if not plan.factor: raise MergeError("no module to factorise: check --include-regex / --exclude-regex", path=m.path)

@@ -15,7 +15,7 @@ from fastcore.basics import AttrDict
 from tqdm.auto import tqdm
 from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
 from .backend import get_array_module, get_backend, is_device_array, to_device, to_numpy
-from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
+from .io import (check_output_is_not_input, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
                          is_float_dtype, dtype_from_code, lazy_tensor, release_pages)
 from .runner import DictSink, MultiSink, Plan, Sources, Threads, executor, run_plan
 from .gguf import GgufFile, GgufSink, encode_gguf_tensor, plan_gguf
@@ -1057,7 +1057,6 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
     if out_dtype is not None: recipe.out_dtype = out_dtype
     paths = {ref: _local(ref, root) for ref in recipe.models}
     models = {ref: load_reference(p) for ref, p in paths.items()}   # lazy; model+adapter folds as tensors are read
-    from entrenar.cli import check_output_is_not_input   # here, not at the top: the command layer imports this module
     check_output_is_not_input(output, [*paths.values(), *(mm.path for mm in models.values() if mm.path is not None)])
     tasks = plan_merge(recipe, models)
     if not quiet:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 from .errors import MergeError, IoError, reraise_as, short_repr
-from .io import TensorSpec, ModelMetadata, SaveConfig, ModelWriter, load_model, atomic_path, release_pages
+from .io import check_output_is_not_input, TensorSpec, ModelMetadata, SaveConfig, ModelWriter, load_model, atomic_path, release_pages
 from .runner import Plan, run_plan
 from .merge import TOKENIZER_FILES, model_card, parse_dtype, tensor_rng, tune_allocator
 
@@ -509,7 +509,6 @@ def build_moe(config, # a path to mergekit-moe YAML, YAML text, a dict or an `Mo
     start = time.perf_counter()
     c, text = load_moe_config(config, allow_same)
     models = {m: load_model(m, lazy=True) for m in c.models}
-    from entrenar.cli import check_output_is_not_input   # here: the command layer imports this module
     check_output_is_not_input(output, [Path(m) for m in c.models])
     base_cfg = check_moe_inputs(c, models)
     out_dtype = parse_dtype(c.dtype or base_cfg.get('torch_dtype') or base_cfg.get('dtype'))

@@ -15,7 +15,7 @@ import orjson
 from tqdm.auto import tqdm
 from .errors import QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError, reraise_as
 from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend, CPU_THREADS
-from .io import (Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
+from .io import (check_output_is_not_input, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
                          dtype_code, dtype_from_code, is_float_dtype, check_shape, open_gguf, release_pages)
 from .kquants import K_QUANTS, quantize_weighted, weighted_levels
 from .runner import DictSink, Plan, Sources, executor, run_plan
@@ -957,7 +957,6 @@ def report_table(report:QuantizeReport) -> str:
 # %% ../nbs/04_quantize.ipynb #617c36bb
 def quantize_command(args):
     "`entrenar quantize`: quantize a model file and print what was done"
-    from entrenar.cli import check_output_is_not_input
     check_output_is_not_input(args.output, [args.model])
     granularity = 'channel' if args.per_channel else 'tensor' if args.per_tensor else 'block'
     rep = quantize_model(args.model, args.output, bits=args.bits, method=args.method, granularity=granularity,
@@ -969,7 +968,6 @@ def quantize_command(args):
 
 def dequantize_command(args):
     "`entrenar dequantize`: turn a quantized file back into an ordinary model"
-    from entrenar.cli import check_output_is_not_input
     check_output_is_not_input(args.output, [args.model])
     m = dequantize_model(args.model, args.output, quiet=args.quiet)
     if not args.quiet: print(f"wrote {args.output} ({len(m)} tensors, {_fmt_bytes(m.nbytes)})")

@@ -13,12 +13,12 @@ from fastcore.basics import patch
 from .errors import EntrenarError, FetchError, IoError, SerializationError, reraise_as, short_repr
 
 # %% auto #0
-__all__ = ['PICKLE_SUFFIXES', 'INDEX_NAME', 'WEIGHTS_NAME', 'CONFIG_NAME', 'HubError', 'InvalidNameError', 'UnsafeFileError',
-           'RepoNotFoundError', 'RevisionNotFoundError', 'FileNotFoundOnHubError', 'UnauthorizedError',
-           'GatedRepoError', 'OfflineError', 'ChecksumMismatchError', 'HubUnavailableError', 'check_filename',
-           'check_repo_id', 'FetchOptions', 'ModelArtifact', 'is_offline', 'hub_cache_dir', 'translate_error',
-           'sha256_file', 'evict', 'HfModelFetcher', 'parse_model_spec', 'fetch_model_path', 'resolve_hf_uri',
-           'register_cli']
+__all__ = ['PICKLE_SUFFIXES', 'INDEX_NAME', 'WEIGHTS_NAME', 'CONFIG_NAME', 'MODEL_FILES', 'HubError', 'InvalidNameError',
+           'UnsafeFileError', 'RepoNotFoundError', 'RevisionNotFoundError', 'FileNotFoundOnHubError',
+           'UnauthorizedError', 'GatedRepoError', 'OfflineError', 'ChecksumMismatchError', 'HubUnavailableError',
+           'check_filename', 'check_repo_id', 'FetchOptions', 'ModelArtifact', 'is_offline', 'hub_cache_dir',
+           'translate_error', 'sha256_file', 'evict', 'HfModelFetcher', 'parse_model_spec', 'fetch_model_path',
+           'resolve_hf_uri', 'hub_reference', 'fetch_model_files', 'register_cli']
 
 # %% ../nbs/05_hub.ipynb #126c0e5b
 def _hub():
@@ -97,6 +97,7 @@ class FetchOptions:
     allow_pickle:bool=False # allow pickle files (.bin, .pt, .pth, .pkl, .ckpt)
     verify_sha256:str|dict|None=None # hex digest of the weights file, or {file: hex digest}
     local_files_only:bool=False # answer from the cache only (also on when HF_HUB_OFFLINE=1)
+    extra_files:tuple=() # with `files` None: more files fetched when the repository has them (tokenizer, …)
 
 @dataclass(frozen=True)
 class ModelArtifact:
@@ -405,8 +406,9 @@ def download_model(self:HfModelFetcher, repo_id:str, # 'org/name'
         names, paths = self._fetch_weights(repo_id, o.revision, o, offline)
         commit = _commit_of(paths[0], names[0])
         weights = names[1:] if names[0] == INDEX_NAME else names
-        try: names, paths = names + [CONFIG_NAME], paths + [self.fetch_file(repo_id, CONFIG_NAME, commit, offline)]
-        except (FileNotFoundOnHubError, OfflineError): pass
+        for f in (CONFIG_NAME, *o.extra_files):   # those the repository (or, offline, the cache) has
+            try: names, paths = names + [f], paths + [self.fetch_file(repo_id, f, commit, offline)]
+            except (FileNotFoundOnHubError, OfflineError): pass
     digests = self._verify(repo_id, o.revision, names, paths, weights, o.verify_sha256)
     arch = _architecture(_read_json(paths[names.index(CONFIG_NAME)], repo_id, o.revision, CONFIG_NAME)) if CONFIG_NAME in names else None
     snapshot = Path(paths[0]).parents[len(Path(names[0]).parts) - 1]
@@ -423,13 +425,17 @@ def parse_model_spec(spec:str, # 'org/name' or 'org/name@revision'
     if sep: _check_relative(revision, 'revision', repo_id, revision)
     return repo_id, (revision if sep else None)
 
+MODEL_FILES = ('generation_config.json', 'tokenizer.json', 'tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json',
+               'added_tokens.json', 'chat_template.jinja', 'vocab.json', 'merges.txt')   # beside the weights, when a repository has them
+
 def fetch_model_path(spec:str, # 'org/name' or 'org/name@revision'
                      fetcher:HfModelFetcher|None=None, # default: HfModelFetcher()
                      **kwargs, # more FetchOptions fields
                     ) -> str:
-    "Fetch the model `spec` names and return the local path `load_model` opens"
+    "Fetch the model `spec` names (weights, config, and the `MODEL_FILES` it has) and return the local path `load_model` opens"
     repo_id, revision = parse_model_spec(spec)
     if revision: kwargs['revision'] = revision
+    if not kwargs.get('files'): kwargs.setdefault('extra_files', MODEL_FILES)
     return str((fetcher or HfModelFetcher()).download_model(repo_id, FetchOptions(**kwargs)).path)
 
 def resolve_hf_uri(uri:str, # 'hf://org/name' or 'hf://org/name@revision'
@@ -438,6 +444,32 @@ def resolve_hf_uri(uri:str, # 'hf://org/name' or 'hf://org/name@revision'
     uri = os.fspath(uri)
     if not uri.startswith('hf://'): raise InvalidNameError(f"not an hf:// URI: {uri!r}")
     return fetch_model_path(uri[len('hf://'):].rstrip('/'))
+
+# %% ../nbs/05_hub.ipynb #758f6942
+_REPO_NAME = re.compile(r'^(?![.-])[\w.-]{1,96}/(?![.-])[\w.-]{1,96}(@[^\s/\\]+(/[^\s/\\]+)*)?$')
+_FILE_SUFFIXES = ('.safetensors', '.json', '.yaml', '.yml', '.gz', '.gguf', '.bin', '.pt', '.pth', '.ckpt')
+
+def hub_reference(ref, # a model reference from a recipe or the command line
+                 ) -> str|None:
+    "The `hf://org/name[@revision]` URI of a Hub model reference, or None for a local path"
+    if not isinstance(ref, str): return None   # a Path is always local
+    if ref.startswith('hf://'): return ref
+    if not _REPO_NAME.match(ref) or '..' in ref or '--' in ref.partition('@')[0] or Path(ref).expanduser().exists(): return None
+    return None if ref.partition('@')[0].lower().endswith(_FILE_SUFFIXES) else 'hf://' + ref
+
+# %% ../nbs/05_hub.ipynb #c0197d05
+def fetch_model_files(spec:str, # 'org/name', 'org/name@revision' or 'hf://…'
+                      names:tuple=(CONFIG_NAME, *MODEL_FILES), # the files wanted, fetched when the repository has them
+                      fetcher:HfModelFetcher|None=None, # default: HfModelFetcher()
+                     ) -> Path|None:
+    "The snapshot folder holding those of `names` the repository (or, offline, the cache) has; None if it has none"
+    repo_id, revision = parse_model_spec(spec.removeprefix('hf://').rstrip('/'))
+    f, rev, folder = fetcher or HfModelFetcher(), revision or 'main', None
+    for name in names:
+        try: p = f.fetch_file(repo_id, name, rev)
+        except (FileNotFoundOnHubError, OfflineError): continue
+        if folder is None: folder, rev = p.parent, _commit_of(p, name)   # the rest from the same commit
+    return folder
 
 # %% ../nbs/05_hub.ipynb #7181fe8f
 def _fetch_command(args):

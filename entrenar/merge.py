@@ -21,6 +21,8 @@ from .runner import DictSink, MultiSink, Plan, Sources, Threads, executor, run_p
 from .gguf import GgufFile, GgufSink, encode_gguf_tensor, plan_gguf
 from .quantize import BLOCK_FORMATS, QuantizeReport, report_table, summary_text
 from .lora import load_reference, split_reference
+from .vocab import TokenizerRecipe, parse_tokenizer, plan_vocabulary, vocab_shape, align_rows, tokenizer_files, VOCAB_TENSORS
+from .hf_pipeline import hub_reference
 
 # %% auto #0
 __all__ = ['METHODS', 'ALIASES', 'SPARSIFIERS', 'TOKENIZER_FILES', 'CLI_DEFAULTS', 'Param', 'MergeMethod', 'merge_method',
@@ -649,6 +651,7 @@ class Recipe:
     dtype: str|None = None
     out_dtype: str|None = None
     layered: bool = False # written with `slices:` (layer ranges, renumbered output layers)
+    tokenizer: TokenizerRecipe|None = None # `tokenizer_source` / `tokenizer`: the output vocabulary (entrenar.vocab)
 
     @property
     def models(self) -> list:
@@ -681,7 +684,7 @@ def parse_recipe(recipe, # a dict, or YAML text, of a mergekit recipe
     "A `Recipe` from mergekit's YAML structure; unsupported fields are errors that name them"
     if isinstance(recipe, str):
         recipe = parse_yaml(recipe, error=MergeError, what='reading the recipe YAML')
-    _fields(recipe, ('merge_method', 'base_model', 'models', 'slices', 'parameters', 'dtype', 'out_dtype'), 'the recipe')
+    _fields(recipe, ('merge_method', 'base_model', 'models', 'slices', 'parameters', 'dtype', 'out_dtype', 'tokenizer_source', 'tokenizer'), 'the recipe')
     if not recipe.get('merge_method'): raise MergeError("the recipe has no 'merge_method'")
     if bool(recipe.get('models')) == bool(recipe.get('slices')): raise MergeError("the recipe needs exactly one of 'models' or 'slices'")
     if recipe.get('models'):
@@ -705,7 +708,7 @@ def parse_recipe(recipe, # a dict, or YAML text, of a mergekit recipe
     get_method(recipe['merge_method'])
     base = recipe.get('base_model')
     return Recipe(str(recipe['merge_method']), slices, None if base is None else _ref(base, 'base_model'), _params(recipe, 'the recipe'),
-                  recipe.get('dtype'), recipe.get('out_dtype'), layered)
+                  recipe.get('dtype'), recipe.get('out_dtype'), layered, parse_tokenizer(recipe.get('tokenizer_source'), recipe.get('tokenizer')))
 
 # %% ../nbs/03_merge.ipynb #0973b42f
 def _from_method(cls, method, # a method name or alias
@@ -742,6 +745,7 @@ class TensorTask:
     inputs: list # (model reference, tensor name) of each input, base excluded
     base: tuple|None = None # (model reference, tensor name) of the base
     params: AttrDict|None = None # bound parameters; None: a non-float tensor, copied
+    vocab: Any = None # a `VocabPlan` (entrenar.vocab): the inputs' rows are gathered into the output vocabulary first
     @property
     def name(self): return self.spec.name
 
@@ -777,7 +781,7 @@ def _check_param_names(recipe, m):
                 if k not in known: raise MergeError(f"{m.name} has no parameter {short_repr(k)} (it takes: {', '.join(sorted(known)) or 'none'})")
 
 # %% ../nbs/03_merge.ipynb #41cbb5b8
-def _make_task(recipe, m, models, sl, out_name, inputs, t, in_dtype, out_dtype):
+def _make_task(recipe, m, models, sl, out_name, inputs, t, in_dtype, out_dtype, vocab=None):
     "Validate one output tensor's inputs and bind its parameters"
     base_ref = sl.base_model or recipe.base_model
     specs = []
@@ -786,8 +790,11 @@ def _make_task(recipe, m, models, sl, out_name, inputs, t, in_dtype, out_dtype):
         if nm not in mdl: raise MergeError("is missing from this model", path=_model_label(models, src.model), tensor=nm)
         specs.append(mdl.spec(nm))
     s0 = specs[0]
+    if vocab is not None and out_name in VOCAB_TENSORS:   # rows per token: the output vocabulary's shape
+        s0 = TensorSpec(s0.name, s0.dtype, vocab_shape(vocab, {src.model: s.shape for (src, _), s in zip(inputs, specs)}, out_name))
+    else: vocab = None
     for (src, nm), s in zip(inputs, specs):
-        if s.shape != s0.shape:
+        if vocab is None and s.shape != s0.shape:
             raise MergeError(f"shape {list(s.shape)} in {_model_label(models, src.model)} but {list(s0.shape)} in {_model_label(models, inputs[0][0].model)}", tensor=out_name)
     floats = [is_float_dtype(s.dtype) for s in specs]
     if not all(floats):
@@ -811,7 +818,7 @@ def _make_task(recipe, m, models, sl, out_name, inputs, t, in_dtype, out_dtype):
     params = bind_params(m, values, len(others), tensor=out_name)
     first = specs[[(src.model, nm) for src, nm in inputs].index(base)] if base else specs[0]
     dt = out_dtype or in_dtype or first.dtype
-    return TensorTask(TensorSpec(out_name, np.dtype(dt), s0.shape), [(src.model, nm) for src, nm in others], base, params)
+    return TensorTask(TensorSpec(out_name, np.dtype(dt), s0.shape), [(src.model, nm) for src, nm in others], base, params, vocab)
 
 # %% ../nbs/03_merge.ipynb #097466d2
 _PRE = re.compile(r'embed|wte|wpe|word_embeddings|tok_embeddings')
@@ -824,13 +831,31 @@ def _layers(model):
         if li is not None: out.setdefault(li, []).append(n)
     return out
 
+def _model_folder(model):
+    "The folder a (lazy) model was read from, or None"
+    p = getattr(model, 'path', None)
+    return None if p is None else Path(p) if Path(p).is_dir() else Path(p).parent
+
+def _vocab_plan(recipe, models):
+    "The recipe's `VocabPlan`: its tokenizer choice over the merged models' tokenizer files"
+    spec, folders = recipe.tokenizer, {r: _model_folder(models[r]) for r in recipe.models}
+    src = None
+    if spec.models and spec.source not in folders:
+        uri = hub_reference(spec.source)
+        if uri is not None:
+            from entrenar.hf_pipeline import fetch_model_files
+            src = fetch_model_files(uri)
+        else: src = Path(spec.source).expanduser()
+    return plan_vocabulary(spec, folders, recipe.base_model, src)
+
 def plan_merge(recipe:Recipe, # what to merge, how
                models:dict, # model reference -> `Model` (lazy is best)
               ) -> list:
     "One validated `TensorTask` per output tensor, in output order; reads no tensor data"
     m = get_method(recipe.merge_method); _check_param_names(recipe, m)
     in_dt, out_dt = parse_dtype(recipe.dtype), parse_dtype(recipe.out_dtype)
-    mk = lambda sl, name, inputs, t: _make_task(recipe, m, models, sl, name, inputs, t, in_dt, out_dt)
+    vocab = _vocab_plan(recipe, models) if recipe.tokenizer is not None else None
+    mk = lambda sl, name, inputs, t: _make_task(recipe, m, models, sl, name, inputs, t, in_dt, out_dt, vocab)
     if not recipe.layered:
         sl = recipe.slices[0]
         if recipe.base_model is not None and recipe.base_model not in [s.model for s in sl.sources]:
@@ -884,6 +909,10 @@ def _run_task(task, m, models, seed, in_dtype, allow_nonfinite):
     raw = []
     xs = [_read(models, r, n, in_dtype, allow_nonfinite, raw) for r, n in task.inputs]
     b = None if task.base is None else _read(models, *task.base, in_dtype, allow_nonfinite, raw)
+    if task.vocab is not None:   # each model's rows in the output vocabulary's order (entrenar.vocab)
+        refs = [r for r, _ in task.inputs] + ([task.base[0]] if b is not None else [])
+        al = align_rows(task.vocab, dict(zip(refs, [*xs, *([b] if b is not None else [])])))
+        xs, b = [al[r] for r, _ in task.inputs], (None if b is None else al[task.base[0]])
     return _apply(m, xs, b, task.params, task.name, seed, task.spec.dtype), raw
 
 def merge_task(sources, # reference -> `Model` (a runner `Sources`)
@@ -961,33 +990,47 @@ def load_recipe(path) -> tuple[Recipe, Path]:
     p = Path(path)
     if not p.is_file(): raise IoError("no such recipe file", path=p)
     with reraise_as(MergeError, path=p, what='reading the recipe'): text = p.read_text('utf-8')
-    try: return parse_recipe(text), p.parent
+    try: r = parse_recipe(text)
     except MergeError as e: raise MergeError(e.message, path=p, tensor=e.tensor) from None
+    if r.tokenizer is not None and r.tokenizer.models and r.tokenizer.source not in r.models:   # a path beside the recipe
+        r.tokenizer.source = str(_local(r.tokenizer.source, p.parent))
+    return r, p.parent
 
 def _local(ref, root):
     model, adapter = split_reference(ref)   # mergekit's model+adapter: both sides found the same way
     if adapter is not None: return f"{_local(model, root)}+{_local(adapter, root)}"
     if str(ref).startswith('hf://'): return str(ref)   # load_model fetches those
     p = Path(ref).expanduser()
-    return p if p.is_absolute() or p.exists() or root is None or not (Path(root) / p).exists() else Path(root) / p
+    if not (p.is_absolute() or p.exists()) and root is not None and (Path(root) / p).exists(): return Path(root) / p
+    return hub_reference(str(ref)) or p   # a plain org/name[@revision] that is no local path: a Hub model, as in mergekit
+
+def _folder(ref) -> Path:
+    "A model reference's local folder; for an hf:// one, its snapshot with the config and tokenizer files fetched"
+    if not str(ref).startswith('hf://'): return Path(ref)
+    from entrenar.hf_pipeline import fetch_model_files
+    return fetch_model_files(str(ref)) or Path(ref)
 
 # %% ../nbs/03_merge.ipynb #e999fe61
 TOKENIZER_FILES = ('tokenizer.model', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
-                   'added_tokens.json', 'generation_config.json', 'merges.txt', 'vocab.json')
+                   'added_tokens.json', 'generation_config.json', 'merges.txt', 'vocab.json', 'chat_template.jinja')
 
 def _config_files(recipe, paths, tasks) -> dict:
     "config.json (updated) and the tokenizer files of the base's (or first model's) folder: file name -> contents"
-    src = Path(split_reference(str(paths[recipe.base_model or recipe.models[0]]))[0])   # a model+adapter: the model's files
+    src = _folder(split_reference(str(paths[recipe.base_model or recipe.models[0]]))[0])   # a model+adapter: the model's files
     if not (src.is_dir() and (src / 'config.json').is_file()): return {}
     with reraise_as(SerializationError, path=src / 'config.json', what='reading'): cfg = json.loads((src / 'config.json').read_text('utf-8'))
     if not isinstance(cfg, dict): raise SerializationError("is not a JSON object", path=src / 'config.json')
     if recipe.layered and 'num_hidden_layers' in cfg: cfg['num_hidden_layers'] = len({layer_index(t.name) for t in tasks} - {None})
     if (recipe.out_dtype or recipe.dtype) and 'torch_dtype' in cfg: cfg['torch_dtype'] = parse_dtype(recipe.out_dtype or recipe.dtype).name
+    vocab = next((t.vocab for t in tasks if t.vocab is not None), None)
+    if vocab is not None:   # tokenizer_source: the chosen tokenizer's files and size (entrenar.vocab)
+        for c in (cfg, cfg.get('text_config')):
+            if isinstance(c, dict) and 'vocab_size' in c: c['vocab_size'] = vocab.size
     files = {'config.json': json.dumps(cfg, indent=2) + '\n'}
     for name in TOKENIZER_FILES:   # so the merge can be loaded by transformers and converted for llama.cpp as it is
-        if (src / name).is_file():
+        if (src / name).is_file() and (vocab is None or name == 'generation_config.json'):
             with reraise_as(IoError, path=src / name, what='reading'): files[name] = (src / name).read_bytes()
-    return files
+    return {**files, **(tokenizer_files(vocab) if vocab is not None else {})}
 
 # %% ../nbs/03_merge.ipynb #3a572269
 def recipe_yaml(info:dict, # the `merge` entry of a merge's metadata (`_merge_metadata`)
@@ -1007,8 +1050,9 @@ def model_card(name:str, # the merged model's name
                recipe_file:str='mergekit_config.yml', # where the output folder keeps the recipe
               ) -> str:
     "A Hugging Face model card (README.md) for a merge, as mergekit writes one"
+    hub = lambda r: r[len('hf://'):].split('@')[0] if r.startswith('hf://') else r   # the Hub's own names in the front matter
     merged = list(dict.fromkeys(m['model'] for m in info['models']))
-    bases = list(dict.fromkeys(([info['base']] if info.get('base') else []) + merged))
+    bases = list(dict.fromkeys(hub(r) for r in ([info['base']] if info.get('base') else []) + merged))
     front = yaml.safe_dump(dict(base_model=bases, library_name='transformers', tags=['merge', 'mergekit', 'entrenar']), sort_keys=False)
     base = f" using {info['base']} as a base" if info.get('base') else ''
     lines = [f"---\n{front}---", f"# {name}", "", "This is a merge of pre-trained language models made with "
@@ -1090,7 +1134,7 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
     nbytes = sum(t.spec.nbytes for t in tasks) if writer is not None else Path(gguf_out).stat().st_size
     return MergeSummary(str(output), recipe.merge_method, len(tasks) - copied, copied, nbytes, time.perf_counter() - start, report)
 
-# %% ../nbs/03_merge.ipynb #1c40c2d8
+# %% ../nbs/03_merge.ipynb #1ba34da9
 def plan_merge_gguf(recipe:Recipe, # the merge
                     paths:dict, # model reference -> path (the base's folder holds config.json and the tokenizer)
                     tasks:list, # `plan_merge`'s tasks
@@ -1100,16 +1144,20 @@ def plan_merge_gguf(recipe:Recipe, # the merge
                     recipe_text:str|None=None, # the recipe as the user wrote it, for the model card
                    ):
     "The llama.cpp `GgufPlan` of a merge's output, as `to_gguf` would plan it from the merged checkpoint folder"
-    folder = Path(split_reference(str(paths[recipe.base_model or recipe.models[0]]))[0])
-    files = _config_files(recipe, paths, tasks)
+    folder = _folder(split_reference(str(paths[recipe.base_model or recipe.models[0]]))[0])
+    files = _config_files(recipe, paths, tasks)   # config.json and the tokenizer (the base's, or the recipe's tokenizer_source)
     if 'config.json' not in files:
         raise MergeError("a llama.cpp GGUF needs the base's config.json (the model's hyperparameters): merge checkpoint folders", path=folder)
     shell = Model(meta, [(t.name, lazy_tensor(t.spec, None)) for t in tasks])   # specs only: nothing is read to plan
-    with tempfile.TemporaryDirectory() as d:   # the card the merged folder would hold, where llama.cpp's metadata heuristics read it
-        card = Path(d) / meta.name
-        card.mkdir()
-        for n, text in {'config.json': files['config.json'], **_card_files(meta, recipe_text)}.items(): (card / n).write_text(text)
-        return plan_gguf(shell, json.loads(files['config.json']), type, folder, path=folder, folder=card, imatrix=imatrix)
+    with tempfile.TemporaryDirectory() as d:   # what the merged folder would hold: the converter reads its card, config and tokenizer there
+        out = Path(d) / meta.name
+        out.mkdir()
+        for n, data in {**files, **_card_files(meta, recipe_text)}.items(): (out / n).write_bytes(data.encode() if isinstance(data, str) else data)
+        try: return plan_gguf(shell, json.loads(files['config.json']), type, out, path=folder, folder=out, imatrix=imatrix)
+        except EntrenarError as e:   # name the user's folder, not this temporary one
+            if e.path is None or Path(e.path) != out: raise
+            msg = e.message.split('; pass --tensors-only')[0] + "; a merge takes it from the base or the recipe's tokenizer_source"
+            raise e.__class__(msg, path=folder, tensor=e.tensor) from None
 
 def merge_gguf_task(sources, # reference -> `Model`
                     task:tuple, # (a `TensorTask` or None, the GGUF plan entry or None, an array the plan computes or None, importance weights or None)
@@ -1138,7 +1186,7 @@ def merge_gguf_plan(tasks:list, gplan, models, merge_args:tuple, measure:bool=Fa
     sizes = [0 if t is None else t.spec.nbytes * (len(t.inputs) + 1) for t, *_ in items]
     return Plan(merge_gguf_task, items, Sources(models), (merge_args, measure, keep), sizes, f"merge ({merge_args[0]}) to gguf", MergeError)
 
-# %% ../nbs/03_merge.ipynb #718b4c83
+# %% ../nbs/03_merge.ipynb #22ed5084
 def verify_gguf(report:QuantizeReport) -> int:
     "Read the written GGUF back: every tensor's bytes must hash as when they were encoded; the number checked"
     tensors = {t.name: t for t in GgufFile(report.path).reader.tensors}

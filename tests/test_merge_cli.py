@@ -121,8 +121,8 @@ def test_bad_inputs_exit_1_one_line_no_output(run_cli, tmp_path):
 def test_bad_recipes(run_cli, tmp_path):
     out = tmp_path / 'out'
     recipes = {
-        'field': (f"merge_method: ties\nbase_model: {BASE}\nmodels: [{{model: {A}, parameters: {{weight: 1}}}}]\ntokenizer_source: union\n",
-                  "recipe field 'tokenizer_source' is not supported"),
+        'field': (f"merge_method: ties\nbase_model: {BASE}\nmodels: [{{model: {A}, parameters: {{weight: 1}}}}]\nchat_template: chatml\n",
+                  "recipe field 'chat_template' is not supported"),
         'weight': (f"merge_method: ties\nbase_model: {BASE}\nmodels: [{{model: {A}}}]\n", "parameter 'weight' is required"),
         'param': (f"merge_method: linear\nmodels: [{{model: {A}}}, {{model: {B}}}]\nparameters: {{weight: 1, densty: 0.5}}\n", "no parameter 'densty'"),
         'typo': (f"merge_method: linear\nmodels: [{{model: {A}x}}, {{model: {B}}}]\nparameters: {{weight: 1}}\n", 'no such file'),

@@ -1114,8 +1114,10 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
     if gguf_out is not None:   # planned and checked before anything is read or written
         if gguf is not None: check_output_is_not_input(gguf, [*paths.values()])
         gplan = plan_merge_gguf(recipe, paths, tasks, meta, type or 'f16', imatrix, recipe_text)
-        if not quiet:
-            for e, want, got in gplan.fallbacks: print(f"note: {e}: rows do not divide into {want.upper()} blocks; written as {got.upper()}, as llama-quantize does")
+        if not quiet and gplan.fallbacks:   # stated before anything is read
+            pairs = collections.Counter((w.upper(), g.upper()) for _, w, g in gplan.fallbacks)
+            print(f"note: {len(gplan.fallbacks)} tensors have rows that do not divide into their type's blocks and are written as llama-quantize "
+                  f"writes them ({', '.join(f'{w} -> {g}: {n}' for (w, g), n in pairs.items())}; e.g. {gplan.fallbacks[0][0]})")
     writer, bar = None if gguf_out is output else ModelWriter(output, [t.spec for t in tasks], meta, config), not quiet if progress is None else progress
     if writer is not None and writer.is_dir:   # read and checked before anything is written; published with the tensors, all at once
         for n, data in {**_config_files(recipe, paths, tasks), **_card_files(meta, recipe_text)}.items(): writer.add_file(n, data)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the models that ship in models/ (no download): describe the model, convert it,
-# merge its three fine-tuned variants, quantize the merge to GGUF files that llama.cpp runs (and JSON), and read it back.
+# merge its three fine-tuned variants, quantize the merge to GGUF files that llama.cpp runs (and JSON; and merged and
+# quantized in one pass), and read it back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup-venv.sh quant
@@ -21,6 +22,8 @@ $E quantize "$OUT/merged-ties" --bits 4 --method symmetric --report --output "$O
 $E quantize "$OUT/merged-ties" --type Q8_0 --output "$OUT/merged-q8_0.gguf"
 $E info "$OUT/merged-q4_0.gguf"
 $E quantize "$OUT/merged-ties" --bits 8 --method symmetric --output "$OUT/merged-q8_0.json"
+$E merge models/tiny-llama-a models/tiny-llama-b models/tiny-llama-c --base models/tiny-llama \
+    --method ties --density 0.5 --type q4_k_m --check --output "$OUT/merged-ties-q4_k_m.gguf"   # merge + quantize in one pass
 $E dequantize "$OUT/merged-q4_0.gguf" --output "$OUT/merged-q4_0-dequantized.safetensors"
 $E info "$OUT/merged-q4_0-dequantized.safetensors"
 { set +x; } 2>/dev/null

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np, ml_dtypes, orjson, yaml
 from .errors import *
 from .backend import to_numpy
-from .numtext import parse_numbers, _read
+from .numtext import parse_numbers, read_numbers
 
 # %% auto #0
 __all__ = ['DTYPES', 'MAX_HEADER', 'YAML_MAX', 'GZIP_FREE', 'GZIP_BYTES_PER_VALUE', 'GGUF_MAX_ITEMS', 'dtype_from_code',
@@ -868,7 +868,7 @@ def _read_tensor(a, data, pos, hi, spec, path, last):
         elif end < 0: raise SerializationError("data ends before this tensor's values", path=path, tensor=spec.name)
         return _parse_tensor((data, pos, end), spec, path), end + 1
     out = np.empty(n, np.float32 if dt == np.complex64 else dt if dt in (np.float32, np.float64) else np.float64)
-    try: end, k = _read(a, pos, hi, out, release=lambda lo, up: _release(data, lo, up), block=_BLOCK)
+    try: end, k = read_numbers(a, pos, hi, out, release=lambda lo, up: _release(data, lo, up), block=_BLOCK)
     except ValueError as e: raise SerializationError(f"data: {e}", path=path, tensor=spec.name) from None
     if end < hi:    # n values read, more follow
         if last: raise SerializationError("data holds more values than the parameters' shapes need", path=path)

@@ -11,7 +11,7 @@ import numpy as np
 from .backend import CPU_THREADS
 
 # %% auto #0
-__all__ = ['parse_numbers']
+__all__ = ['read_numbers', 'parse_numbers']
 
 # %% ../nbs/02a_numtext.ipynb #135ecd26
 _P10 = np.array([10.0 ** k for k in range(23)])            # exact in float64
@@ -199,10 +199,14 @@ def _plan(a, pos, hi, n, threads):
     return parts
 
 # %% ../nbs/02a_numtext.ipynb #ed4f08bf
-def _read(a, pos, hi, out, base=0, release=None, block=1 << 24, threads=None, min_split=1 << 18):
-    """Parse up to len(out) values from a[pos:hi] into `out` (float32 or float64, 1-d).
-    Returns (end, k): k values were read; end is hi when the text ran out, otherwise (k == len(out)) the
-    comma after the last value. A bad token raises ValueError with its index (plus `base`)."""
+def read_numbers(a, # the text, a uint8 array (e.g. a memory map)
+                 pos, hi, # the range of `a` to read
+                 out, # float32 or float64, 1-d: up to len(out) values are parsed into it
+                 base=0, # added to a bad token's index in the error
+                 release=None, # release(lo, hi) drops pages of `a` already read
+                 block=1 << 24, threads=None, min_split=1 << 18, # how the text is cut and read in parallel
+                ):
+    "`(end, k)`: k values read; `end` is `hi` when the text ran out, else the comma after the last value (a bad token: ValueError)"
     n = len(out)
     threads = CPU_THREADS if threads is None else threads
     parts = _plan(a, pos, hi, n, threads) if threads > 1 and n >= max(min_split, 1) else None
@@ -276,11 +280,11 @@ def _parse_all(a, count, out, chunk_bytes):
         found = 0 if blank else 1 + _commas(a)
         if found != count: raise ValueError(f'expected {count} numbers, found {found}')
         return out
-    if out.dtype in (np.float32, np.float64): end, k = _read(a, 0, n, out, block=block)
+    if out.dtype in (np.float32, np.float64): end, k = read_numbers(a, 0, n, out, block=block)
     else:
         k, end, buf = 0, -1, np.empty(min(count, 1 << 16))
         while k < count and end < n:
-            e, got = _read(a, end + 1, n, buf[:min(buf.size, count - k)], base=k, block=block)
+            e, got = read_numbers(a, end + 1, n, buf[:min(buf.size, count - k)], base=k, block=block)
             with np.errstate(over='ignore'): out[k:k + got] = buf[:got]
             k, end = k + got, e
     if end < n: raise ValueError(f'expected {count} numbers, found {count + _commas(a, end)}')

@@ -315,7 +315,7 @@ def test_orjson_float64():
                           st.text('0123456789', min_size=1, max_size=4)), min_size=1, max_size=300),
        st.sampled_from([2, 3, 8]), st.sampled_from([1, 7, 1 << 24]), st.integers(0, 400), st.sampled_from([b',', b' , ']))
 def test_hyp_parts_equal_one_thread(parts, threads, block, stop, sep):
-    from entrenar.numtext import _read
+    from entrenar.numtext import read_numbers as _read
     toks = []
     for s, i, dot, f, e, es, ed in parts:
         if not (i or f): i = '0'
@@ -336,7 +336,7 @@ def test_hyp_parts_equal_one_thread(parts, threads, block, stop, sep):
 
 def test_parts_float32_big_and_exact():
     "Two million float32 values through the threads: every bit pattern class, same bytes as one thread"
-    from entrenar.numtext import _read
+    from entrenar.numtext import read_numbers as _read
     rng = np.random.default_rng(11)
     x = rng.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
     x = x[np.isfinite(x)]

@@ -187,3 +187,13 @@ def test_cli_gguf_on_a_local_cluster(run_cli, tmp_path):
     ft.test_eq((tmp_path / 'c.gguf').read_bytes(), (tmp_path / 'p.gguf').read_bytes())
     r = run_cli('quantize', tmp_path / 'p.gguf', '--type', 'q8_0', '--scheduler', 'local:1', '--output', tmp_path / 'r.gguf')
     assert r.returncode == 1 and 'requantized in one process' in r.stderr, r.stderr
+
+def test_one_pass_gguf_on_the_cluster(client, tmp_path):
+    "The one pass (merge straight to a Q4_K_M GGUF, and both outputs at once) on the cluster: the bytes of one process"
+    recipe = dict(base=BASE, method='dare_ties', weight=[0.5, 0.3, 0.2], density=0.4, seed=7)
+    for d in ('cluster', 'local'):
+        c = client if d == 'cluster' else None
+        merge_files([A, B, C], tmp_path / d / 'm.gguf', type='q4_k_m', client=c, **recipe)
+        merge_files([A, B, C], tmp_path / d / 'both', gguf=tmp_path / d / 'both.gguf', type='q8_0', client=c, **recipe)
+    for f in ('m.gguf', 'both.gguf'): ft.test_eq((tmp_path / 'cluster' / f).read_bytes(), (tmp_path / 'local' / f).read_bytes())
+    ft.test_eq(digests(tmp_path / 'cluster' / 'both'), digests(tmp_path / 'local' / 'both'))

@@ -1111,6 +1111,7 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
     recipe_text = Path(method).read_text('utf-8') if is_recipe and not isinstance(method, Recipe) else None
     gguf_out = output if str(output).lower().endswith('.gguf') else gguf
     if gguf_out is None and (type or imatrix or check): raise MergeError("--type, --imatrix and --check are for a GGUF output: name a .gguf (--output or --gguf)")
+    if gguf_out is output and shard_size: raise MergeError("--shard-size cuts SafeTensors shards; a .gguf output is one file (split it with `entrenar quantize --split-max-size`)", path=output)
     if gguf_out is not None:   # planned and checked before anything is read or written
         if gguf is not None: check_output_is_not_input(gguf, [*paths.values()])
         gplan = plan_merge_gguf(recipe, paths, tasks, meta, type or 'f16', imatrix, recipe_text)

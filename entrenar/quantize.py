@@ -627,7 +627,7 @@ def _tensor_from_parts(entry:dict, arrays:list, path=None) -> QuantizedTensor:
 
 # %% ../nbs/04_quantize.ipynb #54bdf947
 class _AtomicSink:
-    "A quantized file written through `atomic_path`; subclasses define `_open(tmp)`, `write(qt)`, `_finish()`, `_close()`"
+    "A quantized file written through `atomic_path`; subclasses define `_open(tmp)`, `write(name, qt)`, `_finish()`, `_close()`"
     def __enter__(self):
         self._atomic = atomic_path(self.path); tmp = self._atomic.__enter__()
         try:

@@ -93,7 +93,7 @@ def test_killed_worker_is_retried_same_bytes(client, tmp_path):
     client.register_plugin(KillMidTask(marker))
     try: merge_files(ins, out / 'm', client=client, **recipe)
     finally: client.unregister_worker_plugin(KillMidTask.name)
-    assert marker.read_text().startswith('killed entrenar-0-'), marker.read_text()   # the first task's worker died
+    assert marker.read_text().startswith('killed entrenar-'), marker.read_text()   # a worker died in the middle of a task
     ft.test_eq(digests(out / 'm'), digests(tmp_path / 'local' / 'm'))
     ft.test_eq(sorted(p.name for p in out.iterdir()), ['m'])   # no temporary folder left
     client.wait_for_workers(2, timeout=60)

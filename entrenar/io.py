@@ -20,7 +20,7 @@ __all__ = ['DTYPES', 'MAX_HEADER', 'YAML_MAX', 'GZIP_FREE', 'GZIP_BYTES_PER_VALU
            'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata', 'ModelFormat', 'parse_size', 'SaveConfig',
            'Model', 'lazy_tensor', 'Parameters', 'summary', 'atomic_path', 'check_output_is_not_input', 'publish_dir',
            'atomic_dir', 'check_shape', 'SafeTensorsReader', 'release_pages', 'format_numbers', 'ModelWriter',
-           'parse_yaml', 'save_model', 'load_model', 'check_gguf', 'open_gguf']
+           'parse_yaml', 'is_url', 'UrlSafeTensorsReader', 'save_model', 'load_model', 'check_gguf', 'open_gguf']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
 DTYPES = {
@@ -685,6 +685,8 @@ class ModelWriter:
         self.specs, self.metadata = list(specs), metadata or ModelMetadata()
         self.by_name = {s.name: s for s in self.specs}
         if len(self.by_name) != len(self.specs): raise EntrenarError("duplicate tensor names in the output", path=path)
+        if self.fmt == ModelFormat.SafeTensors and '__metadata__' in self.by_name:
+            raise EntrenarError("is a name SafeTensors reserves for its metadata: rename the tensor", path=path, tensor='__metadata__')
         self._lock, self.written, self.parts, self.index_path = threading.Lock(), set(), [], None
         self._created_dir, self.staging, self.files = False, None, {}
 
@@ -1128,6 +1130,43 @@ def _load_safetensors(path, lazy):
     params = [(s.name, _Lazy(s, r)) for s in r.specs] if lazy else list(r.read_all().items())
     return Model(meta, params, path=Path(path))
 
+# %% ../nbs/02_io.ipynb #c7cf12a0
+_URL = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*://')
+
+def is_url(name) -> bool:
+    "True for an fsspec URL such as 's3://bucket/model.safetensors' (not a local path, not an hf:// name)"
+    return isinstance(name, str) and bool(_URL.match(name)) and not name.startswith('hf://')
+
+class UrlSafeTensorsReader:
+    "A checked SafeTensors file read through fsspec: the header once, then one ranged read per tensor"
+    def __init__(self, url:str):
+        try: import fsspec
+        except ImportError: raise IoError("reading a URL needs fsspec: pip install fsspec (and the package of its storage)", path=url) from None
+        self.path, self._lock = url, threading.Lock()
+        with reraise_as(IoError, path=url, what='opening'):
+            self._f = fsspec.open(url, 'rb').open()
+            self.size = self._f.size if isinstance(getattr(self._f, 'size', None), int) else self._f.seek(0, 2)
+            self._f.seek(0)
+        with reraise_as(SerializationError, path=url, what='reading'): self.data_start, self.metadata, entries = _read_header(self._f, url, self.size)
+        _check_layout(entries, self.size - self.data_start, url)
+        self.entries = {e[0]: e for e in sorted(entries, key=lambda e: e[3])}
+        self.specs = [TensorSpec(n, dt, shape) for n, dt, shape, _, _ in self.entries.values()]
+    def read(self, name:str) -> np.ndarray:
+        "Tensor `name`, read from the store"
+        _, dtype, shape, begin, end = self.entries[name]
+        with self._lock, reraise_as(IoError, path=self.path, tensor=name, what='reading'):
+            self._f.seek(self.data_start + begin); data = self._f.read(end - begin)
+        if len(data) != end - begin: raise SerializationError("file ended inside the tensor's data", path=self.path, tensor=name)
+        return np.frombuffer(data, dtype=dtype, count=math.prod(shape)).reshape(shape)
+    def read_all(self) -> dict: return {n: self.read(n).copy() for n in self.entries}
+
+def _load_url(url:str, lazy:bool) -> Model:
+    if not url.lower().endswith('.safetensors'): raise IoError("only SafeTensors files are read by URL", path=url)
+    r = UrlSafeTensorsReader(url)
+    meta = _metadata_from_strings(r.metadata, url)
+    params = [(s.name, _Lazy(s, r)) for s in r.specs] if lazy else list(r.read_all().items())
+    return Model(meta, params, path=url)
+
 # %% ../nbs/02_io.ipynb #68e60394
 def save_model(model:Model, # the model to save
                path, # output file (format from its extension) or folder
@@ -1138,13 +1177,14 @@ def save_model(model:Model, # the model to save
         for name in model.names: w.write(name, model.get_parameter(name))
     return Path(path)
 
-def load_model(path, # a model file, a checkpoint folder, an index .json, or hf://org/name[@revision]
+def load_model(path, # a model file, a checkpoint folder, an index .json, hf://org/name[@revision], or an fsspec URL of a .safetensors
                lazy:bool=False, # map the file and read each tensor only when asked
               ) -> Model:
     "Load a model from SafeTensors, JSON or YAML (format from the extension)"
     if isinstance(path, str) and path.startswith('hf://'):
         from entrenar.hf_pipeline import resolve_hf_uri
         path = resolve_hf_uri(path)
+    if is_url(path): return _load_url(path, lazy)
     p = Path(path)
     if p.is_dir(): p = _find_in_folder(p)
     elif not p.exists(): raise IoError("no such file or folder", path=p)

@@ -15,7 +15,7 @@ from fastcore.basics import AttrDict
 from tqdm.auto import tqdm
 from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
 from .backend import get_array_module, get_backend, is_device_array, to_device, to_numpy
-from .io import (check_output_is_not_input, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
+from .io import (check_output_is_not_input, is_url, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
                          is_float_dtype, dtype_from_code, lazy_tensor, release_pages)
 from .runner import DictSink, MultiSink, Plan, Sources, Threads, executor, run_plan
 from .gguf import GgufFile, GgufSink, encode_gguf_tensor, plan_gguf
@@ -999,7 +999,7 @@ def load_recipe(path) -> tuple[Recipe, Path]:
 def _local(ref, root):
     model, adapter = split_reference(ref)   # mergekit's model+adapter: both sides found the same way
     if adapter is not None: return f"{_local(model, root)}+{_local(adapter, root)}"
-    if str(ref).startswith('hf://'): return str(ref)   # load_model fetches those
+    if str(ref).startswith('hf://') or is_url(str(ref)): return str(ref)   # load_model fetches those, or reads them through fsspec
     p = Path(ref).expanduser()
     if not (p.is_absolute() or p.exists()) and root is not None and (Path(root) / p).exists(): return Path(root) / p
     return hub_reference(str(ref)) or p   # a plain org/name[@revision] that is no local path: a Hub model, as in mergekit

@@ -16,7 +16,7 @@ from . import errors
 from .errors import EntrenarError, IoError, reraise_as
 from .backend import is_device_array, to_numpy
 import numpy as np
-from .io import Model, load_model, release_pages
+from .io import Model, is_url, load_model, release_pages
 from .distributed import DaskExecutor, connect, in_order
 
 # %% auto #0
@@ -30,6 +30,7 @@ def _open_model(path:str, stamp:tuple) -> Model: return load_model(path, lazy=Tr
 def open_model(path, # a model file or checkpoint folder
               ) -> Model:
     "A lazy `Model` of `path`, opened once per process while the file is unchanged"
+    if is_url(path): return _open_model(path, ())   # an fsspec URL: opened once per process
     with reraise_as(IoError, path=path, what='opening'): st = os.stat(path)
     return _open_model(os.path.abspath(path), (st.st_mtime_ns, st.st_size, st.st_ino))
 
@@ -52,8 +53,10 @@ class Sources:
 
 def _portable(m) -> str|None:
     "The absolute path a worker can open `m` from, or None for a model held in memory (or not read by `load_model`)"
+    if is_url(m): return m
     if isinstance(m, (str, os.PathLike)): return os.path.abspath(m)
-    return os.path.abspath(m.path) if isinstance(m, Model) and m.path is not None and m.is_lazy else None
+    if not (isinstance(m, Model) and m.path is not None and m.is_lazy): return None
+    return str(m.path) if is_url(str(m.path)) else os.path.abspath(m.path)
 
 # %% ../nbs/02c_runner.ipynb #b1ffec03
 @dataclass

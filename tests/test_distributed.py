@@ -197,3 +197,19 @@ def test_one_pass_gguf_on_the_cluster(client, tmp_path):
         merge_files([A, B, C], tmp_path / d / 'both', gguf=tmp_path / d / 'both.gguf', type='q8_0', client=c, **recipe)
     for f in ('m.gguf', 'both.gguf'): ft.test_eq((tmp_path / 'cluster' / f).read_bytes(), (tmp_path / 'local' / f).read_bytes())
     ft.test_eq(digests(tmp_path / 'cluster' / 'both'), digests(tmp_path / 'local' / 'both'))
+
+def test_workers_read_fsspec_urls(client, tmp_path):
+    "Inputs named by fsspec URLs (here file://) are read by the workers themselves, through fsspec: the bytes of local paths"
+    files = [m / 'model.safetensors' for m in (BASE, A, B, C)]
+    urls = [f.resolve().as_uri() for f in files]
+    recipe = dict(method='dare_ties', weight=[0.5, 0.3, 0.2], density=0.4, seed=3)
+    merge_files(urls[1:], tmp_path / 'url.safetensors', base=urls[0], client=client, **recipe)
+    merge_files(files[1:], tmp_path / 'path.safetensors', base=files[0], **recipe)
+    by_url, by_path = load_model(tmp_path / 'url.safetensors'), load_model(tmp_path / 'path.safetensors')
+    ft.test_eq(by_url.names, by_path.names)
+    for n in by_url.names: assert np.array_equal(by_url.get_parameter(n), by_path.get_parameter(n)), n   # the same tensors (the metadata names the inputs)
+    ft.test_eq(by_url.metadata.custom['merge']['base'], urls[0])
+    q_url = quantize_model(urls[1], tmp_path / 'url.json', format='q4_0', client=client)
+    q_path = quantize_model(files[1], tmp_path / 'path.json', format='q4_0')
+    ft.test_eq(q_url.rows, q_path.rows)
+    ft.test_eq(load_quantized(tmp_path / 'url.json')['lm_head.weight'].data.tobytes() == load_quantized(tmp_path / 'path.json')['lm_head.weight'].data.tobytes(), True)

@@ -53,18 +53,22 @@ def test_quantized_table_that_disagrees_with_stored_bytes(tmp_path):
     with pytest.raises(SerializationError, match=rf"bad.safetensors: tensor '{entry['name']}': stores 272 bytes but its entry \(shape \[4, 0\], q8_0\) needs 0"):
         q[entry['name']].dequantize()
 
-def test_gguf_heads_that_do_not_split_the_rows(tmp_path):
-    "attention.head_count that does not divide attn_q's rows: was a raw ValueError from the q/k un-permutation"
+def _llama_gguf_with(folder, key:bytes, value:int):
+    "fuzz_io's llama GGUF with the uint32 metadata value `key` set to `value`"
     import gguf
-    from entrenar.gguf import gguf_model
-    p = tmp_path / 'llama.gguf'
+    p = folder / 'llama.gguf'
     fuzz_io._llama_gguf(p)
     data = bytearray(p.read_bytes())
-    key = b'llama.attention.head_count'
     i = data.index(struct.pack('<Q', len(key)) + key) + 8 + len(key)
     ft.test_eq(struct.unpack_from('<I', data, i)[0], gguf.GGUFValueType.UINT32)
-    data[i + 4:i + 8] = struct.pack('<I', 3)
+    data[i + 4:i + 8] = struct.pack('<I', value)
     p.write_bytes(bytes(data))
+    return p
+
+def test_gguf_heads_that_do_not_split_the_rows(tmp_path):
+    "attention.head_count that does not divide attn_q's rows: was a raw ValueError from the q/k un-permutation"
+    from entrenar.gguf import gguf_model
+    p = _llama_gguf_with(tmp_path, b'llama.attention.head_count', 3)
     m = gguf_model(p)
     with pytest.raises(SerializationError, match="llama.gguf: tensor 'blk.0.attn_q.weight': 32 rows do not split into 3 heads"):
         m.get_parameter('model.layers.0.self_attn.q_proj.weight')
@@ -82,15 +86,7 @@ print(m.names[1], (hwm() - before) // 1024)
 
 def test_gguf_block_count_costs_nothing(tmp_path):
     "block_count 9,999 in a 6 KB file: the name map of every layer took 500 MB; now only the layers of the tensors present"
-    import gguf
-    p = tmp_path / 'llama.gguf'
-    fuzz_io._llama_gguf(p)
-    data = bytearray(p.read_bytes())
-    key = b'llama.block_count'
-    i = data.index(struct.pack('<Q', len(key)) + key) + 8 + len(key)
-    ft.test_eq(struct.unpack_from('<I', data, i)[0], gguf.GGUFValueType.UINT32)
-    data[i + 4:i + 8] = struct.pack('<I', 9999)
-    p.write_bytes(bytes(data))
+    p = _llama_gguf_with(tmp_path, b'llama.block_count', 9999)
     r = subprocess.run([sys.executable, '-c', GGUF_PEAK.format(root=str(fuzz_io.HERE.parent)), str(p)], capture_output=True, text=True, timeout=600)
     name, mb = r.stdout.split()
     ft.test_eq(name, 'model.layers.0.input_layernorm.weight')

@@ -6,14 +6,16 @@ Docs: https://entrenar.github.io/entrenar/cuda.html.md"""
 
 # %% ../nbs/01a_cuda.ipynb #c9b58faa
 from __future__ import annotations
-import ctypes, functools, hashlib, os, shutil, subprocess, tempfile, threading
+import contextlib, ctypes, functools, hashlib, os, shutil, subprocess, tempfile, threading
 from pathlib import Path
 import numpy as np
+import ml_dtypes
 from .errors import BackendError
-from .backend import get_array_module, is_device_array
+from .backend import get_array_module, get_backend, is_device_array
 
 # %% auto #0
-__all__ = ['KERNEL_PRELUDE', 'CPU_FLAGS', 'GPU_OPTIONS', 'CONVERSIONS', 'cpu_library', 'Kernels', 'convert', 'gpu_compile']
+__all__ = ['KERNEL_PRELUDE', 'CPU_FLAGS', 'GPU_OPTIONS', 'CONVERSIONS', 'GPU_STREAMS', 'cpu_library', 'Kernels', 'convert',
+           'gpu_compile', 'task_stream', 'upload', 'download']
 
 # %% ../nbs/01a_cuda.ipynb #a9ff12e4
 KERNEL_PRELUDE = r'''
@@ -204,3 +206,58 @@ def gpu_compile(source:str, # kernel source (without the prelude)
                            capture_output=True, text=True)
     if r.returncode: raise BackendError(f"nvcc could not compile the kernels for {arch}:\n{r.stderr[-3000:]}")
     return r.stderr
+
+# %% ../nbs/01a_cuda.ipynb #beec2df6
+GPU_STREAMS = 3   # tasks in flight on one GPU: one being read and uploaded, one computing, one downloading
+_local = threading.local()
+
+@contextlib.contextmanager
+def task_stream():
+    "Run the block on this thread's own non-blocking CUDA stream when the backend is CuPy (else do nothing)"
+    if get_backend() != 'cupy': yield None; return
+    import cupy as cp
+    streams = _local.__dict__.setdefault('streams', {})
+    dev = cp.cuda.Device().id
+    if dev not in streams: streams[dev] = cp.cuda.Stream(non_blocking=True)
+    with streams[dev] as s: yield s
+
+def _keep_until_copied(staged, stream):
+    "Hold the pinned buffer of an asynchronous copy until the stream has passed it"
+    keep = _local.__dict__.setdefault('staged', [])
+    keep[:] = [(e, a) for e, a in keep if not e.done]
+    keep.append((stream.record(), staged))
+
+_WIDEN = {np.dtype(ml_dtypes.bfloat16): 'bfloat16', np.dtype(np.float16): 'float16'}
+
+def upload(a, # a host array: a tensor read from a file, usually a view into its mapping
+           widen:bool=True, # float16 becomes float32 on the device (bfloat16 always does: CuPy has no bfloat16)
+          ):
+    "`a` on the GPU, copied through pinned memory on the current stream; 16-bit floats widened there"
+    import cupy as cp, cupyx
+    if is_device_array(a): return a
+    a = np.asarray(a)
+    src = _WIDEN.get(a.dtype)
+    if a.dtype.kind not in 'fiub' and src is None: raise BackendError(f"no GPU dtype holds {a.dtype}")
+    host = a.view(np.uint16) if src == 'bfloat16' else a
+    staged = cupyx.empty_pinned(host.shape, host.dtype)
+    np.copyto(staged, host)   # the file's pages are read here, on this thread
+    d, s = cp.empty(host.shape, host.dtype), cp.cuda.get_current_stream()
+    d.set(staged, stream=s)   # from pinned memory: asynchronous on `s`
+    _keep_until_copied(staged, s)
+    if src == 'bfloat16': return convert(d, 'float32', 'bfloat16')
+    return d.astype(np.float32) if src == 'float16' and widen else d
+
+def download(v, # a CuPy array (a host array is returned as it is, or cast)
+             dtype=None, # the host dtype wanted: 'bfloat16' is narrowed on the device
+            ) -> np.ndarray:
+    "`v` on the host, in pinned memory, copied on the current stream; waits for that stream alone"
+    if not is_device_array(v): return v if dtype is None else np.asarray(v).astype(dtype)
+    import cupy as cp
+    dtype = None if dtype is None else np.dtype(dtype)
+    if dtype == np.dtype(ml_dtypes.bfloat16): v, view = convert(v.astype(np.float32, copy=False), 'bfloat16'), dtype
+    else: v, view = (v if dtype is None else v.astype(dtype, copy=False)), None
+    import cupyx
+    v = cp.ascontiguousarray(v)
+    out, s = cupyx.empty_pinned(v.shape, v.dtype), cp.cuda.get_current_stream()
+    v.get(stream=s, out=out)   # waits for this stream's work, not the other threads'
+    return out if view is None else out.view(view)

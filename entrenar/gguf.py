@@ -14,6 +14,8 @@ from fastcore.basics import patch
 from .errors import EntrenarError, IoError, QuantizeError, SerializationError, reraise_as, short_repr
 from .io import (check_output_is_not_input, Model, ModelMetadata, TensorSpec, atomic_path, check_gguf, open_gguf, dtype_from_code, lazy_tensor, load_model,
                          release_pages, save_model)
+from .backend import get_array_module, get_backend, is_device_array, to_numpy
+from .cuda import download, upload
 from .quantize import BLOCK_FORMATS, QuantizedTensor, QuantizeReport, quantize_tensor, tensor_error, write_gguf_tensor
 from .imatrix import Imatrix, read_imatrix, check_imatrix
 from .runner import Plan, Sources, executor, run_plan
@@ -408,7 +410,7 @@ def _encode(x:np.ndarray, t:str, imatrix=None) -> np.ndarray:
     if t == 'f32': return np.ascontiguousarray(x, np.float32).view(np.uint8)
     if t == 'f16': return np.ascontiguousarray(x.astype(np.float16)).view(np.uint8)
     if t == 'bf16': return np.ascontiguousarray(x.astype(dtype_from_code('BF16'))).view(np.uint8)
-    return np.asarray(quantize_tensor(x, t, imatrix=imatrix).data)
+    return quantize_tensor(x, t, imatrix=imatrix).data   # on the device of `x`
 
 def _byte_shape(shape, t:str) -> tuple:
     "The shape of `_encode`'s result for a tensor of `shape`"
@@ -445,14 +447,18 @@ def encode_gguf_tensor(entry:tuple, # one `GgufPlan.tensors` entry: (source name
                       ) -> tuple:
     "(the tensor's bytes in its GGUF type, a flat uint8 array; its report row); no file access"
     src, g, shape, t, heads = entry
-    raw = np.asarray(raw)
-    x = raw.astype(np.float32, copy=False).reshape(shape)
-    if heads: x = permute_qk(x, heads)
-    if t != 'f32' and not np.isfinite(x).all():
-        raise QuantizeError(f"non-finite values (NaN or inf) cannot go into a llama.cpp {t.upper()} tensor", tensor=src)
+    raw = raw if is_device_array(raw) else np.asarray(raw)
     ok = imatrix_row is not None and t in BLOCK_FORMATS and np.size(imatrix_row) == shape[-1]   # llama.cpp: another size is ignored
-    data = _encode(x, t, imatrix_row if ok else None)
-    return data.reshape(-1).view(np.uint8), _report_row(g, shape, t, raw.nbytes, data, x, measure)
+    gpu = get_backend() == 'cupy' and t in BLOCK_FORMATS and not ok   # the block kernels; weighted searches stay on the CPU
+    if gpu: x = upload(raw if raw.dtype.kind == 'f' else raw.astype(np.float32)).astype(np.float32, copy=False).reshape(shape)
+    else: x = to_numpy(raw).astype(np.float32, copy=False).reshape(shape)
+    if heads: x = permute_qk(x, heads)
+    finite = get_array_module(x).isfinite(x).all() if t != 'f32' else True
+    data = _encode(x, t, imatrix_row if ok else None) if gpu or bool(finite) else None
+    if not bool(finite):   # on a GPU, looked at once the kernels are queued
+        raise QuantizeError(f"non-finite values (NaN or inf) cannot go into a llama.cpp {t.upper()} tensor", tensor=src)
+    row = _report_row(g, shape, t, raw.nbytes, data, x, measure)
+    return download(data).reshape(-1).view(np.uint8), row
 
 # %% ../nbs/08_gguf.ipynb #e15a8a56
 def parse_split_size(size, # '2G', '500M', '200K', or a number of bytes

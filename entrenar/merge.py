@@ -15,6 +15,7 @@ from fastcore.basics import AttrDict
 from tqdm.auto import tqdm
 from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
 from .backend import get_array_module, get_backend, is_device_array, to_device, to_numpy
+from .cuda import download, upload
 from .io import (check_output_is_not_input, is_url, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
                          is_float_dtype, dtype_from_code, lazy_tensor, release_pages)
 from .runner import DictSink, MultiSink, Plan, Sources, Threads, executor, run_plan
@@ -146,7 +147,7 @@ def tensor_rng(seed:int, # the merge's seed
 def uniform(rng:np.random.Generator, shape, like):
     "Uniform [0, 1) float32 draws from `rng`, on the device of `like` (drawn on the CPU, so CuPy and numpy agree)"
     u = rng.random(shape, dtype=np.float32)
-    return to_device(u, 'cupy') if is_device_array(like) else u
+    return upload(u) if is_device_array(like) else u   # on this thread's CUDA stream, without waiting
 
 # %% ../nbs/03_merge.ipynb #6fd77719
 def _apply(m:MergeMethod, tensors, base, p, name='', seed=0, out_dtype=None):
@@ -158,7 +159,7 @@ def _apply(m:MergeMethod, tensors, base, p, name='', seed=0, out_dtype=None):
     rng = tensor_rng(seed, name) if m.random else None
     with reraise_as(MergeError, tensor=name or None, what=m.name): out = m.fn(xs, b, p, rng)
     dt = np.dtype(out_dtype or first.dtype)
-    if is_device_array(out) and dt.kind not in 'fiub': out = to_numpy(out)  # bfloat16 has no CuPy dtype: cast on the host
+    if is_device_array(out) and dt.kind not in 'fiub': return download(out, dt)  # bfloat16: narrowed on the GPU, copied back
     return out.astype(dt, copy=False)
 
 def merge_tensors(method, # a registered name (or alias), or a `MergeMethod`
@@ -887,16 +888,21 @@ def plan_merge(recipe:Recipe, # what to merge, how
     return tasks
 
 # %% ../nbs/03_merge.ipynb #ce2aa3d4
-def _read(models, ref, name, in_dtype, allow_nonfinite, raw):
+def _read(models, ref, name, in_dtype, allow_nonfinite, raw, checks):
     "One input tensor: cast to `in_dtype` if given, checked to be finite, on the active backend"
     a = models[ref].get_parameter(name); raw.append(a)
     if in_dtype is not None and a.dtype != in_dtype: a = a.astype(in_dtype)
+    if get_backend() != 'numpy' and not is_device_array(a):   # 16-bit floats go as they are and widen on the GPU
+        a = upload(a if a.dtype.kind in 'fiub' or (is_float_dtype(a.dtype) and a.dtype.itemsize == 2) else a.astype(np.float32))
     if is_float_dtype(a.dtype) and a.dtype.itemsize < 4: a = a.astype(np.float32)  # the compute dtype; checks run faster there too
-    if get_backend() != 'numpy' and not is_device_array(a):
-        a = to_device(a if a.dtype.kind in 'fiub' else a.astype(np.float32))  # bfloat16 has no CuPy dtype
-    if not allow_nonfinite and not bool(get_array_module(a).isfinite(a).all()):
-        raise MergeError("holds NaN or infinite values (allow them with allow_nonfinite / --allow-nonfinite)", path=_model_label(models, ref), tensor=name)
+    if not allow_nonfinite:
+        finite = get_array_module(a).isfinite(a).all()
+        if is_device_array(finite): checks.append((ref, name, finite))   # on a GPU: looked at once the task's work is queued
+        elif not bool(finite): _nonfinite(models, ref, name)
     return a
+
+def _nonfinite(models, ref, name):
+    raise MergeError("holds NaN or infinite values (allow them with allow_nonfinite / --allow-nonfinite)", path=_model_label(models, ref), tensor=name)
 
 def _run_task(task, m, models, seed, in_dtype, allow_nonfinite):
     "Read, check and merge one task's tensors: (output, the arrays read)"
@@ -906,14 +912,17 @@ def _run_task(task, m, models, seed, in_dtype, allow_nonfinite):
             if not bool((get_array_module(a).asarray(a) == arrays[0]).all()):
                 raise MergeError(f"is a {a.dtype} tensor that differs between {_model_label(models, task.base[0])} and {_model_label(models, r)}: it cannot be merged", tensor=task.name)
         return arrays[0], arrays
-    raw = []
-    xs = [_read(models, r, n, in_dtype, allow_nonfinite, raw) for r, n in task.inputs]
-    b = None if task.base is None else _read(models, *task.base, in_dtype, allow_nonfinite, raw)
+    raw, checks = [], []
+    xs = [_read(models, r, n, in_dtype, allow_nonfinite, raw, checks) for r, n in task.inputs]
+    b = None if task.base is None else _read(models, *task.base, in_dtype, allow_nonfinite, raw, checks)
     if task.vocab is not None:   # each model's rows in the output vocabulary's order (entrenar.vocab)
         refs = [r for r, _ in task.inputs] + ([task.base[0]] if b is not None else [])
         al = align_rows(task.vocab, dict(zip(refs, [*xs, *([b] if b is not None else [])])))
         xs, b = [al[r] for r, _ in task.inputs], (None if b is None else al[task.base[0]])
-    return _apply(m, xs, b, task.params, task.name, seed, task.spec.dtype), raw
+    out = _apply(m, xs, b, task.params, task.name, seed, task.spec.dtype)
+    for ref, name, finite in checks:   # the first wait for the GPU: its work for this task is all queued
+        if not bool(finite): _nonfinite(models, ref, name)
+    return out, raw
 
 def merge_task(sources, # reference -> `Model` (a runner `Sources`)
                task:TensorTask, # one output tensor

@@ -15,6 +15,7 @@ import orjson
 from tqdm.auto import tqdm
 from .errors import QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError, reraise_as
 from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend, CPU_THREADS
+from .cuda import download, upload
 from .io import (check_output_is_not_input, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
                          dtype_code, dtype_from_code, is_float_dtype, check_shape, open_gguf, release_pages)
 from .kquants import K_QUANTS, quantize_weighted, weighted_levels
@@ -908,12 +909,13 @@ def quantize_task(sources, entry:dict, scheme:str, report:bool) -> tuple:
 
 # %% ../nbs/04_quantize.ipynb #b911df4d
 def _to_backend(x):
-    "`x` on the active backend; dtypes CuPy lacks (bfloat16, float8) go as float32"
-    if get_backend() != 'numpy' and np.dtype(x.dtype).name not in _DEVICE_FLOATS: x = np.asarray(x).astype(np.float32)
-    return to_device(x)
+    "`x` on the active backend: on a GPU through pinned memory, bfloat16 widened there; float8 goes as float32"
+    if get_backend() == 'numpy' or is_device_array(x): return to_device(x)
+    if np.dtype(x.dtype).name not in (*_DEVICE_FLOATS, 'bfloat16'): x = np.asarray(x).astype(np.float32)
+    return upload(x, widen=False)
 
 def _on_host(qt:QuantizedTensor) -> QuantizedTensor:
-    return dataclasses.replace(qt, **{k: to_numpy(getattr(qt, k)) for k in ('data', 'scale', 'zero_point') if getattr(qt, k) is not None})
+    return dataclasses.replace(qt, **{k: download(getattr(qt, k)) for k in ('data', 'scale', 'zero_point') if getattr(qt, k) is not None})
 
 def _report_row(entry, x, qt, measure):
     row = dict(name=entry['name'], scheme=qt.scheme, shape=tuple(entry['shape']), dtype=entry['dtype'],

@@ -14,7 +14,8 @@ from typing import Callable
 from tqdm.auto import tqdm
 from . import errors
 from .errors import EntrenarError, IoError, reraise_as
-from .backend import is_device_array, to_numpy
+from .backend import get_backend, is_device_array, use_backend
+from .cuda import GPU_STREAMS, download, task_stream
 import numpy as np
 from .io import Model, is_url, load_model, release_pages
 from .distributed import DaskExecutor, connect, in_order
@@ -82,7 +83,7 @@ class Failure:
     def of(cls, e:EntrenarError): return cls(type(e).__name__, e.message, None if e.path is None else str(e.path), e.tensor)
     def reraise(self): raise getattr(errors, self.kind, EntrenarError)(self.message, path=self.path, tensor=self.tensor)
 
-def _host(v): return to_numpy(v) if is_device_array(v) else v
+def _host(v): return download(v) if is_device_array(v) else v
 
 def run_group(work:Callable, sources:Sources|None, args:tuple, # the plan's
               tasks:list, # consecutive tasks of the plan
@@ -90,13 +91,17 @@ def run_group(work:Callable, sources:Sources|None, args:tuple, # the plan's
     "Run `tasks` one after another: their `(outputs, info)`, outputs on the host; an entrenar error as a `Failure`"
     try:
         done = []
-        for t in tasks:
-            outputs, info = work(sources, t, *args)
-            done.append(([(n, _host(v)) for n, v in outputs], info))
+        with task_stream():   # on a GPU: this thread's own CUDA stream (entrenar.cuda)
+            for t in tasks:
+                outputs, info = work(sources, t, *args)
+                done.append(([(n, _host(v)) for n, v in outputs], info))
         return done
     except EntrenarError as e: return Failure.of(e)
 
 # %% ../nbs/02c_runner.ipynb #add16c53
+def _on_backend(name, fn, *args):
+    with use_backend(name): return fn(*args)
+
 class Threads:
     "An executor running groups of tasks on `n` threads of this process, results in order"
     group_bytes = 0
@@ -104,6 +109,7 @@ class Threads:
     def __repr__(self): return f"Threads({self.n})"
     def map(self, fn:Callable, groups):
         if self.n == 1: yield from map(fn, groups); return
+        if (backend := get_backend()) != 'numpy': fn = functools.partial(_on_backend, backend, fn)   # threads start on numpy
         ex = ThreadPoolExecutor(self.n)
         try: yield from in_order(lambda g: ex.submit(fn, g), groups, 2 * self.n, lambda f: f.result())
         finally: ex.shutdown(wait=True, cancel_futures=True)
@@ -114,8 +120,8 @@ def executor(workers:int=1, # threads in this process
              client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT'; overrides `workers`
              error:type=EntrenarError, # raised when no cluster can be had
             ):
-    "An executor for `client` (a Dask cluster) if given, else `Threads(workers)`"
-    if client is None: yield Threads(workers); return
+    "An executor for `client` (a Dask cluster) if given, else `Threads(workers)`, at least `GPU_STREAMS` on a GPU"
+    if client is None: yield Threads(max(workers, GPU_STREAMS) if get_backend() == 'cupy' else workers); return
     with connect(client, error) as c: yield DaskExecutor(c, error=error)
 
 # %% ../nbs/02c_runner.ipynb #34f1be31

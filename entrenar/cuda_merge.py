@@ -16,6 +16,13 @@ __all__ = ['SELECT_SOURCE', 'SELECT', 'TIES_SOURCE', 'TIES', 'radix_select', 'kt
 
 # %% ../nbs/03e_cuda_merge.ipynb #ba93f612
 SELECT_SOURCE = r'''
+// float32 bits as an unsigned key in the floats' order: -0.0 as +0.0, every NaN above +inf
+__device__ __forceinline__ u32 order_key(u32 u) {
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0xffffffffu;
+    if (u == 0x80000000u) return 0x80000000u;
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
 // The key of element j of source `src`: mode 0, |x - b| (TIES; NaN sets *nan); mode 1, x in an order-preserving
 // unsigned form (-0.0 as +0.0, every NaN above +inf). Keys compare as the values do.
 __device__ __forceinline__ bool select_key(u32 mode, const u64 *src, const float *b, i32 s, i64 j, u32 *key, u32 *nan) {
@@ -25,10 +32,7 @@ __device__ __forceinline__ bool select_key(u32 mode, const u64 *src, const float
         if (u > 0x7f800000u) { atomicMax(nan, 1u); return false; }
         *key = u; return true;
     }
-    u32 u = f32_bits(x[j]);
-    if ((u & 0x7fffffffu) > 0x7f800000u) *key = 0xffffffffu;
-    else if (u == 0x80000000u) *key = 0x80000000u;
-    else *key = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    *key = order_key(f32_bits(x[j]));
     return true;
 }
 __device__ __forceinline__ u32 key_bits(u32 mode, u32 key) {   // a key back to float32 bits
@@ -143,13 +147,12 @@ extern "C" __global__ void select_tie_find(u32 mode, const u64 *src, const float
 
 // rank_mask: the elements whose (key, position) lies between query 0's and query 1's (either may be absent)
 extern "C" __global__ void select_mask(const u64 *src, i64 n, const i64 *rank, const i64 *state, u8 *mask) {
-    u32 nan = 0;
+    const float *x = (const float *)src[0];
     bool has_lo = rank[0] >= 0, has_hi = rank[1] >= 0;
     u32 klo = has_lo ? (u32)ST(0, 2) : 0, khi = has_hi ? (u32)ST(1, 2) : 0;
     i64 plo = has_lo ? ST(0, 4) : 0, phi = has_hi ? ST(1, 4) : 0;
     GRID_STRIDE(j, n) {
-        u32 key;
-        select_key(1, src, (const float *)0, 0, j, &key, &nan);
+        u32 key = order_key(f32_bits(x[j]));
         bool above = !has_lo || key > klo || (key == klo && j >= plo);
         bool below = !has_hi || key < khi || (key == khi && j <= phi);
         mask[j] = above && below;

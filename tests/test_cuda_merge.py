@@ -1,0 +1,129 @@
+"entrenar.cuda_merge: the TIES and selection kernels give the CPU's bits (numba TIES, np.partition, merge.rank_mask); on a GPU, the CPU build's bits"
+import shutil
+import numpy as np
+import pytest
+from fastcore.basics import AttrDict
+from entrenar.cuda_merge import SELECT_SOURCE, TIES_SOURCE, kth_value, radix_select, rank_mask, ties, ties_launch
+from entrenar.merge import _ties_compiled
+from entrenar.merge import rank_mask as merge_rank_mask
+
+def cpu_ties(xs, base, density, weight, normalize, scale):
+    return _ties_compiled(xs, base, AttrDict(density=density, weight=weight, normalize=normalize, rescale=False, **{'lambda': scale}))
+
+def models(seed, m, n, levels=None, shape=None):
+    "A base and m fine-tunes; with `levels`, task vectors of few distinct values (thresholds inside runs of ties)"
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=n).astype(np.float32)
+    step = (rng.integers(-levels, levels + 1, (m, n)) * np.float32(0.01)) if levels else rng.normal(scale=0.01, size=(m, n))
+    xs = [(base + s).astype(np.float32) for s in step]
+    if shape: base, xs = base.reshape(shape), [x.reshape(shape) for x in xs]
+    return xs, base
+
+def bits(a): return np.asarray(a).view(np.uint32)
+
+CASES = [  # m, n, levels, density, weight, normalize, scale, grid
+    (2, 100_003, None, [0.1, 0.5], [1, 1], True, 1.0, (1, 1)),
+    (3, 99_991, 2, [0.3, 0.3, 0.3], [1, 1, 1], True, 1.0, (3, 5)),
+    (4, 100_000, 1, [0.1, 0.45, 0.9, 1.0], [0.3, 1.7, 1.0, 0.5], True, 0.7, (1, 1)),
+    (3, 123_457, 3, [0.77, 1.0, 0.2], [1, 1, 1], False, 1.3, (3, 5)),
+    (2, 65_537, None, [1.0, 1.0], [2, 0.5], False, 1.0, (1, 1)),
+    (4, 100_001, 0, [0.2, 0.4, 0.6, 0.8], [1, 2, 3, 4], True, 1.0, (2, 7)),   # all task vectors zero: every magnitude ties
+]
+
+@pytest.mark.parametrize('m,n,levels,density,weight,normalize,scale,grid', CASES)
+def test_ties_equals_numba(m, n, levels, density, weight, normalize, scale, grid):
+    xs, base = models(n, m, n, levels)
+    np.testing.assert_array_equal(bits(ties(xs, base, density, weight, normalize, scale, grid=grid)),
+                                  bits(cpu_ties(xs, base, density, weight, normalize, scale)))
+
+def test_ties_keeps_shape_and_large_tensor():
+    "2**24 + 12345 elements: chunks of positions longer than 256, thresholds inside runs of ties"
+    xs, base = models(7, 2, (1 << 24) + 12345, levels=2)
+    got = ties(xs, base, [0.3, 0.6], [1, 1], True, 1.0)
+    np.testing.assert_array_equal(bits(got), bits(cpu_ties(xs, base, [0.3, 0.6], [1, 1], True, 1.0)))
+    xs, base = models(8, 3, 300 * 401, 1, shape=(300, 401))
+    got = ties(xs, base, [0.5] * 3, [1] * 3, True, 1.0)
+    assert got.shape == (300, 401)
+    np.testing.assert_array_equal(bits(got), bits(cpu_ties(xs, base, [0.5] * 3, [1] * 3, True, 1.0)))
+
+def test_ties_nan_flag():
+    xs, base = models(9, 3, 10_000)
+    xs[1][1234] = np.nan
+    assert ties(xs, base, [0.5] * 3, [1] * 3, True, 1.0) is None
+    assert cpu_ties(xs, base, [0.5] * 3, [1] * 3, True, 1.0) is None
+    assert int(ties_launch(xs, base, [0.5] * 3, [1] * 3, True, 1.0)[1][0]) == 1
+    density = [0.5, 1.0, 0.5]   # a task vector kept whole is not checked, on either side
+    np.testing.assert_array_equal(bits(ties(xs, base, density, [1] * 3, True, 1.0)), bits(cpu_ties(xs, base, density, [1] * 3, True, 1.0)))
+
+def values(seed, n):
+    "float32 values with many ties, negatives, and -0.0 beside +0.0"
+    rng = np.random.default_rng(seed)
+    v = (rng.integers(-50, 51, n) * np.float32(0.25)).astype(np.float32) if seed % 2 else rng.normal(size=n).astype(np.float32)
+    v[rng.random(n) < 0.1] = -0.0
+    v[rng.random(n) < 0.1] = 0.0
+    return v
+
+@pytest.mark.parametrize('seed', range(4))
+def test_kth_value_equals_partition(seed):
+    v, rng = values(seed, 100_003), np.random.default_rng(seed)
+    for r in [0, v.size - 1, *rng.integers(0, v.size, 6)]:
+        assert kth_value(v, int(r), grid=(3, 5) if seed == 3 else (1, 1)) == np.partition(v, r)[r]
+    zero = int(np.searchsorted(np.sort(v), 0))   # a rank among the zeros gives +0.0
+    if np.sort(v)[zero] == 0: assert bits(kth_value(v, zero)) == 0
+
+@pytest.mark.parametrize('seed', range(4))
+def test_rank_mask_equals_merge(seed):
+    v, rng = values(seed, 100_003), np.random.default_rng(seed)
+    for s, e in [(0, 50_000), (50_000, v.size), (1, v.size - 1), *(sorted(rng.integers(0, v.size, 2)) for _ in range(4))]:
+        np.testing.assert_array_equal(rank_mask(v, int(s), int(e), grid=(3, 5) if seed == 2 else (1, 1)), merge_rank_mask(v, int(s), int(e)))
+
+def test_select_state_in_device_arrays():
+    v = np.repeat(np.arange(1000, dtype=np.float32), 100)   # runs of 100 equal values: rank 50_537 is the 38th 505
+    rank, state, found, nan = radix_select(1, [v], v, [(0, 50_537), (0, -1)])
+    assert found[0] == 505 and list(state[3:6]) == [37, 50_537, 100] and int(nan[0]) == 0
+
+@pytest.mark.skipif(shutil.which('nvcc') is None, reason="needs CUDA's nvcc")
+def test_gpu_compile_sm90():
+    from entrenar.cuda import gpu_compile
+    for source in (SELECT_SOURCE, TIES_SOURCE):
+        report = gpu_compile(source, 'sm_90')
+        assert 'Used' in report and 'spill stores' in report
+        assert all(l.strip().startswith('0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads') for l in report.splitlines() if 'spill' in l)
+
+# On a GPU: the same calls on CuPy arrays give the CPU build's bits
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('m,n,levels,density,weight,normalize,scale,grid', CASES)
+def test_ties_gpu_equals_cpu(m, n, levels, density, weight, normalize, scale, grid):
+    import cupy as cp
+    xs, base = models(n, m, n, levels)
+    want = ties(xs, base, density, weight, normalize, scale)
+    got = ties([cp.asarray(x) for x in xs], cp.asarray(base), density, weight, normalize, scale)
+    assert isinstance(got, cp.ndarray)
+    np.testing.assert_array_equal(bits(cp.asnumpy(got)), bits(want))
+    np.testing.assert_array_equal(bits(want), bits(cpu_ties(xs, base, density, weight, normalize, scale)))
+
+@pytest.mark.gpu
+def test_ties_gpu_large_and_nan():
+    import cupy as cp
+    xs, base = models(11, 3, (1 << 24) + 777, levels=2)
+    want = cpu_ties(xs, base, [0.2, 0.5, 0.9], [1, 0.5, 2], True, 0.8)
+    got = ties([cp.asarray(x) for x in xs], cp.asarray(base), [0.2, 0.5, 0.9], [1, 0.5, 2], True, 0.8)
+    np.testing.assert_array_equal(bits(cp.asnumpy(got)), bits(want))
+    xs, base = models(12, 2, 50_000)
+    xs[0][49_999] = np.nan
+    assert ties([cp.asarray(x) for x in xs], cp.asarray(base), [0.5, 0.5], [1, 1], True, 1.0) is None
+    out, nan = ties_launch([cp.asarray(x) for x in xs], cp.asarray(base), [0.5, 0.5], [1, 1], True, 1.0)
+    assert isinstance(nan, cp.ndarray) and int(nan[0]) == 1
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('seed', range(4))
+def test_kth_value_and_rank_mask_gpu(seed):
+    import cupy as cp
+    v, rng = values(seed, 1_000_003), np.random.default_rng(seed)
+    d = cp.asarray(v)
+    for r in [0, v.size - 1, *rng.integers(0, v.size, 4)]:
+        got = kth_value(d, int(r))
+        assert isinstance(got, cp.ndarray) and bits(cp.asnumpy(got)) == bits(kth_value(v, int(r)))
+    for s, e in [(0, 500_000), (500_000, v.size), *(sorted(rng.integers(0, v.size, 2)) for _ in range(3))]:
+        np.testing.assert_array_equal(cp.asnumpy(rank_mask(d, int(s), int(e))), rank_mask(v, int(s), int(e)))

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
 from .backend import get_array_module, get_backend, is_device_array, to_device, to_numpy
 from .cuda import download, upload
+from .cuda_merge import kth_value as cuda_kth_value, rank_mask as cuda_rank_mask, ties as cuda_ties
 from .io import (check_output_is_not_input, is_url, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
                          is_float_dtype, dtype_from_code, lazy_tensor, release_pages)
 from .runner import DictSink, MultiSink, Plan, Sources, Threads, executor, run_plan
@@ -289,7 +290,8 @@ def kth_value(values, # a flat array
              ):
     "The element of ascending `rank`, by partial selection; on large arrays a sorted sample first narrows the candidates"
     xp, n = get_array_module(values), values.size
-    if xp is not np: return xp.sort(values)[rank]   # on a GPU a radix sort is the fastest selection CuPy has
+    if xp is not np:   # on a GPU: float32 by radix selection (entrenar.cuda_merge); other dtypes by CuPy's radix sort
+        return cuda_kth_value(values, rank) if values.dtype == np.float32 else xp.sort(values)[rank]
     if n <= 1 << 18: return xp.partition(values, rank)[rank]
     sample = xp.sort(values[::max(16, n >> 16)]); ns = sample.size
     q, margin = rank * ns / n, 4 * math.sqrt(ns) + 2
@@ -326,6 +328,7 @@ def rank_mask(values, # a flat array
     start, stop = max(0, start), min(n, stop)
     if stop <= start: return xp.zeros(n, bool)
     if start == 0 and stop == n: return xp.ones(n, bool)
+    if xp is not np and values.dtype == np.float32: return cuda_rank_mask(values, start, stop)   # radix selection on the GPU
     lo = None if start == 0 else kth_value(values, start)
     hi = None if stop == n else kth_value(values, stop - 1)
     if lo is not None and hi is not None and lo == hi:   # the whole range is one value
@@ -456,6 +459,12 @@ def _ties_kernels():
     jit = numba.njit(nogil=True, cache=True, error_model='numpy')
     return jit(_ties_select), jit(_ties_combine)
 
+def _ties_device(xs, base, p):
+    "TIES by the GPU kernels of `entrenar.cuda_merge` (the same bits as `_ties_compiled`), or None where they do not apply"
+    if (base.dtype != np.float32 or any(x.dtype != np.float32 or not is_device_array(x) for x in xs)
+        or p.rescale or base.size == 0 or min(p.density) <= 0): return None
+    return cuda_ties(xs, base, p.density, p.weight, bool(p.normalize), float(p['lambda']))
+
 def _ties_compiled(xs, base, p):
     "TIES by the compiled loops, or None where they do not apply"
     if (get_array_module(base, *xs) is not np or base.dtype != np.float32 or any(x.dtype != np.float32 for x in xs)
@@ -512,7 +521,7 @@ def task_arithmetic_merge(xs, base, p, rng, sparsifier:str|None=None, elect_sign
     "Sparsify, weight, (elect signs), sum, normalise and scale the task vectors, and add them to the base"
     if not xs: return base.copy()
     if compiled and sparsifier == 'magnitude' and elect_sign:
-        out = _ties_compiled(xs, base, p)
+        out = _ties_device(xs, base, p) if is_device_array(base) else _ties_compiled(xs, base, p)
         if out is not None: return out
     xp, deltas = get_array_module(base, *xs), []
     for i, x in enumerate(xs):

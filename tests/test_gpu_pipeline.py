@@ -96,3 +96,15 @@ def test_llama_gguf_on_the_gpu_is_the_same_file(kind, run_cli, tmp_path):
     r = run_cli('quantize', str(src), '--type', kind, '--output', str(tmp_path / 'gpu.gguf'), env={'ENTRENAR_BACKEND': 'cupy'})
     assert r.returncode == 0, r.stderr
     assert (tmp_path / 'cpu.gguf').read_bytes() == (tmp_path / 'gpu.gguf').read_bytes()
+
+@pytest.mark.parametrize('density', [0.2, 0.5, 1.0])
+def test_ties_on_the_gpu_is_the_cpus_bits(density):
+    from entrenar.backend import to_device
+    from entrenar.merge import merge_tensors
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal((1024, 768)).astype(np.float32)
+    fts = [base + np.round(rng.normal(scale=0.01, size=base.shape) * 300).astype(np.float32) / 300 for _ in range(4)]   # many ties
+    kw = dict(weight=[1, 0.5, 2, 1], density=density, name='layers.0.w')
+    cpu = merge_tensors('ties', fts, base=base, **kw)
+    gpu = merge_tensors('ties', [to_device(f, 'cupy') for f in fts], base=to_device(base, 'cupy'), **kw)
+    ft.test_eq(to_numpy(gpu).view(np.uint32), cpu.view(np.uint32))

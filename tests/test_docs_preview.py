@@ -19,7 +19,8 @@ MODULE_PAGES = {'entrenar.io': 'io.html', 'entrenar.numtext': 'numtext.html', 'e
                 'entrenar.cli': 'cli.html', 'entrenar.backend': 'backend.html', 'entrenar.errors': 'errors.html', 'entrenar.gguf': 'gguf.html',
                 'entrenar.kquants': 'kquants.html', 'entrenar.imatrix': 'imatrix.html', 'entrenar.moe': 'moe.html',
                 'entrenar.runner': 'runner.html', 'entrenar.distributed': 'distributed.html', 'entrenar.lora': 'lora.html',
-                'entrenar.vocab': 'vocab.html', 'entrenar.cuda': 'cuda.html'}
+                'entrenar.vocab': 'vocab.html', 'entrenar.cuda': 'cuda.html',
+                'entrenar.cuda_blocks': 'cuda_blocks.html'}
 PLOT_PAGES = ['quantize.html', 'kquants.html', 'gguf.html', 'widgets.html', 'tutorial.html']
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get('ENTRENAR_REQUIRE_BROWSER'),

@@ -21,7 +21,7 @@ QUANTIZE_FORMATS = ('q8_0', 'q4_0', 'q5_0', 'q4_1', 'q5_1')   # the formats `qua
 
 # %% ../nbs/04c_cuda_blocks.ipynb #43690151
 _HELPERS = r'''
-#ifndef __CUDACC__
+#if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)   // g++ on the CPU: the vector types CUDA has built in
 struct float4 { float x, y, z, w; };
 struct uint4 { unsigned int x, y, z, w; };
 struct uint2 { unsigned int x, y; };

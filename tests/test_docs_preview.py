@@ -20,7 +20,8 @@ MODULE_PAGES = {'entrenar.io': 'io.html', 'entrenar.numtext': 'numtext.html', 'e
                 'entrenar.kquants': 'kquants.html', 'entrenar.imatrix': 'imatrix.html', 'entrenar.moe': 'moe.html',
                 'entrenar.runner': 'runner.html', 'entrenar.distributed': 'distributed.html', 'entrenar.lora': 'lora.html',
                 'entrenar.vocab': 'vocab.html', 'entrenar.cuda': 'cuda.html',
-                'entrenar.cuda_merge': 'cuda_merge.html', 'entrenar.cuda_kquants': 'cuda_kquants.html'}
+                'entrenar.cuda_merge': 'cuda_merge.html', 'entrenar.cuda_kquants': 'cuda_kquants.html',
+                'entrenar.cuda_blocks': 'cuda_blocks.html'}
 PLOT_PAGES = ['quantize.html', 'kquants.html', 'gguf.html', 'widgets.html', 'tutorial.html']
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get('ENTRENAR_REQUIRE_BROWSER'),

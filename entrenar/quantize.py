@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 from .errors import QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError, reraise_as
 from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend, CPU_THREADS
 from .cuda import download, upload
+from .cuda_blocks import dequantize_blocks, quantize_blocks
+from .cuda_kquants import quantize_kquant
 from .io import (check_output_is_not_input, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
                          dtype_code, dtype_from_code, is_float_dtype, check_shape, open_gguf, release_pages)
 from .kquants import K_QUANTS, quantize_weighted, weighted_levels
@@ -133,6 +135,10 @@ def _quantize(cls, x, # any float array whose last axis is a multiple of the blo
     xp = get_array_module(x)
     _check_rows(cls, x.shape, cls.block_size, 'values')
     if imatrix is not None and cls.name != 'q8_0': return _quantize_weighted(cls, x, imatrix)   # ggml's Q8_0 ignores it
+    if xp is not np:   # on a GPU: the kernels of entrenar.cuda_blocks and entrenar.cuda_kquants, one pass over the tensor
+        flat = xp.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        data = quantize_kquant(cls.name, flat) if cls.block_size == 256 else quantize_blocks(cls.name, flat)
+        return data.reshape(*x.shape[:-1], x.shape[-1] // cls.block_size * cls.type_size)
     blocks, n = x.reshape(-1, cls.block_size), cls.chunk_blocks
     out = xp.empty((blocks.shape[0], cls.type_size), np.uint8)
     def work(s):
@@ -170,6 +176,9 @@ def _dequantize(cls, data, # packed blocks, `(..., row_bytes)` uint8
     "Unpack blocks back to float32, of shape `(..., row_values)`"
     xp = get_array_module(data)
     _check_rows(cls, data.shape, cls.type_size, 'bytes')
+    if xp is not np:   # on a GPU: one thread per block
+        out = dequantize_blocks(cls.name, xp.ascontiguousarray(data).reshape(-1, cls.type_size))
+        return out.reshape(*data.shape[:-1], data.shape[-1] // cls.type_size * cls.block_size)
     blocks, n = data.reshape(-1, cls.type_size), cls.chunk_blocks
     out = xp.empty((blocks.shape[0], cls.block_size), np.float32)
     def work(s):

@@ -25,6 +25,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 FORMATS = ('q8_0', 'q4_0', 'q5_0', 'q4_1', 'q5_1', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k')
 GB = 1e9
 
+class FakeCupy:
+    "--fake-gpu: numpy posing as CuPy, so that the GPU branches' code runs on a machine without a GPU (timings meaningless)"
+    __version__, float32 = 'fake', np.float32
+    asarray, asnumpy, empty, empty_like = staticmethod(np.array), staticmethod(np.asarray), staticmethod(np.empty), staticmethod(np.empty_like)
+    class cuda:
+        class Event:
+            def record(self): self.t = time.perf_counter()
+            def synchronize(self): pass
+        get_elapsed_time = staticmethod(lambda a, b: (b.t - a.t) * 1e3)
+        class Device:
+            def synchronize(self): pass
+        class runtime:
+            getDeviceProperties = staticmethod(lambda i: dict(name=b'fake', totalGlobalMem=0))
+            runtimeGetVersion = staticmethod(lambda: 0)
+    class _Pool:
+        def free_all_blocks(self): pass
+    get_default_memory_pool = staticmethod(lambda: FakeCupy._Pool())
+
 class Results:
     "The JSON document, written after every row"
     def __init__(self, path, meta):
@@ -59,7 +77,12 @@ def gpu_timer(cp):
         return cp.cuda.get_elapsed_time(a, b) / 1e3, out
     return timer
 
-def fmt(v, spec='.1f', none='-'): return none if v is None else format(v, spec)
+def fmt(v, spec='.1f', none='-', suffix=''): return none if v is None else format(v, spec) + suffix
+
+def same_bytes(a, b) -> bool:
+    "Whether two arrays hold the same bytes (shapes may differ: (rows, row_bytes) against (blocks, block_bytes))"
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    return a.nbytes == b.nbytes and bool(np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)))
 
 # ---------------------------------------------------------------- part a: the device's copy bandwidths
 def part_device(cp, res, args):
@@ -75,20 +98,21 @@ def part_device(cp, res, args):
             print(f"| {name} | {r['gbps']:.1f} | {counts} |", flush=True)
             return r['gbps']
         except Exception as e: res.error('device', name, e); return None
+    rt = cp.cuda.runtime   # cudaMemcpy with plain pointers (MemoryPointer.copy_from_host's argument type changed across CuPy versions)
     x = cp.empty(n // 4, cp.float32); x.fill(1.0); y = cp.empty_like(x)
-    d2d = [row('D2D cudaMemcpy', lambda: y.data.copy_from_device(x.data, n), 2 * n, 'read + written'),
+    d2d = [row('D2D cudaMemcpy', lambda: rt.memcpy(y.data.ptr, x.data.ptr, n, rt.memcpyDeviceToDevice), 2 * n, 'read + written'),
            row('D2D copy kernel (y[...] = x)', lambda: y.__setitem__(Ellipsis, x), 2 * n, 'read + written')]
     sync = cp.cuda.Device().synchronize
     try:
         pinned = cp.cuda.alloc_pinned_memory(n); hp = np.frombuffer(pinned, np.uint8, n); hp[:] = 1
-        row('H2D pinned', lambda: (x.data.copy_from_host(hp.ctypes.data, n), sync()), n, 'bytes moved', host=True)
-        row('D2H pinned', lambda: (x.data.copy_to_host(hp.ctypes.data, n), sync()), n, 'bytes moved', host=True)
+        row('H2D pinned', lambda: (rt.memcpy(x.data.ptr, hp.ctypes.data, n, rt.memcpyHostToDevice), sync()), n, 'bytes moved', host=True)
+        row('D2H pinned', lambda: (rt.memcpy(hp.ctypes.data, x.data.ptr, n, rt.memcpyDeviceToHost), sync()), n, 'bytes moved', host=True)
         del hp, pinned
     except Exception as e: res.error('device', 'pinned', e)
     try:
         hv = np.ones(n, np.uint8)   # pageable, pages touched
-        row('H2D pageable', lambda: (x.data.copy_from_host(hv.ctypes.data, n), sync()), n, 'bytes moved', host=True)
-        row('D2H pageable', lambda: (x.data.copy_to_host(hv.ctypes.data, n), sync()), n, 'bytes moved', host=True)
+        row('H2D pageable', lambda: (rt.memcpy(x.data.ptr, hv.ctypes.data, n, rt.memcpyHostToDevice), sync()), n, 'bytes moved', host=True)
+        row('D2H pageable', lambda: (rt.memcpy(hv.ctypes.data, x.data.ptr, n, rt.memcpyDeviceToHost), sync()), n, 'bytes moved', host=True)
         del hv
     except Exception as e: res.error('device', 'pageable', e)
     del x, y; cp.get_default_memory_pool().free_all_blocks()
@@ -105,7 +129,8 @@ def part_kernels(cp, res, args, copy_gbps):
     R, C = args.rows, args.cols
     print(f"\n## quantize / dequantize kernels: float32 {R} x {C} ({R * C * 4 / 2**20:.0f} MiB); GPU by CUDA events, CPU "
           f"numpy with {args.threads} threads (wall); best of {args.repeat}\n")
-    print("| format | op | GPU ms | GPU GB/s | of copy bw | CPU ms | CPU GB/s | GPU / CPU | same bytes |\n|---|---|---|---|---|---|---|---|---|")
+    print("| format | op | GPU ms | GPU GB/s | of copy bw | CPU ms | CPU GB/s | GPU / CPU | same bytes | kernel GB/s | kernel of copy bw | kernel same bytes |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
     xh = np.random.default_rng(0).standard_normal((R, C), dtype=np.float32)
     xd = cp.asarray(xh) if cp else None
     timer = gpu_timer(cp) if cp else None
@@ -117,7 +142,7 @@ def part_kernels(cp, res, args, copy_gbps):
         for op in ('quantize', 'dequantize'):
             r = dict(format=name, op=op, rows=R, cols=C)
             try:   # CPU side first: its output is the reference
-                if qh is None: qh = f.quantize(xh)
+                if qh is None: f.dequantize(f.quantize(xh[:1])); qh = f.quantize(xh)   # a tiny call first: numba compiles
                 fn = (lambda: f.quantize(xh)) if op == 'quantize' else (lambda: f.dequantize(qh))
                 nbytes = xh.nbytes + qh.nbytes
                 t, out_h = best_time(fn, args.cpu_repeat, args.row_budget, wall_timer)
@@ -132,15 +157,37 @@ def part_kernels(cp, res, args, copy_gbps):
                     t, out_d = best_time(fn, args.repeat, args.row_budget, timer)
                     r.update(bytes=nbytes, gpu_s=t, gpu_gbps=nbytes / t / GB)
                     if copy_gbps: r['of_copy'] = r['gpu_gbps'] / copy_gbps
-                    if out_h is not None: r['same_bytes'] = bool(np.array_equal(cp.asnumpy(out_d).view(np.uint8), np.ascontiguousarray(out_h).view(np.uint8)))
+                    if out_h is not None: r['same_bytes'] = same_bytes(cp.asnumpy(out_d), out_h)
                     if 'cpu_s' in r: r['gpu_over_cpu'] = r['cpu_s'] / t
-                    del out_d, qd
+                    del out_d
+                    if args.direct: direct_kernel(cp, res, args, r, name, op, xd, qd, out_h, nbytes, copy_gbps, timer)
+                    del qd
                 except Exception as e: res.error('kernels', f'{name} {op} gpu', e)
             res.add('kernels', r)
             same = {True: 'yes', False: 'NO'}.get(r.get('same_bytes'), '-')
+            ksame = {True: 'yes', False: 'NO'}.get(r.get('kernel_same_bytes'), '-')
             print(f"| {name} | {op} | {fmt(r.get('gpu_s') and r['gpu_s'] * 1e3, '.2f')} | {fmt(r.get('gpu_gbps'))} | {fmt(r.get('of_copy'), '.1%')} | "
-                  f"{fmt(r.get('cpu_s') and r['cpu_s'] * 1e3, '.1f')} | {fmt(r.get('cpu_gbps'), '.2f')} | {fmt(r.get('gpu_over_cpu'), '.1f')}x | {same} |", flush=True)
+                  f"{fmt(r.get('cpu_s') and r['cpu_s'] * 1e3, '.1f')} | {fmt(r.get('cpu_gbps'), '.2f')} | {fmt(r.get('gpu_over_cpu'), '.1f', suffix='x')} | {same} | "
+                  f"{fmt(r.get('kernel_gbps'))} | {fmt(r.get('kernel_of_copy'), '.1%')} | {ksame} |", flush=True)
         if cp is not None: cp.get_default_memory_pool().free_all_blocks()
+
+LEGACY = ('q8_0', 'q4_0', 'q5_0', 'q4_1', 'q5_1')
+
+def direct_kernel(cp, res, args, r, name, op, xd, qd, out_h, nbytes, copy_gbps, timer):
+    "The CUDA kernels themselves (entrenar.cuda_blocks / cuda_kquants), where present: the figure without the dispatch"
+    import importlib
+    mod, fn_name = (('entrenar.cuda_blocks', 'quantize_blocks') if name in LEGACY else ('entrenar.cuda_kquants', 'quantize_kquant')) \
+                   if op == 'quantize' else ('entrenar.cuda_blocks', 'dequantize_blocks')
+    try: kernel = getattr(importlib.import_module(mod), fn_name)
+    except (ImportError, AttributeError): return
+    try:
+        fn = (lambda: kernel(name, xd)) if op == 'quantize' else (lambda: kernel(name, qd))
+        fn(); cp.cuda.Device().synchronize()
+        t, out = best_time(fn, args.repeat, args.row_budget, timer)
+        r.update(kernel=f'{mod}.{fn_name}', kernel_s=t, kernel_gbps=nbytes / t / GB)
+        if copy_gbps: r['kernel_of_copy'] = r['kernel_gbps'] / copy_gbps
+        if out_h is not None: r['kernel_same_bytes'] = same_bytes(cp.asnumpy(out), out_h)
+    except Exception as e: res.error('kernels', f'{name} {op} {mod}.{fn_name}', e)
 
 # ---------------------------------------------------------------- part c: merge kernels
 def ulps32(a, b):
@@ -164,10 +211,11 @@ def part_merge(cp, res, args, copy_gbps):
     def show(r):
         res.add('merge', r)
         print(f"| {r['kernel']} | {fmt(r.get('gpu_s') and r['gpu_s'] * 1e3, '.2f')} | {fmt(r.get('gpu_gbps'))} | {fmt(r.get('of_copy'), '.1%')} | "
-              f"{fmt(r.get('cpu_s') and r['cpu_s'] * 1e3, '.1f')} | {fmt(r.get('cpu_gbps'), '.2f')} | {fmt(r.get('gpu_over_cpu'), '.1f')}x | {r.get('check', '-')} |", flush=True)
+              f"{fmt(r.get('cpu_s') and r['cpu_s'] * 1e3, '.1f')} | {fmt(r.get('cpu_gbps'), '.2f')} | {fmt(r.get('gpu_over_cpu'), '.1f', suffix='x')} | {r.get('check', '-')} |", flush=True)
     nbytes = (k + 1) * n * 4   # k inputs read, one output written
     r, out_h = dict(kernel='ties', elements=n, models=k, bytes=nbytes), None
     try:
+        merge_tensors('ties', [x[:4096] for x in xs], base=base[:4096], **params)   # numba compiles
         t, out_h = best_time(lambda: merge_tensors('ties', xs, base=base, **params), args.cpu_repeat, args.row_budget, wall_timer)
         r.update(cpu_s=t, cpu_gbps=nbytes / t / GB)
     except Exception as e: res.error('merge', 'ties cpu', e)
@@ -234,13 +282,16 @@ def main():
     ap.add_argument('--copy-bytes', type=int, default=1 << 30)
     ap.add_argument('--models', type=int, default=4, help='TIES inputs: the base and models-1 fine-tunes')
     ap.add_argument('--merge-elements', type=int, default=64 << 20); ap.add_argument('--kth-elements', type=int, default=256 << 20)
+    ap.add_argument('--direct', action=argparse.BooleanOptionalAction, default=True,
+                    help='also time entrenar.cuda_blocks / cuda_kquants directly, where present')
+    ap.add_argument('--fake-gpu', action='store_true', help=argparse.SUPPRESS)   # with --dry-run: numpy poses as CuPy (a test of this script)
     ap.add_argument('--dry-run', '--cpu-only', action='store_true', help='no GPU: tiny sizes, the CPU sides only')
     args = ap.parse_args()
     args.formats = [f.strip() for f in args.formats.split(',') if f.strip()]
     parts = set(args.parts.split(','))
     if args.dry_run:
         args.rows, args.cols, args.merge_elements, args.kth_elements, args.repeat, args.cpu_repeat = 64, 1024, 1 << 18, 1 << 20, 2, 1
-        cp = None
+        cp = FakeCupy() if args.fake_gpu else None
     else:
         import cupy as cp
     meta = dict(argv=sys.argv, host=platform.node(), cpus=os.cpu_count(), threads=args.threads, python=sys.version.split()[0],
@@ -252,7 +303,7 @@ def main():
     res = Results(args.out, meta)
     t0 = time.perf_counter()
     copy_gbps = None
-    if 'device' in parts and cp is not None:
+    if 'device' in parts and cp is not None and not args.fake_gpu:
         try: copy_gbps = part_device(cp, res, args)
         except Exception as e: res.error('device', 'part', e)
     for name, part in (('kernels', part_kernels), ('merge', part_merge)):

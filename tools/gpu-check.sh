@@ -5,9 +5,9 @@
 #   nbdev-gpu     the notebooks holding `#| gpu` cells, run with --flags gpu
 #   bench-gpu     benchmarks/gpu/bench.py: copy bandwidths, every block format's quantize/dequantize and the merge
 #                 kernels against them, and against numpy on every core
+#   quantize-gpu  benchmarks/gpu/quantize_vs_llama.py --gpu: entrenar quantize on CuPy against llama-quantize (CPU)
 #   merge-gpu     benchmarks/merge/bench.py --gpu: the 4-model merge (linear, slerp, ties, dare_ties, task_arithmetic,
 #                 della) by entrenar on CuPy and mergekit-yaml --cuda, files to files; wall, GB/s, RSS, device memory
-#   quantize-gpu  benchmarks/gpu/quantize_vs_llama.py --gpu: entrenar quantize on CuPy against llama-quantize (CPU)
 #
 #     bash tools/gpu-wheels.sh          # here, once: the wheels the GPU machine lacks, and llama-quantize, into .whl/
 #     bash tools/gpu-check.sh [LOGDIR]  # there, with .whl carried; LOGDIR is $OUT on the device machine
@@ -15,7 +15,8 @@
 # Each step has a time limit, cut further so that the whole run ends within GPU_CHECK_BUDGET seconds (default 530,
 # under 9 minutes). Everything printed goes to LOGDIR/gpu-check.log; the benchmarks write LOGDIR/*.json (4 files in
 # all: the device tool brings back at most 8). A step that fails or times out is reported and the next one runs.
-# Sizes can be changed through MERGE_ARGS and QUANT_ARGS (e.g. MERGE_ARGS="--layers 32" for ~1 GB models).
+# Sizes can be changed through MERGE_ARGS and QUANT_ARGS (defaults: 4 models of 0.64 GB for the merge, a
+# 205M-parameter model for quantize; MERGE_ARGS="--layers 32" gives ~1 GB models if the budget allows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${1:-/tmp/gpu-check}; mkdir -p "$LOG"
@@ -48,10 +49,10 @@ step env 30 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,mem
   command -v mergekit-yaml nbdev-test; [ -x $LQ ] && { ldd $LQ | grep -E 'not found|gomp|stdc'; echo llama-quantize: $LQ; } || echo 'llama-quantize: absent'"
 step pytest-gpu 75 $PY -m pytest -q -p no:cacheprovider -m gpu -rs --timeout 60 tests
 NBS=$(grep -l '#| gpu' nbs/*.ipynb | xargs -n1 basename | sed 's/\.ipynb$//' | paste -sd'|')
-step nbdev-gpu 80 nbdev-test nbs --flags gpu --file-re "^($NBS)\.ipynb$" --n-workers 4 --do-print --timing
+step nbdev-gpu 100 nbdev-test nbs --flags gpu --file-re "^($NBS)\.ipynb$" --n-workers 4 --do-print --timing
 step bench-gpu 100 $PY benchmarks/gpu/bench.py --out "$LOG/gpu-bench.json"
-MK=${MERGEKIT_YAML:-/tmp/site/bin/mergekit-yaml}
-step merge-gpu 170 $PY benchmarks/merge/bench.py --gpu --methods linear,slerp,ties,dare_ties,task_arithmetic,della --warm-up entrenar \
+step quantize-gpu 75 $PY benchmarks/gpu/quantize_vs_llama.py --gpu --type q4_k_m --llama-quantize "$LQ" --json "$LOG/quantize-gpu.json" ${QUANT_ARGS:---layers 4}
+MK=${MERGEKIT_YAML:-/tmp/site/bin/mergekit-yaml}   # last: it takes what the budget has left (rows print as they finish)
+step merge-gpu 240 $PY benchmarks/merge/bench.py --gpu --methods linear,slerp,ties,dare_ties,task_arithmetic,della --warm-up entrenar \
   --no-check-float32 --mergekit "$MK" --json "$LOG/merge-gpu.json" ${MERGE_ARGS:-}
-step quantize-gpu 60 $PY benchmarks/gpu/quantize_vs_llama.py --gpu --type q4_k_m --llama-quantize "$LQ" --json "$LOG/quantize-gpu.json" ${QUANT_ARGS:-}
 say "=== gpu-check done in $SECONDS s; logs and results in $LOG: $(ls "$LOG" | paste -sd' ')"

@@ -78,7 +78,8 @@ class DevicePeak:
         return int(r.stdout.split()[0])
     def __enter__(self):
         if not self.enabled: return self
-        self.idle, self.top = self.used_now(), 0
+        try: self.idle, self.top = self.used_now(), 0
+        except Exception: self.enabled = False; return self   # no reading: the row goes on without the figure
         self.proc = subprocess.Popen(['nvidia-smi', '-i', '0', '--query-gpu=memory.used', '--format=csv,noheader,nounits', '-lms', '50'],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         def read():

@@ -9,11 +9,15 @@ Each tool runs the same YAML recipe in its own subprocess; peak RSS is that subp
 (ru_maxrss, file-backed pages of memory-mapped inputs included). Both sides use the same number of threads.
 With --gpu, mergekit runs with --cuda and entrenar with ENTRENAR_BACKEND=cupy (both read and write on the CPU side),
 after one untimed merge of tiny models per method and tool (CuPy compiles its kernels on first use and caches them).
+With --gpu, each run's peak device memory is polled (nvidia-smi, every 50 ms, minus the idle figure before it),
+and GB/s is the bytes read (the input model files) and written (the output files) over the wall time; --json writes
+the rows. Every method of issue 17 (linear, slerp, ties, dare_ties, task_arithmetic, della) is a choice of --methods;
+slerp merges the base and the first fine-tune (it takes two models), the others all 4 models.
 For the deterministic methods the outputs are compared in the same run. mergekit computes TIES in the inputs'
 dtype (bfloat16 here) and entrenar in float32, and bfloat16 task vectors have many ties at the top-k cut-off,
 so TIES outputs differ in places; a second TIES run with `dtype: float32` on both sides checks the math itself.
 """
-import argparse, json, os, resource, subprocess, sys, tempfile, time
+import argparse, json, os, resource, shutil, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 import numpy as np, ml_dtypes
 from entrenar.io import ModelWriter, TensorSpec, ModelMetadata, load_model
@@ -54,7 +58,8 @@ def recipe(method, folder, names):
     base, fts = str(folder / names[0]), [str(folder / n) for n in names[1:]]
     if method == 'slerp':
         return f"merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {fts[0]}\nparameters:\n  t: [0.2, 0.8]\n"
-    per = {'linear': '{weight: %.2f}', 'ties': '{weight: %.2f, density: 0.5}', 'dare_ties': '{weight: %.2f, density: 0.5}'}[method]
+    per = {'linear': '{weight: %.2f}', 'ties': '{weight: %.2f, density: 0.5}', 'dare_ties': '{weight: %.2f, density: 0.5}',
+           'task_arithmetic': '{weight: %.2f}', 'della': '{weight: %.2f, density: 0.5, epsilon: 0.1}'}[method]
     models = ([base] if method == 'linear' else []) + fts
     lines = [f"merge_method: {method}"] + ([] if method == 'linear' else [f"base_model: {base}"]) + ["models:"]
     lines += [f"  - model: {m}\n    parameters: " + per % (1 / len(models)) for m in models]
@@ -63,13 +68,51 @@ def recipe(method, folder, names):
 MEASURE = "import resource, subprocess, sys, time; t = time.perf_counter(); r = subprocess.run(sys.argv[1:]); " \
           "print(r.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)"
 
-def measure(cmd, log, env=None):
-    "Run `cmd` in its own measuring subprocess: (wall seconds, peak RSS bytes of its process tree)"
-    out = subprocess.run([sys.executable, '-c', MEASURE, *map(str, cmd)], capture_output=True, text=True, env={**os.environ, **(env or {})})
-    rc, wall, rss = out.stdout.strip().splitlines()[-1].split()
-    if rc != '0': sys.exit(f"failed: {' '.join(map(str, cmd))}\n{out.stderr[-3000:]}")
+class DevicePeak:
+    "Peak GPU memory in use (MiB, GPU 0) while the `with` block runs, less the figure just before: nvidia-smi every 50 ms"
+    def __init__(self, enabled=True):
+        self.enabled, self.peak, self.samples = enabled and shutil.which('nvidia-smi') is not None, None, 0
+    @staticmethod
+    def used_now():
+        r = subprocess.run(['nvidia-smi', '-i', '0', '--query-gpu=memory.used', '--format=csv,noheader,nounits'], capture_output=True, text=True)
+        return int(r.stdout.split()[0])
+    def __enter__(self):
+        if not self.enabled: return self
+        try: self.idle, self.top = self.used_now(), 0
+        except Exception: self.enabled = False; return self   # no reading: the row goes on without the figure
+        self.proc = subprocess.Popen(['nvidia-smi', '-i', '0', '--query-gpu=memory.used', '--format=csv,noheader,nounits', '-lms', '50'],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        def read():
+            for line in self.proc.stdout:
+                try: self.top, self.samples = max(self.top, int(line.split()[0])), self.samples + 1
+                except (ValueError, IndexError): pass
+        self.thread = threading.Thread(target=read, daemon=True); self.thread.start()
+        return self
+    def __exit__(self, *exc):
+        if not self.enabled: return
+        self.proc.terminate(); self.proc.wait(); self.thread.join(2)
+        self.peak = max(0, self.top - self.idle) if self.samples else None
+
+def measure(cmd, log, env=None, gpu=False):
+    "Run `cmd` in its own measuring subprocess: (wall seconds, peak RSS bytes of its process tree, peak device MiB or None)"
+    with DevicePeak(gpu) as dev:
+        out = subprocess.run([sys.executable, '-c', MEASURE, *map(str, cmd)], capture_output=True, text=True, env={**os.environ, **(env or {})})
+    lines = out.stdout.strip().splitlines()
+    if out.returncode or not lines or lines[-1].split()[0] != '0':
+        raise RuntimeError(f"failed: {' '.join(map(str, cmd))}\n{out.stderr[-3000:]}")
+    rc, wall, rss = lines[-1].split()
     log.write(out.stderr)
-    return float(wall), int(rss)
+    return float(wall), int(rss), dev.peak
+
+def files_size(path) -> int:
+    "Bytes of a file, or of every file under a folder"
+    p = Path(path)
+    return sum(f.stat().st_size for f in p.rglob('*') if f.is_file()) if p.is_dir() else p.stat().st_size
+
+def bytes_read(method, folder, names) -> int:
+    "The model files a method's recipe reads: slerp the base and the first fine-tune, the others every model"
+    used = names[:2] if method == 'slerp' else names
+    return sum(files_size(folder / n / 'model.safetensors') for n in used)
 
 def compare(a, b):
     "Max |a - b| over all tensors, that as a multiple of the output dtype's rounding step at the tensor's largest value, and the fraction of elements that differ"
@@ -89,7 +132,11 @@ def main():
     ap.add_argument('--models', type=int, default=4); ap.add_argument('--layers', type=int, default=20)
     ap.add_argument('--hidden', type=int, default=1024); ap.add_argument('--intermediate', type=int, default=2816)
     ap.add_argument('--vocab', type=int, default=32000); ap.add_argument('--dtype', default='bfloat16')
-    ap.add_argument('--methods', default='linear,slerp,ties,dare_ties')
+    ap.add_argument('--methods', default='linear,slerp,ties,dare_ties', help='any of linear,slerp,ties,dare_ties,task_arithmetic,della')
+    ap.add_argument('--json', default=None, help='write the rows as JSON here')
+    ap.add_argument('--no-compare', action='store_true', help="don't compare the outputs (saves reading them)")
+    ap.add_argument('--warm-up', default='all', choices=['all', 'entrenar', 'none'],
+                    help="--gpu: untimed tiny merges first; 'entrenar': one per method for entrenar (CuPy's kernel cache), one for mergekit")
     ap.add_argument('--threads', type=int, default=os.cpu_count() or 1, help='threads for both tools')
     ap.add_argument('--mergekit', default=os.environ.get('MERGEKIT_YAML', '/work/mk-venv/bin/mergekit-yaml'))
     ap.add_argument('--entrenar', default=str(Path(sys.executable).parent / 'entrenar'))
@@ -110,26 +157,44 @@ def main():
     env_threads = dict(OMP_NUM_THREADS=str(args.threads))
     os.environ.update(env_threads)
     rows, log = [], open(folder / 'bench.log', 'w')
-    if args.gpu:   # CuPy compiles each kernel on first use and caches it on disk: warm that cache (and CUDA) on tiny models first
+    if args.gpu and args.warm_up != 'none':   # CuPy compiles each kernel on first use and caches it on disk: warm that cache (and CUDA) on tiny models first
         small = folder / 'warm-up'; small_names, _ = make_models(small, args.models, 1, 128, 256, 512, dtype)
-        for method in args.methods.split(','):
+        for i, method in enumerate(args.methods.split(',')):
             (small / f'{method}.yml').write_text(recipe(method, small, small_names))
-            measure([args.mergekit, small / f'{method}.yml', small / 'out-mk', '--quiet', '--cuda'], log)
-            measure([*entrenar, 'merge', '--config', small / f'{method}.yml', '--output', small / 'out-en', '--quiet'], log, gpu_en)
+            try:
+                if args.warm_up == 'all' or i == 0: measure([args.mergekit, small / f'{method}.yml', small / 'out-mk', '--quiet', '--cuda'], log)
+                measure([*entrenar, 'merge', '--config', small / f'{method}.yml', '--output', small / 'out-en', '--quiet'], log, gpu_en)
+            except Exception as e: print(f"warm-up of {method} failed: {e}", flush=True)
             for o in ('out-mk', 'out-en'): subprocess.run(['rm', '-rf', str(small / o)])
-    print(f"\n| method | mergekit s | entrenar s | speed-up | mergekit peak RSS | entrenar peak RSS | RSS ratio | outputs |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    side = ' --cuda' if args.gpu else ''
+    print(f"\n| method | mergekit{side} s | entrenar s | speed-up | GB/s mergekit | GB/s entrenar | mergekit peak RSS | entrenar peak RSS | RSS ratio"
+          + (" | mergekit device MiB | entrenar device MiB" if args.gpu else '') + " | outputs |")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.gpu else '') + "---|")
+    rows = []
     for method in args.methods.split(','):
-        (folder / f'{method}.yml').write_text(recipe(method, folder, names))
         mk_out, en_out = folder / f'out-mk-{method}', folder / f'out-en-{method}'
-        mk = measure([args.mergekit, folder / f'{method}.yml', mk_out, '--quiet', '--random-seed', '0', '-j', args.threads, *gpu_mk], log)
-        en = measure([*entrenar, 'merge', '--config', folder / f'{method}.yml', '--output', en_out, '--quiet', '--workers', args.threads], log, gpu_en)
-        if method == 'dare_ties': verdict = 'random masks (not comparable bit for bit)'
-        else:
-            worst, ulp, frac = compare(en_out, mk_out)
-            verdict = f"max abs diff {worst:.2g} ({ulp:.2g} ulp of the largest value), {frac:.2%} of elements differ"
-        print(f"| {method} | {mk[0]:.1f} | {en[0]:.1f} | {mk[0] / en[0]:.1f}x | {mk[1] / 2**30:.2f} GiB | {en[1] / 2**30:.2f} GiB | {en[1] / mk[1]:.2f} | {verdict} |", flush=True)
+        try:
+            (folder / f'{method}.yml').write_text(recipe(method, folder, names))
+            n_in = bytes_read(method, folder, names)
+            mk = measure([args.mergekit, folder / f'{method}.yml', mk_out, '--quiet', '--random-seed', '0', '-j', args.threads, *gpu_mk], log, gpu=args.gpu)
+            en = measure([*entrenar, 'merge', '--config', folder / f'{method}.yml', '--output', en_out, '--quiet', '--workers', args.threads], log, gpu_en, gpu=args.gpu)
+            mk_b, en_b = n_in + files_size(mk_out), n_in + files_size(en_out)
+            if method in ('dare_ties', 'della'): verdict = 'random masks (not comparable bit for bit)'
+            elif args.no_compare: verdict = 'not compared'
+            else:
+                worst, ulp, frac = compare(en_out, mk_out)
+                verdict = f"max abs diff {worst:.2g} ({ulp:.2g} ulp of the largest value), {frac:.2%} of elements differ"
+            row = dict(method=method, gpu=args.gpu, mergekit_s=mk[0], entrenar_s=en[0], speedup=mk[0] / en[0], mergekit_bytes=mk_b, entrenar_bytes=en_b,
+                       mergekit_gbps=mk_b / mk[0] / 1e9, entrenar_gbps=en_b / en[0] / 1e9, mergekit_rss=mk[1], entrenar_rss=en[1],
+                       mergekit_device_mib=mk[2], entrenar_device_mib=en[2], outputs=verdict)
+            rows.append(row)
+            dev = f" | {mk[2] if mk[2] is not None else '-'} | {en[2] if en[2] is not None else '-'}" if args.gpu else ''
+            print(f"| {method} | {mk[0]:.1f} | {en[0]:.1f} | {mk[0] / en[0]:.1f}x | {row['mergekit_gbps']:.2f} | {row['entrenar_gbps']:.2f} | "
+                  f"{mk[1] / 2**30:.2f} GiB | {en[1] / 2**30:.2f} GiB | {en[1] / mk[1]:.2f}{dev} | {verdict} |", flush=True)
+        except Exception as e:
+            rows.append(dict(method=method, error=str(e)[-3000:])); print(f"| {method} | failed: {str(e)[-1500:]} |", flush=True)
         for o in (mk_out, en_out): subprocess.run(['rm', '-rf', str(o)])
+        if args.json: Path(args.json).write_text(json.dumps(dict(n_params=n_params, dtype=dtype.name, models=args.models, rows=rows), indent=1))
     if args.check_float32:   # mergekit computes TIES in the inputs' dtype; cast both sides' inputs to float32 to compare the math
         text = recipe('ties', folder, names) + 'dtype: float32\n'
         (folder / 'ties32.yml').write_text(text)

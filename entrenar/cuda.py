@@ -86,6 +86,7 @@ static inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &
 static inline int __float_as_int(float f) { int u; std::memcpy(&u, &f, 4); return u; }
 static inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
 template <class T> static inline T atomicAdd(T *p, T v) { T old = *p; *p = old + v; return old; }
+static inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) { return (unsigned long long)(((unsigned __int128)a * b) >> 64); }
 template <class T> static inline T atomicMax(T *p, T v) { T old = *p; if (v > old) *p = v; return old; }
 '''
 CPU_FLAGS = ('-O2', '-std=c++17', '-shared', '-fPIC', '-ffp-contract=off', '-fno-fast-math', '-fno-strict-aliasing', '-w')

@@ -12,7 +12,8 @@ from .backend import get_array_module, is_device_array
 from .cuda import Kernels, gpu_compile
 
 # %% auto #0
-__all__ = ['SELECT_SOURCE', 'SELECT', 'TIES_SOURCE', 'TIES', 'radix_select', 'kth_value', 'rank_mask', 'ties_launch', 'ties']
+__all__ = ['SELECT_SOURCE', 'SELECT', 'TIES_SOURCE', 'TIES', 'PCG_SOURCE', 'PCG_KERNELS', 'radix_select', 'kth_value',
+           'rank_mask', 'ties_launch', 'ties', 'uniform']
 
 # %% ../nbs/03e_cuda_merge.ipynb #ba93f612
 SELECT_SOURCE = r'''
@@ -296,3 +297,74 @@ def ties(xs:list, # the models' tensors: float32 arrays of one shape, on one dev
     "TIES by the kernels, the bits of `entrenar.merge._ties_compiled`; None where a thinned task vector holds a NaN"
     out, nan = ties_launch(xs, base, density, weight, normalize, scale, grid)
     return None if int(nan[0]) else out
+
+# %% ../nbs/03e_cuda_merge.ipynb #7488d06d
+PCG_SOURCE = r"""
+struct u128 { u64 hi, lo; };
+__device__ __forceinline__ u128 mul128(u128 a, u128 b) {
+    u128 r; r.lo = a.lo * b.lo; r.hi = __umul64hi(a.lo, b.lo) + a.lo * b.hi + a.hi * b.lo; return r; }
+__device__ __forceinline__ u128 add128(u128 a, u128 b) {
+    u128 r; r.lo = a.lo + b.lo; r.hi = a.hi + b.hi + (r.lo < a.lo ? 1ull : 0ull); return r; }
+__device__ __forceinline__ u64 xsl_rr(u128 s) {
+    u64 x = s.hi ^ s.lo; u32 rot = (u32)(s.hi >> 58);
+    return (x >> rot) | (x << ((64u - rot) & 63u)); }
+__device__ __forceinline__ float u32_float(u32 u) { return (float)(u >> 8) * (1.0f / 16777216.0f); }
+
+// m float32 draws from PCG64 at (state, inc), numpy's order: the low half of each 64-bit output, then the high
+extern "C" __global__ void pcg64_uniform(float *out, i64 m, u64 s_hi, u64 s_lo, u64 inc_hi, u64 inc_lo) {
+    const i64 chunk = 256, n_out = (m + 1) / 2, n_chunks = (n_out + chunk - 1) / chunk;
+    const u128 A = {2549297995355413924ull, 4865540595714422341ull}, inc = {inc_hi, inc_lo}, one = {0ull, 1ull};
+    GRID_STRIDE(c, n_chunks) {
+        u128 acc_mult = one, acc_plus = {0ull, 0ull}, cur_mult = A, cur_plus = inc;
+        for (u64 d = (u64)(c * chunk); d; d >>= 1) {   // Brown: A^d and the sum of the increments
+            if (d & 1ull) { acc_mult = mul128(acc_mult, cur_mult); acc_plus = add128(mul128(acc_plus, cur_mult), cur_plus); }
+            cur_plus = mul128(add128(cur_mult, one), cur_plus); cur_mult = mul128(cur_mult, cur_mult);
+        }
+        const u128 s0 = {s_hi, s_lo};
+        u128 st = add128(mul128(acc_mult, s0), acc_plus);
+        for (i64 k = c * chunk; k < n_out && k < (c + 1) * chunk; k++) {
+            st = add128(mul128(st, A), inc);
+            u64 o = xsl_rr(st);
+            out[2 * k] = u32_float((u32)o);
+            if (2 * k + 1 < m) out[2 * k + 1] = u32_float((u32)(o >> 32));
+        }
+    }
+}
+"""
+PCG_KERNELS = Kernels(PCG_SOURCE)
+_MASK64, _MASK128 = (1 << 64) - 1, (1 << 128) - 1
+_PCG_A = 2549297995355413924 << 64 | 4865540595714422341
+
+def _pcg_advance(state:int, inc:int, k:int) -> int:
+    "PCG64's state k steps on (Python integers, exact)"
+    acc_mult, acc_plus, cur_mult, cur_plus = 1, 0, _PCG_A, inc
+    while k:
+        if k & 1: acc_mult, acc_plus = acc_mult * cur_mult & _MASK128, (acc_plus * cur_mult + cur_plus) & _MASK128
+        cur_plus, cur_mult, k = (cur_mult + 1) * cur_plus & _MASK128, cur_mult * cur_mult & _MASK128, k >> 1
+    return (acc_mult * state + acc_plus) & _MASK128
+
+def _xsl_rr(s:int) -> int:
+    x, rot = ((s >> 64) ^ s) & _MASK64, s >> 122
+    return ((x >> rot) | (x << (64 - rot))) & _MASK64
+
+def uniform(rng:np.random.Generator, # numpy's default generator (PCG64), as `tensor_rng` makes
+            shape, # the draws' shape
+            xp=np, # the array module to make them with: cupy makes them on the GPU
+           ):
+    "`rng.random(shape, dtype=float32)` made by the PCG64 kernel on `xp`'s device, `rng` advanced as that call would"
+    st = rng.bit_generator.state
+    if st.get('bit_generator') != 'PCG64': raise MergeError(f"uniform draws on the GPU need numpy's PCG64 generator, not {st.get('bit_generator')}")
+    n = int(np.prod(shape, dtype=np.int64))
+    out = xp.empty(n, np.float32)
+    state, inc = st['state']['state'], st['state']['inc']
+    first = int(bool(st['has_uint32'])) if n else 0
+    if first: out[:1] = np.float32((st['uinteger'] >> 8) * 2.0 ** -24)   # the half numpy has buffered
+    m = n - first
+    if m:
+        PCG_KERNELS('pcg64_uniform', (m + 1) // 2 // 256 + 1, out[first:], np.int64(m), np.uint64(state >> 64), np.uint64(state & _MASK64),
+                    np.uint64(inc >> 64), np.uint64(inc & _MASK64))
+    k = (m + 1) // 2   # 64-bit outputs used
+    new = _pcg_advance(state, inc, k)
+    left = dict(has_uint32=m % 2, uinteger=_xsl_rr(new) >> 32) if m else dict(has_uint32=0 if first else st['has_uint32'])   # numpy keeps the last high half
+    rng.bit_generator.state = {**st, 'state': {'state': new, 'inc': inc}, **left}
+    return out.reshape(shape)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
 from .backend import get_array_module, get_backend, is_device_array, to_device, to_numpy
 from .cuda import download, upload
-from .cuda_merge import kth_value as cuda_kth_value, rank_mask as cuda_rank_mask, ties as cuda_ties
+from .cuda_merge import kth_value as cuda_kth_value, rank_mask as cuda_rank_mask, ties as cuda_ties, uniform as cuda_uniform
 from .io import (check_output_is_not_input, is_url, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
                          is_float_dtype, dtype_from_code, lazy_tensor, release_pages)
 from .runner import DictSink, MultiSink, Plan, Sources, Threads, executor, run_plan
@@ -146,9 +146,9 @@ def tensor_rng(seed:int, # the merge's seed
     return np.random.default_rng(np.random.SeedSequence([int(seed), digest]))
 
 def uniform(rng:np.random.Generator, shape, like):
-    "Uniform [0, 1) float32 draws from `rng`, on the device of `like` (drawn on the CPU, so CuPy and numpy agree)"
-    u = rng.random(shape, dtype=np.float32)
-    return upload(u) if is_device_array(like) else u   # on this thread's CUDA stream, without waiting
+    "Uniform [0, 1) float32 draws from `rng`, on the device of `like`: numpy's numbers, made there by a PCG64 kernel on a GPU"
+    if is_device_array(like): return cuda_uniform(rng, shape, get_array_module(like))
+    return rng.random(shape, dtype=np.float32)
 
 # %% ../nbs/03_merge.ipynb #6fd77719
 def _apply(m:MergeMethod, tensors, base, p, name='', seed=0, out_dtype=None):

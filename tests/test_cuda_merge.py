@@ -3,7 +3,7 @@ import shutil
 import numpy as np
 import pytest
 from fastcore.basics import AttrDict
-from entrenar.cuda_merge import SELECT_SOURCE, TIES_SOURCE, kth_value, radix_select, rank_mask, ties, ties_launch
+from entrenar.cuda_merge import PCG_SOURCE, SELECT_SOURCE, TIES_SOURCE, kth_value, radix_select, rank_mask, ties, ties_launch, uniform
 from entrenar.merge import _ties_compiled
 from entrenar.merge import rank_mask as merge_rank_mask
 
@@ -85,12 +85,38 @@ def test_select_state_in_device_arrays():
 @pytest.mark.skipif(shutil.which('nvcc') is None, reason="needs CUDA's nvcc")
 def test_gpu_compile_sm90():
     from entrenar.cuda import gpu_compile
-    for source in (SELECT_SOURCE, TIES_SOURCE):
+    for source in (SELECT_SOURCE, TIES_SOURCE, PCG_SOURCE):
         report = gpu_compile(source, 'sm_90')
         assert 'Used' in report and 'spill stores' in report
         assert all(l.strip().startswith('0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads') for l in report.splitlines() if 'spill' in l)
 
+@pytest.mark.parametrize('seed', [0, 1, 2**63 + 5])
+def test_uniform_is_numpys_stream(seed):
+    "The PCG64 kernel makes numpy's float32 draws, and leaves the generator where numpy's draw leaves it"
+    sizes = [7, 1, 0, 256, 257, 300_001, 2, 513]
+    r1, r2 = np.random.default_rng(seed), np.random.default_rng(seed)
+    for n in sizes:
+        np.testing.assert_array_equal(uniform(r1, (n,)).view(np.uint32), r2.random(n, dtype=np.float32).view(np.uint32))
+        assert r1.bit_generator.state == r2.bit_generator.state, n
+    r1.bit_generator.advance(2**70); r2.bit_generator.advance(2**70)   # far into the period: the jumps' 128-bit arithmetic
+    np.testing.assert_array_equal(uniform(r1, (3, 1000)).view(np.uint32), r2.random((3, 1000), dtype=np.float32).view(np.uint32))
+    np.testing.assert_array_equal(r1.random(5), r2.random(5))
+
+def test_dare_masks_follow_the_seed():
+    "merge's DARE draws go through `uniform`: the same seed and tensor name, the same mask"
+    from entrenar.merge import tensor_rng, uniform as merge_uniform
+    a = merge_uniform(tensor_rng(3, 'layers.0.w'), (64, 33), np.zeros(1, np.float32))
+    np.testing.assert_array_equal(a, tensor_rng(3, 'layers.0.w').random((64, 33), dtype=np.float32))
+
 # On a GPU: the same calls on CuPy arrays give the CPU build's bits
+
+@pytest.mark.gpu
+def test_uniform_on_the_gpu():
+    import cupy as cp
+    r1, r2 = np.random.default_rng(9), np.random.default_rng(9)
+    for n in (5, 10_000_001, 2):
+        np.testing.assert_array_equal(cp.asnumpy(uniform(r1, (n,), cp)).view(np.uint32), r2.random(n, dtype=np.float32).view(np.uint32))
+    assert r1.bit_generator.state == r2.bit_generator.state
 
 @pytest.mark.gpu
 @pytest.mark.parametrize('m,n,levels,density,weight,normalize,scale,grid', CASES)

@@ -626,7 +626,8 @@ def write_gguf(plan:GgufPlan, # from `plan_gguf`
     im, extra = plan.imatrix, plan.extra or {}
     tasks = [(e, extra.get(e[0]), im[e[1]] if im is not None and e[1] in im and e[3] in BLOCK_FORMATS else None) for e in plan.tensors]
     if not (hasattr(source, 'get_parameter') or isinstance(source, (str, os.PathLike))): source = _Loader(source)
-    run = Plan(gguf_task, tasks, Sources({'m': source}), (measure,), [math.prod(e[2]) * 4 for e in plan.tensors], 'gguf', QuantizeError)
+    run = Plan(gguf_task, tasks, Sources({'m': source}), (measure,), [math.prod(e[2]) * 4 for e in plan.tensors], 'gguf', QuantizeError,
+               lambda t: [] if t[1] is not None else [('m', t[0][0])])   # a tensor the plan computes reads nothing
     sink = GgufSink(plan, output, split_max_size, split_max_tensors)
     try: return run_plan(run, sink, executor, progress)
     except QuantizeError as e:   # name the file the tensor was going to

@@ -19,8 +19,9 @@ from .numtext import parse_numbers, read_numbers
 __all__ = ['DTYPES', 'MAX_HEADER', 'YAML_MAX', 'GZIP_FREE', 'GZIP_BYTES_PER_VALUE', 'GGUF_MAX_ITEMS', 'dtype_from_code',
            'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata', 'ModelFormat', 'parse_size', 'SaveConfig',
            'Model', 'lazy_tensor', 'Parameters', 'summary', 'atomic_path', 'check_output_is_not_input', 'publish_dir',
-           'atomic_dir', 'check_shape', 'SafeTensorsReader', 'release_pages', 'format_numbers', 'ModelWriter',
-           'parse_yaml', 'is_url', 'UrlSafeTensorsReader', 'save_model', 'load_model', 'check_gguf', 'open_gguf']
+           'atomic_dir', 'check_shape', 'SafeTensorsReader', 'release_pages', 'prefetch_pages', 'format_numbers',
+           'ModelWriter', 'parse_yaml', 'is_url', 'UrlSafeTensorsReader', 'save_model', 'load_model', 'check_gguf',
+           'open_gguf']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
 DTYPES = {
@@ -473,6 +474,19 @@ def release_pages(a:np.ndarray): # a tensor read lazily (a view into a mapped fi
     if mm is None or a.nbytes == 0: return
     start = a.__array_interface__['data'][0] - np.frombuffer(mm, np.uint8, count=1).__array_interface__['data'][0]
     _release(mm, start, start + a.nbytes)
+
+# %% ../nbs/02_io.ipynb #d11072a2
+def prefetch_pages(model, # a `Model`: its lazily read SafeTensors tensors are prefetched, anything else is left alone
+                   name:str, # the tensor that will be read next
+                  ) -> int:
+    "Ask the kernel to start reading tensor `name` of a lazily loaded model into the page cache; the bytes asked for"
+    v = model._store.get(name) if isinstance(model, Model) else None
+    r = v.reader if isinstance(v, _Lazy) else None
+    if not isinstance(r, SafeTensorsReader) or not hasattr(os, 'posix_fadvise'): return 0
+    _, _, _, begin, end = r.entries[name]
+    with contextlib.suppress(OSError):
+        if end > begin: os.posix_fadvise(r._fd, r.data_start + begin, end - begin, os.POSIX_FADV_WILLNEED); return end - begin
+    return 0
 
 # %% ../nbs/02_io.ipynb #38ff3ca8
 _RESERVED = ('format', 'name', 'architecture', 'version', 'training_config')

@@ -942,6 +942,10 @@ def merge_task(sources, # reference -> `Model` (a runner `Sources`)
     for a in raw: release_pages(a)
     return [(task.name, out)], None
 
+def _task_reads(task:TensorTask) -> list:
+    "The `(model reference, tensor name)` pairs a task reads, base last: the runner reads them ahead"
+    return [*task.inputs, *([task.base] if task.base is not None else [])]
+
 def merge_plan(tasks:list, # from `plan_merge`
                method:str, # the recipe's method
                models, # reference -> `Model` or path
@@ -950,7 +954,8 @@ def merge_plan(tasks:list, # from `plan_merge`
     "The runner `Plan` of a merge: one `merge_task` per output tensor"
     sizes = [t.spec.nbytes * (len(t.inputs) + (t.base is not None)) for t in tasks]
     return Plan(merge_task, tasks, models if isinstance(models, Sources) else Sources(models),
-                (get_method(method).name, seed, in_dtype, allow_nonfinite), sizes, f"merge ({get_method(method).name})", MergeError)
+                (get_method(method).name, seed, in_dtype, allow_nonfinite), sizes, f"merge ({get_method(method).name})", MergeError,
+                reads=_task_reads)
 
 # %% ../nbs/03_merge.ipynb #8fcb6be1
 def _merge_metadata(recipe, models, seed, name='merged', labels=None):
@@ -1205,7 +1210,8 @@ def merge_gguf_plan(tasks:list, gplan, models, merge_args:tuple, measure:bool=Fa
     in_gguf = {e[0] for e in gplan.tensors}
     if keep: items += [(t, None, None, None) for t in tasks if t.name not in in_gguf]
     sizes = [0 if t is None else t.spec.nbytes * (len(t.inputs) + 1) for t, *_ in items]
-    return Plan(merge_gguf_task, items, Sources(models), (merge_args, measure, keep), sizes, f"merge ({merge_args[0]}) to gguf", MergeError)
+    return Plan(merge_gguf_task, items, Sources(models), (merge_args, measure, keep), sizes, f"merge ({merge_args[0]}) to gguf", MergeError,
+                reads=lambda item: [] if item[0] is None else _task_reads(item[0]))
 
 # %% ../nbs/03_merge.ipynb #22ed5084
 def verify_gguf(report:QuantizeReport) -> int:

@@ -895,10 +895,10 @@ def quantize_model(model, # a `Model`, or a path that `load_model` reads (lazily
     settings = _settings(scheme, bits, method, granularity, include_1d, allow_nonfinite)
     sources, sizes, bar = Sources({'m': src}), [s.nbytes for s in src.specs], False if quiet else None
     with executor(1, client, QuantizeError) as ex:
-        checks = Plan(check_task, [s.name for s in src.specs], sources, (scheme, include_1d, allow_nonfinite), sizes, 'check', QuantizeError)
+        checks = Plan(check_task, [s.name for s in src.specs], sources, (scheme, include_1d, allow_nonfinite), sizes, 'check', QuantizeError, lambda name: [('m', name)])
         entries = settings['tensors'] = run_plan(checks, None, ex, bar)
         out = sink(output, entries, src.metadata, settings) if sink else DictSink()
-        rows = run_plan(Plan(quantize_task, entries, sources, (scheme, report), sizes, 'quantize', QuantizeError), out, ex, bar)
+        rows = run_plan(Plan(quantize_task, entries, sources, (scheme, report), sizes, 'quantize', QuantizeError, lambda e: [('m', e['name'])]), out, ex, bar)
     result = QuantizedModel(src.metadata, settings, dict(out)) if sink is None else None
     return QuantizeReport(settings, rows, result, None if output is None else Path(output))
 

@@ -17,12 +17,12 @@ from .errors import EntrenarError, IoError, reraise_as
 from .backend import get_backend, is_device_array, use_backend
 from .cuda import GPU_STREAMS, download, task_stream
 import numpy as np
-from .io import Model, is_url, load_model, release_pages
+from .io import Model, is_url, load_model, prefetch_pages, release_pages
 from .distributed import DaskExecutor, connect, in_order
 
 # %% auto #0
-__all__ = ['open_model', 'Sources', 'Plan', 'Failure', 'run_group', 'Threads', 'executor', 'NullSink', 'DictSink', 'MultiSink',
-           'run_plan']
+__all__ = ['READ_AHEAD', 'open_model', 'Sources', 'Plan', 'Failure', 'run_group', 'Threads', 'executor', 'NullSink', 'DictSink',
+           'MultiSink', 'run_plan']
 
 # %% ../nbs/02c_runner.ipynb #38dc85ec
 @functools.lru_cache(maxsize=16)
@@ -70,6 +70,7 @@ class Plan:
     sizes: list|None = None # bytes each task reads, for grouping tasks into cluster jobs (default: 1 each)
     desc: str = 'run' # the progress bar's label
     error: type = EntrenarError # raised for failures outside the work (e.g. a cluster that lost every worker)
+    reads: Callable|None = None # reads(task) -> [(model reference, tensor name)] it will read, for the read-ahead
 
 # %% ../nbs/02c_runner.ipynb #eee3cef4
 @dataclass
@@ -104,7 +105,7 @@ def _on_backend(name, fn, *args):
 
 class Threads:
     "An executor running groups of tasks on `n` threads of this process, results in order"
-    group_bytes = 0
+    group_bytes, local = 0, True   # one task per group; tasks read their inputs in this process
     def __init__(self, n:int=1): self.n = max(1, int(n))
     def __repr__(self): return f"Threads({self.n})"
     def map(self, fn:Callable, groups):
@@ -149,6 +150,33 @@ class MultiSink:
     def write(self, name, value): key, n = name; self.sinks[key].write(n, value)
     def __exit__(self, *exc): return self._stack.__exit__(*exc)
 
+# %% ../nbs/02c_runner.ipynb #9432bf78
+READ_AHEAD = 256 << 20   # bytes of input the read-ahead asks for beyond the tasks started (0: no read-ahead)
+
+def _prefetch_task(plan:Plan, task) -> int:
+    "Ask the kernel for every input tensor of `task`; the bytes asked for"
+    return sum(prefetch_pages(plan.sources[ref], name) for ref, name in plan.reads(task))
+
+def _reading_ahead(plan:Plan, groups:list, limit:int):
+    "Yield `groups` unchanged; as each one is taken, ask for the inputs of the next tasks, `limit` bytes ahead"
+    tasks = [t for g in groups for t in g]
+    sizes = plan.sizes or [max(1, limit // 4)] * len(tasks)
+    pool = ThreadPoolExecutor(1, thread_name_prefix='entrenar-read-ahead')
+    start = asked = ahead = 0   # tasks [0, asked) are asked for; `ahead`: bytes of those not started yet
+    try:
+        for g in groups:
+            end = start + len(g)   # tasks [start, end) start now
+            ahead -= sum(sizes[start:min(end, asked)])
+            while asked < len(tasks) and (asked < end or ahead < limit):
+                pool.submit(_prefetch_task, plan, tasks[asked])
+                if asked >= end: ahead += sizes[asked]
+                asked += 1
+            start = end
+            yield g
+    finally: pool.shutdown(wait=True, cancel_futures=True)
+
+
+
 # %% ../nbs/02c_runner.ipynb #0151e870
 def _groups(plan:Plan, group_bytes:int) -> list:
     "The plan's tasks cut into consecutive groups of about `group_bytes` (one task each for 0)"
@@ -163,10 +191,14 @@ def run_plan(plan:Plan, # the tasks and their work
              sink=None, # where the outputs go (default: nowhere, `NullSink`)
              executor=None, # `Threads(n)`, a `DaskExecutor` (default: `Threads(1)`)
              progress:bool|None=False, # a progress bar over tasks (None: where tqdm can show one)
+             read_ahead:int|None=None, # bytes of the coming tasks' inputs asked of the kernel ahead (None: `READ_AHEAD`; 0: none)
             ) -> list:
     "Run every task of `plan` on `executor`, writing their outputs to `sink` in plan order; each task's info"
     ex, infos = executor or Threads(1), []
     groups, fn = _groups(plan, ex.group_bytes), functools.partial(run_group, plan.work, plan.sources, plan.args)
+    limit = READ_AHEAD if read_ahead is None else read_ahead
+    if limit > 0 and plan.reads is not None and plan.sources is not None and getattr(ex, 'local', False):
+        groups = _reading_ahead(plan, groups, limit)
     bar = dict(total=len(plan.tasks), desc=plan.desc, unit='tensor', leave=False, disable={True: False, None: None}.get(progress, True))
     with (sink if sink is not None else NullSink()) as out, tqdm(**bar) as pbar, contextlib.closing(ex.map(fn, groups)) as results:
         for done in results:

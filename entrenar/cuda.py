@@ -21,7 +21,8 @@ __all__ = ['KERNEL_PRELUDE', 'CPU_FLAGS', 'GPU_OPTIONS', 'CONVERSIONS', 'GPU_STR
 KERNEL_PRELUDE = r'''
 typedef unsigned char u8; typedef unsigned short u16; typedef unsigned int u32;
 typedef int i32; typedef long long i64; typedef unsigned long long u64;
-#define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+#define GRID_STRIDE(i, n) \
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
 __device__ __forceinline__ u32 f32_bits(float f) { return __float_as_uint(f); }
 __device__ __forceinline__ float bits_f32(u32 u) { return __uint_as_float(u); }
@@ -35,7 +36,8 @@ __device__ __forceinline__ i32 nearest_int(float v) {
 // float32 -> IEEE half, round to nearest even, as numpy, F16C and __float2half_rn do
 __device__ __forceinline__ u16 f32_to_f16(float f) {
     u32 x = f32_bits(f), sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
-    if (ax > 0x7f800000u) { u32 m = (ax >> 13) & 0x3ffu; return (u16)(sign | 0x7c00u | (m ? m : 1u)); }   // NaN: numpy keeps the top bits
+    // NaN: numpy keeps the top bits
+    if (ax > 0x7f800000u) { u32 m = (ax >> 13) & 0x3ffu; return (u16)(sign | 0x7c00u | (m ? m : 1u)); }
     if (ax == 0x7f800000u) return (u16)(sign | 0x7c00u);
     if (ax >= 0x477ff000u) return (u16)(sign | 0x7c00u);               // rounds to infinity
     if (ax < 0x38800000u) {                                             // a half subnormal, or zero
@@ -75,7 +77,8 @@ _CPU_HEADER = r'''
 #include <cmath>
 struct entrenar_dim3 { unsigned int x, y, z; };
 static entrenar_dim3 threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
-extern "C" void entrenar_set_thread(unsigned int block, unsigned int thread, unsigned int nblocks, unsigned int nthreads) {
+extern "C" void entrenar_set_thread(unsigned int block, unsigned int thread, unsigned int nblocks,
+                                    unsigned int nthreads) {
     blockIdx.x = block; threadIdx.x = thread; gridDim.x = nblocks; blockDim.x = nthreads; }
 #define __global__
 #define __device__
@@ -86,12 +89,15 @@ static inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &
 static inline int __float_as_int(float f) { int u; std::memcpy(&u, &f, 4); return u; }
 static inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
 template <class T> static inline T atomicAdd(T *p, T v) { T old = *p; *p = old + v; return old; }
-static inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) { return (unsigned long long)(((unsigned __int128)a * b) >> 64); }
+static inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+    return (unsigned long long)(((unsigned __int128)a * b) >> 64); }
 template <class T> static inline T atomicMax(T *p, T v) { T old = *p; if (v > old) *p = v; return old; }
 '''
-CPU_FLAGS = ('-O2', '-std=c++17', '-shared', '-fPIC', '-ffp-contract=off', '-fno-fast-math', '-fno-strict-aliasing', '-w')
+CPU_FLAGS = ('-O2', '-std=c++17', '-shared', '-fPIC', '-ffp-contract=off', '-fno-fast-math',
+             '-fno-strict-aliasing', '-w')
 GPU_OPTIONS = ('--fmad=false', '-std=c++17')
 
+# %% ../nbs/01a_cuda.ipynb #80c0d5be
 def _cache_dir() -> Path:
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'entrenar' / 'cuda-cpu'
 
@@ -100,7 +106,8 @@ def cpu_library(source:str, # kernel source (without the prelude)
                ) -> ctypes.CDLL:
     "The kernels of `source` compiled for the CPU by the C++ compiler (cached on disk by the source's hash)"
     cxx = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
-    if cxx is None: raise BackendError("running CUDA kernels on the CPU needs a C++ compiler (g++): apt-get install g++")
+    if cxx is None:
+        raise BackendError("running CUDA kernels on the CPU needs a C++ compiler (g++): apt-get install g++")
     text = _CPU_HEADER + KERNEL_PRELUDE + source
     key = hashlib.sha256((text + ' '.join(CPU_FLAGS)).encode()).hexdigest()[:20]
     path = _cache_dir() / f'{key}.so'
@@ -110,13 +117,15 @@ def cpu_library(source:str, # kernel source (without the prelude)
             src, tmp = Path(d) / 'k.cpp', Path(d) / 'k.so'
             src.write_text(text)
             r = subprocess.run([cxx, *CPU_FLAGS, str(src), '-o', str(tmp)], capture_output=True, text=True)
-            if r.returncode: raise BackendError(f"the kernels did not compile for the CPU:\n{r.stderr[-3000:]}")
+            if r.returncode:
+                raise BackendError(f"the kernels did not compile for the CPU:\n{r.stderr[-3000:]}")
             os.replace(tmp, path)
     return ctypes.CDLL(str(path))
 
-# %% ../nbs/01a_cuda.ipynb #ab4e0593
-_CTYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64, np.dtype(np.uint32): ctypes.c_uint32,
-           np.dtype(np.uint64): ctypes.c_uint64, np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
+# %% ../nbs/01a_cuda.ipynb #762c7592
+_CTYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
+           np.dtype(np.uint32): ctypes.c_uint32, np.dtype(np.uint64): ctypes.c_uint64,
+           np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
 
 def _cpu_arg(a):
     "A kernel argument as ctypes passes it: arrays by address, numpy scalars by their C type"
@@ -124,8 +133,10 @@ def _cpu_arg(a):
         if not a.flags.c_contiguous: raise BackendError("kernel arguments must be C-contiguous arrays")
         return ctypes.c_void_p(a.ctypes.data)
     if isinstance(a, np.generic) and a.dtype in _CTYPES: return _CTYPES[a.dtype](a.item())
-    raise BackendError(f"a kernel argument must be an array or a numpy int32/int64/uint32/uint64/float32/float64 scalar, not {type(a).__name__}")
+    raise BackendError("a kernel argument must be an array or a numpy int32/int64/uint32/uint64/float32/"
+                       f"float64 scalar, not {type(a).__name__}")
 
+# %% ../nbs/01a_cuda.ipynb #2167cfc2
 class Kernels:
     "The kernels of one CUDA C source: launched through CuPy on GPU arrays, run on the CPU for numpy arrays"
     def __init__(self, source:str, # CUDA C: `extern "C" __global__` functions in the restricted style
@@ -147,7 +158,8 @@ class Kernels:
         "Launch kernel `name` over `n` work items on the device of its array arguments"
         arrays = [a for a in args if hasattr(a, 'shape') and not isinstance(a, np.generic)]
         if any(is_device_array(a) for a in arrays):
-            if not all(is_device_array(a) for a in arrays): raise BackendError(f"{name}: all array arguments must be on the GPU")
+            if not all(is_device_array(a) for a in arrays):
+                raise BackendError(f"{name}: all array arguments must be on the GPU")
             import cupy as cp
             f = self._gpu(name)
             blocks = max(1, min(-(-n // self.threads), 32 * _sm_count()))
@@ -167,14 +179,19 @@ def _sm_count() -> int:
     import cupy as cp
     return cp.cuda.Device().attributes['MultiProcessorCount']
 
-# %% ../nbs/01a_cuda.ipynb #67193125
+# %% ../nbs/01a_cuda.ipynb #b3745144
 CONVERSIONS = Kernels(r'''
-extern "C" __global__ void f16_to_f32_kernel(const u16 *h, float *out, i64 n) { GRID_STRIDE(i, n) out[i] = f16_to_f32(h[i]); }
-extern "C" __global__ void f32_to_f16_kernel(const float *x, u16 *out, i64 n) { GRID_STRIDE(i, n) out[i] = f32_to_f16(x[i]); }
-extern "C" __global__ void bf16_to_f32_kernel(const u16 *h, float *out, i64 n) { GRID_STRIDE(i, n) out[i] = bf16_to_f32(h[i]); }
-extern "C" __global__ void f32_to_bf16_kernel(const float *x, u16 *out, i64 n) { GRID_STRIDE(i, n) out[i] = f32_to_bf16(x[i]); }
+extern "C" __global__ void f16_to_f32_kernel(const u16 *h, float *out, i64 n) {
+    GRID_STRIDE(i, n) out[i] = f16_to_f32(h[i]); }
+extern "C" __global__ void f32_to_f16_kernel(const float *x, u16 *out, i64 n) {
+    GRID_STRIDE(i, n) out[i] = f32_to_f16(x[i]); }
+extern "C" __global__ void bf16_to_f32_kernel(const u16 *h, float *out, i64 n) {
+    GRID_STRIDE(i, n) out[i] = bf16_to_f32(h[i]); }
+extern "C" __global__ void f32_to_bf16_kernel(const float *x, u16 *out, i64 n) {
+    GRID_STRIDE(i, n) out[i] = f32_to_bf16(x[i]); }
 ''')
 
+# %% ../nbs/01a_cuda.ipynb #5550d121
 def convert(x, # float32, float16 or bfloat16 (as ml_dtypes' dtype or raw uint16 bits with `src`)
             dtype:str, # 'float32', 'float16' or 'bfloat16'
             src:str|None=None): # the dtype of `x` where it is raw bits (CuPy has no bfloat16)
@@ -186,10 +203,12 @@ def convert(x, # float32, float16 or bfloat16 (as ml_dtypes' dtype or raw uint16
     if src in ('float16', 'bfloat16'):
         if dtype != 'float32': return convert(convert(x, 'float32', src), dtype)
         out = xp.empty(flat.size, np.float32)
-        CONVERSIONS({'float16': 'f16_to_f32_kernel', 'bfloat16': 'bf16_to_f32_kernel'}[src], flat.size, flat.view(np.uint16), out, np.int64(flat.size))
+        CONVERSIONS({'float16': 'f16_to_f32_kernel', 'bfloat16': 'bf16_to_f32_kernel'}[src],
+                    flat.size, flat.view(np.uint16), out, np.int64(flat.size))
     elif src == 'float32' and dtype in ('float16', 'bfloat16'):
         out = xp.empty(flat.size, np.uint16)
-        CONVERSIONS('f32_to_f16_kernel' if dtype == 'float16' else 'f32_to_bf16_kernel', flat.size, flat, out, np.int64(flat.size))
+        CONVERSIONS('f32_to_f16_kernel' if dtype == 'float16' else 'f32_to_bf16_kernel',
+                    flat.size, flat, out, np.int64(flat.size))
     else: raise BackendError(f"no kernel converts {src} to {dtype}")
     return out.reshape(x.shape)
 
@@ -198,14 +217,17 @@ def gpu_compile(source:str, # kernel source (without the prelude)
                 arch:str='sm_90', # the GPU architecture: sm_90 is Hopper (H100, H200)
                 nvcc:str|None=None): # the compiler; default `nvcc` on the PATH
     "Compile `source` with nvcc for `arch` as NVRTC would (no FMA contraction); return ptxas' report, or raise `BackendError`"
-    nvcc = nvcc or shutil.which('nvcc') or ('/usr/local/cuda/bin/nvcc' if Path('/usr/local/cuda/bin/nvcc').exists() else None)
+    nvcc = nvcc or shutil.which('nvcc') or ('/usr/local/cuda/bin/nvcc'
+                                            if Path('/usr/local/cuda/bin/nvcc').exists() else None)
     if nvcc is None: raise BackendError("gpu_compile needs CUDA's nvcc")
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / 'k.cu'
         src.write_text(KERNEL_PRELUDE + source)
-        r = subprocess.run([nvcc, f'-arch={arch}', '-cubin', '--fmad=false', '-std=c++17', '-Xptxas', '-v', '-o', str(Path(d) / 'k.cubin'), str(src)],
+        r = subprocess.run([nvcc, f'-arch={arch}', '-cubin', '--fmad=false', '-std=c++17', '-Xptxas', '-v',
+                            '-o', str(Path(d) / 'k.cubin'), str(src)],
                            capture_output=True, text=True)
-    if r.returncode: raise BackendError(f"nvcc could not compile the kernels for {arch}:\n{r.stderr[-3000:]}")
+    if r.returncode:
+        raise BackendError(f"nvcc could not compile the kernels for {arch}:\n{r.stderr[-3000:]}")
     return r.stderr
 
 # %% ../nbs/01a_cuda.ipynb #beec2df6
@@ -222,6 +244,7 @@ def task_stream():
     if dev not in streams: streams[dev] = cp.cuda.Stream(non_blocking=True)
     with streams[dev] as s: yield s
 
+# %% ../nbs/01a_cuda.ipynb #ec5b272a
 def _keep_until_copied(staged, stream):
     "Hold the pinned buffer of an asynchronous copy until the stream has passed it"
     keep = _local.__dict__.setdefault('staged', [])
@@ -231,7 +254,7 @@ def _keep_until_copied(staged, stream):
 _WIDEN = {np.dtype(ml_dtypes.bfloat16): 'bfloat16', np.dtype(np.float16): 'float16'}
 
 def upload(a, # a host array: a tensor read from a file, usually a view into its mapping
-           widen:bool=True, # float16 becomes float32 on the device (bfloat16 always does: CuPy has no bfloat16)
+           widen:bool=True, # float16 becomes float32 on the device (bfloat16 always does: CuPy lacks it)
           ):
     "`a` on the GPU, copied through pinned memory on the current stream; 16-bit floats widened there"
     import cupy as cp, cupyx
@@ -248,6 +271,7 @@ def upload(a, # a host array: a tensor read from a file, usually a view into its
     if src == 'bfloat16': return convert(d, 'float32', 'bfloat16')
     return d.astype(np.float32) if src == 'float16' and widen else d
 
+# %% ../nbs/01a_cuda.ipynb #b5386986
 def download(v, # a CuPy array (a host array is returned as it is, or cast)
              dtype=None, # the host dtype wanted: 'bfloat16' is narrowed on the device
             ) -> np.ndarray:
@@ -255,7 +279,8 @@ def download(v, # a CuPy array (a host array is returned as it is, or cast)
     if not is_device_array(v): return v if dtype is None else np.asarray(v).astype(dtype)
     import cupy as cp
     dtype = None if dtype is None else np.dtype(dtype)
-    if dtype == np.dtype(ml_dtypes.bfloat16): v, view = convert(v.astype(np.float32, copy=False), 'bfloat16'), dtype
+    if dtype == np.dtype(ml_dtypes.bfloat16):
+        v, view = convert(v.astype(np.float32, copy=False), 'bfloat16'), dtype
     else: v, view = (v if dtype is None else v.astype(dtype, copy=False)), None
     import cupyx
     v = cp.ascontiguousarray(v)

@@ -15,8 +15,10 @@ from .cuda import Kernels, gpu_compile
 __all__ = ['BLOCK_SHAPES', 'QUANTIZE_FORMATS', 'BLOCK_KERNELS', 'quantize_blocks', 'dequantize_blocks']
 
 # %% ../nbs/04c_cuda_blocks.ipynb #dc43f20c
-BLOCK_SHAPES = {'q8_0': (32, 34), 'q4_0': (32, 18), 'q5_0': (32, 22), 'q4_1': (32, 20), 'q5_1': (32, 24),   # name: (values, bytes)
-                'q2_k': (256, 84), 'q3_k': (256, 110), 'q4_k': (256, 144), 'q5_k': (256, 176), 'q6_k': (256, 210)}
+# name: (values, bytes)
+BLOCK_SHAPES = {'q8_0': (32, 34), 'q4_0': (32, 18), 'q5_0': (32, 22), 'q4_1': (32, 20), 'q5_1': (32, 24),
+                'q2_k': (256, 84), 'q3_k': (256, 110), 'q4_k': (256, 144), 'q5_k': (256, 176),
+                'q6_k': (256, 210)}
 QUANTIZE_FORMATS = ('q8_0', 'q4_0', 'q5_0', 'q4_1', 'q5_1')   # the formats `quantize_blocks` writes
 
 # %% ../nbs/04c_cuda_blocks.ipynb #43690151
@@ -27,17 +29,20 @@ struct uint4 { unsigned int x, y, z, w; };
 struct uint2 { unsigned int x, y; };
 #endif
 // C's (int) of a float as x86's cvttss2si makes it, and so numpy's casts: INT_MIN for NaN and out of range
-__device__ __forceinline__ i32 trunc_i32(float v) { return (v > -2147483904.f && v < 2147483648.f) ? (i32)v : (i32)0x80000000u; }
+__device__ __forceinline__ i32 trunc_i32(float v) {
+    return (v > -2147483904.f && v < 2147483648.f) ? (i32)v : (i32)0x80000000u; }
 // numpy's maximum and minimum as its reductions apply them: NaN wins, a tie keeps the second operand
 __device__ __forceinline__ float np_max(float a, float b) { return (a > b || a != a) ? a : b; }
 __device__ __forceinline__ float np_min(float a, float b) { return (a < b || a != a) ? a : b; }
 // 1/d, or 0 where d is zero, subnormal or NaN (entrenar's _inverse_scale)
-__device__ __forceinline__ float inverse_scale(float d) { return fabsf(d) >= 1.17549435e-38f ? 1.f / d : 0.f; }
+__device__ __forceinline__ float inverse_scale(float d) {
+    return fabsf(d) >= 1.17549435e-38f ? 1.f / d : 0.f; }
 
 __device__ __forceinline__ void load_block32(const float *__restrict__ x, i64 b, float v[32]) {
     const float4 *p = (const float4 *)(x + b * 32);
 #pragma unroll
-    for (int k = 0; k < 8; k++) { float4 f = p[k]; v[4 * k] = f.x; v[4 * k + 1] = f.y; v[4 * k + 2] = f.z; v[4 * k + 3] = f.w; }
+    for (int k = 0; k < 8; k++) {
+        float4 f = p[k]; v[4 * k] = f.x; v[4 * k + 1] = f.y; v[4 * k + 2] = f.z; v[4 * k + 3] = f.w; }
 }
 // maximum and minimum in numpy's order: each of 4 lanes (j % 4) over the 8 groups, then the lanes
 __device__ __forceinline__ void block_max_min(const float v[32], float &mx, float &mn) {
@@ -61,7 +66,8 @@ __device__ __forceinline__ float signed_absmax(const float v[32], float mx, floa
     }
     return m;
 }
-// 32 codes, 4 to a word (q_j in byte j % 4 of word j / 4), as numpy packs them: byte j = q_j | q_{j+16} << 4, in 64-bit words
+// 32 codes, 4 to a word (q_j in byte j % 4 of word j / 4), as numpy packs them:
+// byte j = q_j | q_{j+16} << 4, in 64-bit words
 __device__ __forceinline__ void pack_nibbles(const u32 w[8], u32 out[4]) {
     u64 z0 = ((u64)w[0] | (u64)w[1] << 32) | ((u64)w[4] | (u64)w[5] << 32) << 4;
     u64 z1 = ((u64)w[2] | (u64)w[3] << 32) | ((u64)w[6] | (u64)w[7] << 32) << 4;
@@ -108,7 +114,8 @@ extern "C" __global__ void quantize_q8_0(const float *__restrict__ x, u8 *__rest
 # %% ../nbs/04c_cuda_blocks.ipynb #28bc73f1
 _Q4_Q5 = r'''
 // the codes of a 4- or 5-bit block: trunc((x - minimum) * id + add), less q >> shift
-__device__ __forceinline__ void codes32(const float v[32], float minimum, bool sub, float id, float add, int shift, u32 w[8]) {
+__device__ __forceinline__ void codes32(const float v[32], float minimum, bool sub, float id, float add,
+                                        int shift, u32 w[8]) {
 #pragma unroll
     for (int k = 0; k < 8; k++) {
         u32 word = 0;
@@ -212,15 +219,18 @@ extern "C" __global__ void dequantize_q8_0(const u8 *__restrict__ data, float *_
 #pragma unroll
         for (int k = 0; k < 8; k++) {
             u32 w = load32_2(p + 2 + 4 * k);
-            store4(y + b * 32 + 4 * k, (float)(signed char)byte_of(w, 0) * d, (float)(signed char)byte_of(w, 1) * d,
-                   (float)(signed char)byte_of(w, 2) * d, (float)(signed char)byte_of(w, 3) * d);
+            store4(y + b * 32 + 4 * k, (float)(signed char)byte_of(w, 0) * d,
+                   (float)(signed char)byte_of(w, 1) * d, (float)(signed char)byte_of(w, 2) * d,
+                   (float)(signed char)byte_of(w, 3) * d);
         }
     }
 }
 
-// 4-bit legacy: value j is the low nibble of byte j (j < 16) or the high nibble of byte j - 16, with bit j of qh as bit 4
+// 4-bit legacy: value j is the low nibble of byte j (j < 16) or the high nibble of byte j - 16,
+// with bit j of qh as bit 4
 template <bool HIGH, bool MIN>
-__device__ __forceinline__ void legacy_values(const u8 *q, u32 qh, float d, float m, float off, float *__restrict__ y) {
+__device__ __forceinline__ void legacy_values(const u8 *q, u32 qh, float d, float m, float off,
+                                              float *__restrict__ y) {
 #pragma unroll
     for (int half = 0; half < 2; half++)
 #pragma unroll
@@ -240,21 +250,28 @@ __device__ __forceinline__ void legacy_values(const u8 *q, u32 qh, float d, floa
 }
 
 extern "C" __global__ void dequantize_q4_0(const u8 *__restrict__ data, float *__restrict__ y, i64 n) {
-    GRID_STRIDE(b, n) { const u8 *p = data + b * 18; legacy_values<false, false>(p + 2, 0u, f16_to_f32(*(const u16 *)p), 0.f, 8.f, y + b * 32); }
+    GRID_STRIDE(b, n) {
+        const u8 *p = data + b * 18;
+        legacy_values<false, false>(p + 2, 0u, f16_to_f32(*(const u16 *)p), 0.f, 8.f, y + b * 32); }
 }
 extern "C" __global__ void dequantize_q5_0(const u8 *__restrict__ data, float *__restrict__ y, i64 n) {
-    GRID_STRIDE(b, n) { const u8 *p = data + b * 22; legacy_values<true, false>(p + 6, load32_2(p + 2), f16_to_f32(*(const u16 *)p), 0.f, 16.f, y + b * 32); }
+    GRID_STRIDE(b, n) {
+        const u8 *p = data + b * 22;
+        legacy_values<true, false>(p + 6, load32_2(p + 2), f16_to_f32(*(const u16 *)p), 0.f, 16.f,
+                                   y + b * 32); }
 }
 extern "C" __global__ void dequantize_q4_1(const u8 *__restrict__ data, float *__restrict__ y, i64 n) {
     GRID_STRIDE(b, n) {
         const u8 *p = data + b * 20; u32 dm = *(const u32 *)p;
-        legacy_values<false, true>(p + 4, 0u, f16_to_f32((u16)dm), f16_to_f32((u16)(dm >> 16)), 0.f, y + b * 32);
+        legacy_values<false, true>(p + 4, 0u, f16_to_f32((u16)dm), f16_to_f32((u16)(dm >> 16)), 0.f,
+                                   y + b * 32);
     }
 }
 extern "C" __global__ void dequantize_q5_1(const u8 *__restrict__ data, float *__restrict__ y, i64 n) {
     GRID_STRIDE(b, n) {
         const u8 *p = data + b * 24; uint2 h = *(const uint2 *)p;
-        legacy_values<true, true>(p + 8, h.y, f16_to_f32((u16)h.x), f16_to_f32((u16)(h.x >> 16)), 0.f, y + b * 32);
+        legacy_values<true, true>(p + 8, h.y, f16_to_f32((u16)h.x), f16_to_f32((u16)(h.x >> 16)), 0.f,
+                                  y + b * 32);
     }
 }
 
@@ -328,7 +345,8 @@ __device__ __forceinline__ void scale_min_k4(int j, u32 w0, u32 w1, u32 w2, u32 
     }
 }
 
-// Q4_K (144 bytes, 16-aligned): d, dmin, scales[12], qs[128]; sub-blocks 2i and 2i+1 are the low and high nibbles of qs[32i..]
+// Q4_K (144 bytes, 16-aligned): d, dmin, scales[12], qs[128]; sub-blocks 2i and 2i+1 are the low and
+// high nibbles of qs[32i..]
 // Q5_K (176 bytes, 16-aligned): the same with qh[32] before qs: bit s of qh[l] is bit 4 of value 32s + l
 template <bool HIGH>
 __device__ __forceinline__ void values_k45(const u8 *p, float *__restrict__ out) {
@@ -400,23 +418,26 @@ BLOCK_KERNELS = Kernels(_HELPERS + _Q8_0 + _Q4_Q5 + _LEGACY + _K_QUANTS)
 def _block_format(name, allowed) -> tuple:
     "The (values, bytes) of format `name`, or a `QuantizeError` naming the formats there are"
     key = str(name).lower()
-    if key not in allowed: raise QuantizeError(f"no block kernel for format {name!r}: choose one of {', '.join(allowed)}")
+    if key not in allowed:
+        raise QuantizeError(f"no block kernel for format {name!r}: choose one of {', '.join(allowed)}")
     return BLOCK_SHAPES[key]
 
+# %% ../nbs/04c_cuda_blocks.ipynb #262ce8ac
 def _aligned(x):
     "`x` contiguous and on a 16-byte boundary (a copy only where it is not)"
     xp = get_array_module(x)
     if x.flags.c_contiguous and (x.data.ptr if is_device_array(x) else x.ctypes.data) % 16 == 0: return x
     return xp.array(x, order='C', copy=True)
 
-# %% ../nbs/04c_cuda_blocks.ipynb #262ce8ac
+# %% ../nbs/04c_cuda_blocks.ipynb #d512528a
 def quantize_blocks(name:str, # 'q8_0', 'q4_0', 'q5_0', 'q4_1' or 'q5_1'
                     x, # float32 array (numpy or CuPy) of a multiple of 32 values
                     grid:tuple=(1, 1)): # on the CPU: (blocks, threads) to step through
     "ggml's blocks of `x`, uint8 `(n_blocks, type_size)` on the device of `x`: `get_block_format(name).quantize`'s bytes"
     block, size = _block_format(name, QUANTIZE_FORMATS)
     if getattr(x, 'dtype', None) != np.float32:
-        raise QuantizeError(f"{name.upper()} kernels quantize float32 arrays, not {getattr(x, 'dtype', type(x).__name__)}")
+        raise QuantizeError(f"{name.upper()} kernels quantize float32 arrays, "
+                            f"not {getattr(x, 'dtype', type(x).__name__)}")
     if x.size % block: raise QuantizeError(f"{name.upper()} needs a multiple of {block} values, got {x.size}")
     xp, n = get_array_module(x), x.size // block
     out = xp.empty((n, size), np.uint8)
@@ -430,8 +451,11 @@ def dequantize_blocks(name:str, # any of the ten block formats: 'q8_0' .. 'q5_1'
     "The float32 values `(n_blocks * block_size,)` of `data`, on its device: `get_block_format(name).dequantize`'s bits"
     block, size = _block_format(name, tuple(BLOCK_SHAPES))
     if getattr(data, 'dtype', None) != np.uint8:
-        raise QuantizeError(f"{name.upper()} blocks are uint8 bytes, not {getattr(data, 'dtype', type(data).__name__)}")
-    if data.size % size: raise QuantizeError(f"{name.upper()} blocks are {size} bytes: {data.size} bytes is not a whole number of them")
+        raise QuantizeError(f"{name.upper()} blocks are uint8 bytes, "
+                            f"not {getattr(data, 'dtype', type(data).__name__)}")
+    if data.size % size:
+        raise QuantizeError(f"{name.upper()} blocks are {size} bytes: "
+                            f"{data.size} bytes is not a whole number of them")
     xp, n = get_array_module(data), data.size // size
     out = xp.empty(n * block, np.float32)
     if n: BLOCK_KERNELS(f'dequantize_{name.lower()}', n, _aligned(data), out, np.int64(n), grid=grid)

@@ -26,7 +26,8 @@ __device__ __forceinline__ i32 kq_clamp(i32 v, i32 lo, i32 hi) { return v < lo ?
 # %% ../nbs/04d_cuda_kquants.ipynb #ed7a84dd
 _SEARCH_QKX2 = r'''
 // make_qkx2_quants on the n values at x, weights |x| (rms false) or sqrt(mean x*x) + |x| (rms true).
-// Instead of copying Laux into L when a try wins, remember the try's (iscale, min) and compute the levels once.
+// Instead of copying Laux into L when a try wins, remember the try's (iscale, min)
+// and compute the levels once.
 __device__ __forceinline__ void qkx2_search(const float *__restrict__ x, int n, int nmax,
         float rmin, float rdelta, int nstep, bool mad, bool rms,
         float *scale_out, float *min_out, u8 *__restrict__ L) {
@@ -104,13 +105,16 @@ __device__ __forceinline__ void qkx2_search(const float *__restrict__ x, int n, 
 }
 
 extern "C" __global__ void q2_k_search(const float *x, float *scales, float *mins, u8 *L, i64 n) {
-    GRID_STRIDE(j, n) qkx2_search(x + 16 * j, 16, 3, -0.5f, 0.1f, 15, true, false, scales + j, mins + j, L + 16 * j);
+    GRID_STRIDE(j, n)
+        qkx2_search(x + 16 * j, 16, 3, -0.5f, 0.1f, 15, true, false, scales + j, mins + j, L + 16 * j);
 }
 extern "C" __global__ void q4_k_search(const float *x, float *scales, float *mins, u8 *L, i64 n) {
-    GRID_STRIDE(j, n) qkx2_search(x + 32 * j, 32, 15, -1.f, 0.1f, 20, false, true, scales + j, mins + j, L + 32 * j);
+    GRID_STRIDE(j, n)
+        qkx2_search(x + 32 * j, 32, 15, -1.f, 0.1f, 20, false, true, scales + j, mins + j, L + 32 * j);
 }
 extern "C" __global__ void q5_k_search(const float *x, float *scales, float *mins, u8 *L, i64 n) {
-    GRID_STRIDE(j, n) qkx2_search(x + 32 * j, 32, 31, -0.5f, 0.1f, 15, false, true, scales + j, mins + j, L + 32 * j);
+    GRID_STRIDE(j, n)
+        qkx2_search(x + 32 * j, 32, 31, -0.5f, 0.1f, 15, false, true, scales + j, mins + j, L + 32 * j);
 }
 '''
 
@@ -157,7 +161,8 @@ extern "C" __global__ void q6_k_search(const float *xs, float *scales, float *mi
                 scale = sumlx / suml2; best = scale * sumlx;
             }
         }
-        for (int i = 0; i < 16; ++i) Lj[i] = (u8)(nmax + kq_clamp(kq_round(best_iscale * x[i]), -nmax, nmax - 1));
+        for (int i = 0; i < 16; ++i)
+            Lj[i] = (u8)(nmax + kq_clamp(kq_round(best_iscale * x[i]), -nmax, nmax - 1));
         scales[j] = scale;
     }
 }
@@ -165,7 +170,8 @@ extern "C" __global__ void q6_k_search(const float *xs, float *scales, float *mi
 
 # %% ../nbs/04d_cuda_kquants.ipynb #4ae1d526
 _SEARCH_Q3 = r'''
-// make_q3_quants(16, 4, x, L, true) (Q3_K): the sixteen levels live in one 64-bit register, four bits each (l + 4)
+// make_q3_quants(16, 4, x, L, true) (Q3_K): the sixteen levels live in one 64-bit register,
+// four bits each (l + 4)
 extern "C" __global__ void q3_k_search(const float *xs, float *scales, float *mins, u8 *L, i64 n) {
     GRID_STRIDE(j, n) {
         const float *__restrict__ x = xs + 16 * j;
@@ -261,7 +267,8 @@ __device__ __forceinline__ void pack_k45(const float *__restrict__ x, const floa
         const float d = f16_to_f32(d16) * s;
         if (!d) continue;
         const float dm = f16_to_f32(m16) * m;
-        for (int ii = 0; ii < 32; ++ii) L[32 * j + ii] = (u8)kq_clamp(kq_round((x[32 * j + ii] + dm) / d), 0, nmax);
+        for (int ii = 0; ii < 32; ++ii)
+            L[32 * j + ii] = (u8)kq_clamp(kq_round((x[32 * j + ii] + dm) / d), 0, nmax);
     }
     u8 *q = y + (nmax == 15 ? 16 : 48);
     if (nmax == 31) {
@@ -276,10 +283,12 @@ __device__ __forceinline__ void pack_k45(const float *__restrict__ x, const floa
         for (int l = 0; l < 32; ++l) q[l] = (u8)((L[j + l] & 15) | ((L[j + l + 32] & 15) << 4));
 }
 
-extern "C" __global__ void q4_k_pack(const float *x, const float *scales, const float *mins, u8 *L, u8 *y, i64 n) {
+extern "C" __global__ void q4_k_pack(const float *x, const float *scales, const float *mins, u8 *L,
+                                     u8 *y, i64 n) {
     GRID_STRIDE(i, n) pack_k45(x + 256 * i, scales + 8 * i, mins + 8 * i, L + 256 * i, y + 144 * i, 15);
 }
-extern "C" __global__ void q5_k_pack(const float *x, const float *scales, const float *mins, u8 *L, u8 *y, i64 n) {
+extern "C" __global__ void q5_k_pack(const float *x, const float *scales, const float *mins, u8 *L,
+                                     u8 *y, i64 n) {
     GRID_STRIDE(i, n) pack_k45(x + 256 * i, scales + 8 * i, mins + 8 * i, L + 256 * i, y + 176 * i, 31);
 }
 '''
@@ -295,7 +304,8 @@ __device__ __forceinline__ void pack_2bit(const u8 *__restrict__ L, u8 *__restri
 }
 
 // Q2_K, 84 bytes: scales[16] (4-bit scale | 4-bit min << 4), qs[64], d, dmin
-extern "C" __global__ void q2_k_pack(const float *xs, const float *scales_, const float *mins_, u8 *Ls, u8 *ys, i64 n) {
+extern "C" __global__ void q2_k_pack(const float *xs, const float *scales_, const float *mins_, u8 *Ls,
+                                     u8 *ys, i64 n) {
     GRID_STRIDE(i, n) {
         const float *__restrict__ x = xs + 256 * i, *__restrict__ scales = scales_ + 16 * i;
         const float *__restrict__ mins = mins_ + 16 * i;
@@ -322,7 +332,8 @@ extern "C" __global__ void q2_k_pack(const float *xs, const float *scales_, cons
             const float d = f16_to_f32(d16) * (y[j] & 0xF);
             if (!d) continue;
             const float dm = f16_to_f32(m16) * (y[j] >> 4);
-            for (int ii = 0; ii < 16; ++ii) L[16 * j + ii] = (u8)kq_clamp(kq_round((x[16 * j + ii] + dm) / d), 0, 3);
+            for (int ii = 0; ii < 16; ++ii)
+                L[16 * j + ii] = (u8)kq_clamp(kq_round((x[16 * j + ii] + dm) / d), 0, 3);
         }
         pack_2bit(L, y + 16);
         put_f16(y + 80, d16); put_f16(y + 82, m16);
@@ -333,7 +344,8 @@ extern "C" __global__ void q2_k_pack(const float *xs, const float *scales_, cons
 # %% ../nbs/04d_cuda_kquants.ipynb #0df66d43
 _PACK_Q3 = r'''
 // Q3_K, 110 bytes: hmask[32] (third bits), qs[64] (low two bits), scales[12] (sixteen 6-bit scales), d
-extern "C" __global__ void q3_k_pack(const float *xs, const float *scales_, const float *mins_, u8 *Ls, u8 *ys, i64 n) {
+extern "C" __global__ void q3_k_pack(const float *xs, const float *scales_, const float *mins_, u8 *Ls,
+                                     u8 *ys, i64 n) {
     GRID_STRIDE(i, n) {
         const float *__restrict__ x = xs + 256 * i;
         const float *__restrict__ scales = scales_ + 16 * i;
@@ -363,7 +375,8 @@ extern "C" __global__ void q3_k_pack(const float *xs, const float *scales_, cons
             s = (signed char)((s | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
             float d = f16_to_f32(d16) * s;
             if (!d) continue;
-            for (int ii = 0; ii < 16; ++ii) L[16 * j + ii] = (u8)(kq_clamp(kq_round(x[16 * j + ii] / d), -4, 3) + 4);
+            for (int ii = 0; ii < 16; ++ii)
+                L[16 * j + ii] = (u8)(kq_clamp(kq_round(x[16 * j + ii] / d), -4, 3) + 4);
         }
         for (int m = 0; m < 32; ++m) {   // bit b of hmask[m]: the third bit of value 32b + m
             u8 h = 0;
@@ -379,7 +392,8 @@ extern "C" __global__ void q3_k_pack(const float *xs, const float *scales_, cons
 # %% ../nbs/04d_cuda_kquants.ipynb #36c5278f
 _PACK_Q6 = r'''
 // Q6_K, 210 bytes: ql[128] (low four bits), qh[64] (high two bits), scales[16] (int8), d
-extern "C" __global__ void q6_k_pack(const float *xs, const float *scales_, const float *mins_, u8 *Ls, u8 *ys, i64 n) {
+extern "C" __global__ void q6_k_pack(const float *xs, const float *scales_, const float *mins_, u8 *Ls,
+                                     u8 *ys, i64 n) {
     GRID_STRIDE(i, n) {
         const float *__restrict__ x = xs + 256 * i;
         const float *__restrict__ scales = scales_ + 16 * i;
@@ -403,7 +417,8 @@ extern "C" __global__ void q6_k_pack(const float *xs, const float *scales_, cons
         for (int j = 0; j < 16; ++j) {
             float d = f16_to_f32(d16) * sc[j];
             if (!d) continue;
-            for (int ii = 0; ii < 16; ++ii) L[16 * j + ii] = (u8)(kq_clamp(kq_round(x[16 * j + ii] / d), -32, 31) + 32);
+            for (int ii = 0; ii < 16; ++ii)
+                L[16 * j + ii] = (u8)(kq_clamp(kq_round(x[16 * j + ii] / d), -32, 31) + 32);
         }
         for (int j = 0; j < 256; j += 128) {
             u8 *ql = y + j / 2, *qh = y + 128 + j / 4;
@@ -422,8 +437,10 @@ extern "C" __global__ void q6_k_pack(const float *xs, const float *scales_, cons
 '''
 
 # %% ../nbs/04d_cuda_kquants.ipynb #b98efa45
-KQUANT_KERNELS = Kernels(_COMMON + _SEARCH_QKX2 + _SEARCH_Q6 + _SEARCH_Q3 + _PACK_K45 + _PACK_Q2 + _PACK_Q3 + _PACK_Q6)
-KQUANT_FORMATS = {'q2_k': (84, 16), 'q3_k': (110, 16), 'q4_k': (144, 32), 'q5_k': (176, 32), 'q6_k': (210, 16)}
+KQUANT_KERNELS = Kernels(_COMMON + _SEARCH_QKX2 + _SEARCH_Q6 + _SEARCH_Q3
+                         + _PACK_K45 + _PACK_Q2 + _PACK_Q3 + _PACK_Q6)
+KQUANT_FORMATS = {'q2_k': (84, 16), 'q3_k': (110, 16), 'q4_k': (144, 32), 'q5_k': (176, 32),
+                  'q6_k': (210, 16)}
 
 # %% ../nbs/04d_cuda_kquants.ipynb #cebb5869
 def quantize_kquant(name:str, # 'q2_k', 'q3_k', 'q4_k', 'q5_k' or 'q6_k'
@@ -439,7 +456,8 @@ def quantize_kquant(name:str, # 'q2_k', 'q3_k', 'q4_k', 'q5_k' or 'q6_k'
     xp, (block_bytes, sub) = get_array_module(x), KQUANT_FORMATS[name]
     flat = xp.ascontiguousarray(x).reshape(-1)
     n, n_sub = flat.size // 256, flat.size // sub
-    scales, mins, levels = xp.empty(n_sub, np.float32), xp.empty(n_sub, np.float32), xp.empty(flat.size, np.uint8)
+    scales, mins, levels = (xp.empty(n_sub, np.float32), xp.empty(n_sub, np.float32),
+                            xp.empty(flat.size, np.uint8))
     out = xp.empty((n, block_bytes), np.uint8)
     KQUANT_KERNELS(f'{name}_search', n_sub, flat, scales, mins, levels, np.int64(n_sub), grid=grid)
     KQUANT_KERNELS(f'{name}_pack', n, flat, scales, mins, levels, out, np.int64(n), grid=grid)

@@ -24,9 +24,10 @@ __device__ __forceinline__ u32 order_key(u32 u) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// The key of element j of source `src`: mode 0, |x - b| (TIES; NaN sets *nan); mode 1, x in an order-preserving
-// unsigned form (-0.0 as +0.0, every NaN above +inf). Keys compare as the values do.
-__device__ __forceinline__ bool select_key(u32 mode, const u64 *src, const float *b, i32 s, i64 j, u32 *key, u32 *nan) {
+// The key of element j of source `src`: mode 0, |x - b| (TIES; NaN sets *nan); mode 1, x in an
+// order-preserving unsigned form (-0.0 as +0.0, every NaN above +inf). Keys compare as the values do.
+__device__ __forceinline__ bool select_key(u32 mode, const u64 *src, const float *b, i32 s, i64 j,
+                                           u32 *key, u32 *nan) {
     const float *x = (const float *)src[s];
     if (mode == 0) {
         u32 u = f32_bits(x[j] - b[j]) & 0x7fffffffu;
@@ -41,13 +42,13 @@ __device__ __forceinline__ u32 key_bits(u32 mode, u32 key) {   // a key back to 
 }
 
 // query q: rank[q] >= 0 is the ascending rank wanted among the keys of source `source[q]` (-1: no query).
-// state[q * 8 + ...]: 0 high 16 bits, 1 count strictly below the bin, then 2 key, 3 tie index among equal keys,
-// 4 position of the element of that rank (-1 until known), 5 count of equal keys
+// state[q * 8 + ...]: 0 high 16 bits, 1 count strictly below the bin, then 2 key, 3 tie index among equal
+// keys, 4 position of the element of that rank (-1 until known), 5 count of equal keys
 #define ST(q, f) state[(i64)(q) * 8 + (f)]
 
 // pass 1: histogram of the keys' top 16 bits, one row of 65536 per query
-extern "C" __global__ void select_high(u32 mode, const u64 *src, const float *b, i64 n, i32 nq, const i32 *source,
-                                       const i64 *rank, u32 *hist, u32 *nan) {
+extern "C" __global__ void select_high(u32 mode, const u64 *src, const float *b, i64 n, i32 nq,
+                                       const i32 *source, const i64 *rank, u32 *hist, u32 *nan) {
     GRID_STRIDE(j, n) {
         for (i32 q = 0; q < nq; q++) {
             u32 key;
@@ -57,7 +58,8 @@ extern "C" __global__ void select_high(u32 mode, const u64 *src, const float *b,
     }
 }
 
-// the sums of consecutive groups of 256 counts in each query's row of `len` counts (ngroups = ceil(len / 256))
+// the sums of consecutive groups of 256 counts in each query's row of `len` counts
+// (ngroups = ceil(len / 256))
 extern "C" __global__ void select_groups(const u32 *counts, u32 *groups, i64 len, i64 ngroups, i32 nq) {
     GRID_STRIDE(t, (i64)nq * ngroups) {
         i64 q = t / ngroups, g = t % ngroups, end = (g + 1) * 256 < len ? (g + 1) * 256 : len;
@@ -68,7 +70,8 @@ extern "C" __global__ void select_groups(const u32 *counts, u32 *groups, i64 len
 }
 
 // the first bin of a row whose running count passes r: through the group sums, then the bins of that group
-__device__ __forceinline__ i64 select_scan(const u32 *counts, const u32 *groups, i64 len, i64 ngroups, i64 r, i64 *below) {
+__device__ __forceinline__ i64 select_scan(const u32 *counts, const u32 *groups, i64 len, i64 ngroups, i64 r,
+                                           i64 *below) {
     i64 g = 0;
     while (g < ngroups - 1 && *below + groups[g] <= r) { *below += groups[g]; g++; }
     i64 c = g * 256, end = (g + 1) * 256 < len ? (g + 1) * 256 : len;
@@ -77,7 +80,8 @@ __device__ __forceinline__ i64 select_scan(const u32 *counts, const u32 *groups,
 }
 
 // one thread per query: the bin of the top 16 bits that holds rank r
-extern "C" __global__ void select_scan_high(const u32 *hist, const u32 *groups, i32 nq, const i64 *rank, i64 *state) {
+extern "C" __global__ void select_scan_high(const u32 *hist, const u32 *groups, i32 nq, const i64 *rank,
+                                            i64 *state) {
     GRID_STRIDE(q, nq) {
         if (rank[q] < 0) continue;
         i64 below = 0;
@@ -86,13 +90,16 @@ extern "C" __global__ void select_scan_high(const u32 *hist, const u32 *groups, 
     }
 }
 
-// pass 2: histogram of the low 16 bits of the keys in that bin, and the first position of each low value (n - j, max)
-extern "C" __global__ void select_low(u32 mode, const u64 *src, const float *b, i64 n, i32 nq, const i32 *source,
-                                      const i64 *rank, const i64 *state, u32 *hist, u32 *first, u32 *nan) {
+// pass 2: histogram of the low 16 bits of the keys in that bin, and the first position of each low value
+// (n - j, max)
+extern "C" __global__ void select_low(u32 mode, const u64 *src, const float *b, i64 n, i32 nq,
+                                      const i32 *source, const i64 *rank, const i64 *state, u32 *hist,
+                                      u32 *first, u32 *nan) {
     GRID_STRIDE(j, n) {
         for (i32 q = 0; q < nq; q++) {
             u32 key;
-            if (rank[q] < 0 || !select_key(mode, src, b, source[q], j, &key, nan) || (i64)(key >> 16) != ST(q, 0)) continue;
+            if (rank[q] < 0 || !select_key(mode, src, b, source[q], j, &key, nan) ||
+                (i64)(key >> 16) != ST(q, 0)) continue;
             i64 at = (i64)q * 65536 + (key & 65535u);
             atomicAdd(&hist[at], 1u);
             atomicMax(&first[at], (u32)(n - j));
@@ -100,9 +107,10 @@ extern "C" __global__ void select_low(u32 mode, const u64 *src, const float *b, 
     }
 }
 
-// one thread per query: the key of rank r, its index among equal keys, and its position when that is the first
-extern "C" __global__ void select_scan_low(u32 mode, const u32 *hist, const u32 *groups, const u32 *first, i64 n, i32 nq,
-                                           const i64 *rank, i64 *state, float *value) {
+// one thread per query: the key of rank r, its index among equal keys, and its position when that is the
+// first
+extern "C" __global__ void select_scan_low(u32 mode, const u32 *hist, const u32 *groups, const u32 *first,
+                                           i64 n, i32 nq, const i64 *rank, i64 *state, float *value) {
     GRID_STRIDE(q, nq) {
         if (rank[q] < 0) continue;
         i64 below = ST(q, 1);
@@ -115,23 +123,26 @@ extern "C" __global__ void select_scan_low(u32 mode, const u32 *hist, const u32 
 }
 
 // where a rank falls inside a run of equal keys: count the equal keys per chunk of positions
-extern "C" __global__ void select_tie_chunks(u32 mode, const u64 *src, const float *b, i64 n, i32 nq, const i32 *source,
-                                             const i64 *rank, const i64 *state, u32 *chunks, i64 chunk, i64 nchunks, u32 *nan) {
+extern "C" __global__ void select_tie_chunks(u32 mode, const u64 *src, const float *b, i64 n, i32 nq,
+                                             const i32 *source, const i64 *rank, const i64 *state,
+                                             u32 *chunks, i64 chunk, i64 nchunks, u32 *nan) {
     bool any = false;
     for (i32 q = 0; q < nq; q++) any |= rank[q] >= 0 && ST(q, 4) < 0;
     if (!any) return;
     GRID_STRIDE(j, n) {
         for (i32 q = 0; q < nq; q++) {
             u32 key;
-            if (rank[q] < 0 || ST(q, 4) >= 0 || !select_key(mode, src, b, source[q], j, &key, nan) || key != (u32)ST(q, 2)) continue;
+            if (rank[q] < 0 || ST(q, 4) >= 0 || !select_key(mode, src, b, source[q], j, &key, nan) ||
+                key != (u32)ST(q, 2)) continue;
             atomicAdd(&chunks[(i64)q * nchunks + j / chunk], 1u);
         }
     }
 }
 
 // one thread per query: the chunk that holds the wanted equal key, then its position by walking that chunk
-extern "C" __global__ void select_tie_find(u32 mode, const u64 *src, const float *b, i64 n, i32 nq, const i32 *source,
-                                           i64 *state, const u32 *chunks, const u32 *groups, i64 chunk, i64 nchunks, i64 ngroups, u32 *nan) {
+extern "C" __global__ void select_tie_find(u32 mode, const u64 *src, const float *b, i64 n, i32 nq,
+                                           const i32 *source, i64 *state, const u32 *chunks,
+                                           const u32 *groups, i64 chunk, i64 nchunks, i64 ngroups, u32 *nan) {
     GRID_STRIDE(q, nq) {
         if (ST(q, 4) >= 0 || ST(q, 5) == 0) continue;
         i64 seen = 0, want = ST(q, 3);
@@ -166,14 +177,17 @@ SELECT = Kernels(SELECT_SOURCE)
 
 def _flat32(x, what:str):
     "`x` as a flat C-contiguous float32 array, or `BackendError` naming `what`"
-    if x.dtype != np.float32: raise BackendError(f"{what}: the merge kernels take float32 arrays, not {x.dtype}")
+    if x.dtype != np.float32:
+        raise BackendError(f"{what}: the merge kernels take float32 arrays, not {x.dtype}")
     return get_array_module(x).ascontiguousarray(x).reshape(-1)
 
 def _pointers(xp, arrays):
     "A uint64 array, on the arrays' device, of the arrays' addresses"
-    return xp.asarray(np.array([a.data.ptr if is_device_array(a) else a.ctypes.data for a in arrays], np.uint64))
+    return xp.asarray(np.array([a.data.ptr if is_device_array(a) else a.ctypes.data for a in arrays],
+                               np.uint64))
 
-def radix_select(mode:int, # 0: the magnitudes |x - b| (a NaN sets the flag); 1: the values of x in float order
+# %% ../nbs/03e_cuda_merge.ipynb #9af154bd
+def radix_select(mode:int, # 0: the magnitudes |x - b| (a NaN sets the flag); 1: the values of x, in order
                  sources:list, # flat float32 arrays of n elements, on one device
                  base, # a flat float32 array of n elements for mode 0 (unused for mode 1)
                  queries:list, # (source index, ascending rank) pairs; rank -1: no query
@@ -184,20 +198,25 @@ def radix_select(mode:int, # 0: the magnitudes |x - b| (a NaN sets the flag); 1:
     src = _pointers(xp, sources)
     source, rank = (xp.asarray(np.array(c, t)) for c, t in zip(zip(*queries), (np.int32, np.int64)))
     hist, low, first = (xp.zeros(nq * 65536, np.uint32) for _ in range(3))
-    groups, state, values, nan = xp.empty(nq * 256, np.uint32), xp.zeros(nq * 8, np.int64), xp.zeros(nq, np.float32), xp.zeros(1, np.uint32)
-    args, size = (np.uint32(mode), src, base, np.int64(n), np.int32(nq), source, rank), (np.int64(65536), np.int64(256), np.int32(nq))
+    groups, state, values, nan = (xp.empty(nq * 256, np.uint32), xp.zeros(nq * 8, np.int64),
+                                  xp.zeros(nq, np.float32), xp.zeros(1, np.uint32))
+    args, size = ((np.uint32(mode), src, base, np.int64(n), np.int32(nq), source, rank),
+                  (np.int64(65536), np.int64(256), np.int32(nq)))
     SELECT('select_high', n, *args, hist, nan, grid=grid)
     SELECT('select_groups', nq * 256, hist, groups, *size, grid=grid)
     SELECT('select_scan_high', nq, hist, groups, np.int32(nq), rank, state, grid=grid)
     SELECT('select_low', n, *args, state, low, first, nan, grid=grid)
     SELECT('select_groups', nq * 256, low, groups, *size, grid=grid)
-    SELECT('select_scan_low', nq, np.uint32(mode), low, groups, first, np.int64(n), np.int32(nq), rank, state, values, grid=grid)
+    SELECT('select_scan_low', nq, np.uint32(mode), low, groups, first, np.int64(n), np.int32(nq), rank, state,
+           values, grid=grid)
     chunk = max(256, -(-n // 65536)); nchunks = -(-n // chunk); ngroups = -(-nchunks // 256)
     chunks, cgroups = xp.zeros(nq * nchunks, np.uint32), xp.empty(nq * ngroups, np.uint32)
     sizes = (np.int64(chunk), np.int64(nchunks))
     SELECT('select_tie_chunks', n, *args, state, chunks, *sizes, nan, grid=grid)
-    SELECT('select_groups', nq * ngroups, chunks, cgroups, np.int64(nchunks), np.int64(ngroups), np.int32(nq), grid=grid)
-    SELECT('select_tie_find', nq, *args[:6], state, chunks, cgroups, *sizes, np.int64(ngroups), nan, grid=grid)
+    SELECT('select_groups', nq * ngroups, chunks, cgroups, np.int64(nchunks), np.int64(ngroups), np.int32(nq),
+           grid=grid)
+    SELECT('select_tie_find', nq, *args[:6], state, chunks, cgroups, *sizes, np.int64(ngroups), nan,
+           grid=grid)
     return rank, state, values, nan
 
 # %% ../nbs/03e_cuda_merge.ipynb #2e2e8e8b
@@ -219,7 +238,9 @@ def rank_mask(values, # a float32 array
     start, stop = max(0, start), min(n, stop)
     if stop <= start: return xp.zeros(values.shape, bool)
     if start == 0 and stop == n: return xp.ones(values.shape, bool)
-    rank, state, _, _ = radix_select(1, [flat], flat, [(0, start if start > 0 else -1), (0, stop - 1 if stop < n else -1)], grid)
+    rank, state, _, _ = radix_select(1, [flat], flat,
+                                     [(0, start if start > 0 else -1), (0, stop - 1 if stop < n else -1)],
+                                     grid)
     mask = xp.empty(n, np.uint8)
     SELECT('select_mask', n, _pointers(xp, [flat]), np.int64(n), rank, state, mask, grid=grid)
     return mask.view(bool).reshape(values.shape)
@@ -228,9 +249,11 @@ def rank_mask(values, # a float32 array
 TIES_SOURCE = r'''
 #define ST(q, f) state[(i64)(q) * 8 + (f)]
 
-// TIES: one thread per element, every task vector read by it; thr/cut of a model from its query (none: keep all)
-extern "C" __global__ void ties_combine(const u64 *src, const float *b, i64 n, i32 m, const i64 *rank, const i64 *state,
-                                        const float *w, u32 normalize, float scale, float *out) {
+// TIES: one thread per element, every task vector read by it; thr/cut of a model from its query
+// (none: keep all)
+extern "C" __global__ void ties_combine(const u64 *src, const float *b, i64 n, i32 m, const i64 *rank,
+                                        const i64 *state, const float *w, u32 normalize, float scale,
+                                        float *out) {
     const float one = 1.f, zero = 0.f;
     GRID_STRIDE(j, n) {
         float sign = zero;
@@ -266,30 +289,35 @@ TIES = Kernels(TIES_SOURCE)
 
 def ties_launch(xs:list, # the models' tensors: float32 arrays of one shape, on one device
                 base, # the base model's tensor
-                density:list, # per model: the fraction of its task vector to keep (0 < density; >= 1 keeps all)
+                density:list, # per model: the fraction of its task vector to keep (>0; >= 1 keeps all)
                 weight:list, # per model: its weight
                 normalize:bool, # divide by the sum of the agreeing weights
                 scale:float, # lambda: the merged task vector's scale
                 grid:tuple=(1, 1)): # on the CPU: (blocks, threads) to step through
     "TIES on the device of the arrays, without waiting for it: (merged tensor, NaN flag), both device arrays"
     xp, m = get_array_module(base, *xs), len(xs)
-    if not (m and len(density) == m and len(weight) == m): raise MergeError(f"ties: {m} models need {m} densities and weights, got {len(density)} and {len(weight)}")
+    if not (m and len(density) == m and len(weight) == m):
+        raise MergeError(f"ties: {m} models need {m} densities and weights, "
+                         f"got {len(density)} and {len(weight)}")
     if min(density) <= 0: raise MergeError(f"ties: every density must be > 0, got {list(density)}")
-    if any(x.shape != base.shape for x in xs): raise MergeError(f"ties: the models' shapes {[x.shape for x in xs]} differ from the base's {base.shape}")
+    if any(x.shape != base.shape for x in xs):
+        raise MergeError(f"ties: the models' shapes {[x.shape for x in xs]} "
+                         f"differ from the base's {base.shape}")
     b, flat = _flat32(base, 'ties base'), [_flat32(x, f'ties model {i}') for i, x in enumerate(xs)]
     n = b.size
     out, nan = xp.empty_like(b), xp.zeros(1, np.uint32)
     if n == 0: return out.reshape(base.shape), nan
     queries = [(i, -1 if d >= 1 else n - max(1, int(d * n))) for i, d in enumerate(density)]
     rank, state, _, nan = radix_select(0, flat, b, queries, grid)
-    TIES('ties_combine', n, _pointers(xp, flat), b, np.int64(n), np.int32(m), rank, state, xp.asarray(np.array(weight, np.float32)),
-           np.uint32(bool(normalize)), np.float32(scale), out, grid=grid)
+    TIES('ties_combine', n, _pointers(xp, flat), b, np.int64(n), np.int32(m), rank, state,
+         xp.asarray(np.array(weight, np.float32)), np.uint32(bool(normalize)), np.float32(scale), out,
+         grid=grid)
     return out.reshape(base.shape), nan
 
 # %% ../nbs/03e_cuda_merge.ipynb #e0bbd9c7
 def ties(xs:list, # the models' tensors: float32 arrays of one shape, on one device
          base, # the base model's tensor
-         density:list, # per model: the fraction of its task vector to keep (0 < density; >= 1 keeps all)
+         density:list, # per model: the fraction of its task vector to keep (>0; >= 1 keeps all)
          weight:list, # per model: its weight
          normalize:bool, # divide by the sum of the agreeing weights
          scale:float, # lambda: the merged task vector's scale
@@ -310,14 +338,19 @@ __device__ __forceinline__ u64 xsl_rr(u128 s) {
     return (x >> rot) | (x << ((64u - rot) & 63u)); }
 __device__ __forceinline__ float u32_float(u32 u) { return (float)(u >> 8) * (1.0f / 16777216.0f); }
 
-// m float32 draws from PCG64 at (state, inc), numpy's order: the low half of each 64-bit output, then the high
+// m float32 draws from PCG64 at (state, inc), numpy's order: the low half of each 64-bit output, then
+// the high
 extern "C" __global__ void pcg64_uniform(float *out, i64 m, u64 s_hi, u64 s_lo, u64 inc_hi, u64 inc_lo) {
     const i64 chunk = 256, n_out = (m + 1) / 2, n_chunks = (n_out + chunk - 1) / chunk;
-    const u128 A = {2549297995355413924ull, 4865540595714422341ull}, inc = {inc_hi, inc_lo}, one = {0ull, 1ull};
+    const u128 A = {2549297995355413924ull, 4865540595714422341ull}, inc = {inc_hi, inc_lo},
+               one = {0ull, 1ull};
     GRID_STRIDE(c, n_chunks) {
         u128 acc_mult = one, acc_plus = {0ull, 0ull}, cur_mult = A, cur_plus = inc;
         for (u64 d = (u64)(c * chunk); d; d >>= 1) {   // Brown: A^d and the sum of the increments
-            if (d & 1ull) { acc_mult = mul128(acc_mult, cur_mult); acc_plus = add128(mul128(acc_plus, cur_mult), cur_plus); }
+            if (d & 1ull) {
+                acc_mult = mul128(acc_mult, cur_mult);
+                acc_plus = add128(mul128(acc_plus, cur_mult), cur_plus);
+            }
             cur_plus = mul128(add128(cur_mult, one), cur_plus); cur_mult = mul128(cur_mult, cur_mult);
         }
         const u128 s0 = {s_hi, s_lo};
@@ -332,6 +365,8 @@ extern "C" __global__ void pcg64_uniform(float *out, i64 m, u64 s_hi, u64 s_lo, 
 }
 """
 PCG_KERNELS = Kernels(PCG_SOURCE)
+
+# %% ../nbs/03e_cuda_merge.ipynb #2c1a46dc
 _MASK64, _MASK128 = (1 << 64) - 1, (1 << 128) - 1
 _PCG_A = 2549297995355413924 << 64 | 4865540595714422341
 
@@ -339,7 +374,8 @@ def _pcg_advance(state:int, inc:int, k:int) -> int:
     "PCG64's state k steps on (Python integers, exact)"
     acc_mult, acc_plus, cur_mult, cur_plus = 1, 0, _PCG_A, inc
     while k:
-        if k & 1: acc_mult, acc_plus = acc_mult * cur_mult & _MASK128, (acc_plus * cur_mult + cur_plus) & _MASK128
+        if k & 1:
+            acc_mult, acc_plus = acc_mult * cur_mult & _MASK128, (acc_plus * cur_mult + cur_plus) & _MASK128
         cur_plus, cur_mult, k = (cur_mult + 1) * cur_plus & _MASK128, cur_mult * cur_mult & _MASK128, k >> 1
     return (acc_mult * state + acc_plus) & _MASK128
 
@@ -347,13 +383,16 @@ def _xsl_rr(s:int) -> int:
     x, rot = ((s >> 64) ^ s) & _MASK64, s >> 122
     return ((x >> rot) | (x << (64 - rot))) & _MASK64
 
+# %% ../nbs/03e_cuda_merge.ipynb #ece6b5b2
 def uniform(rng:np.random.Generator, # numpy's default generator (PCG64), as `tensor_rng` makes
             shape, # the draws' shape
             xp=np, # the array module to make them with: cupy makes them on the GPU
            ):
     "`rng.random(shape, dtype=float32)` made by the PCG64 kernel on `xp`'s device, `rng` advanced as that call would"
     st = rng.bit_generator.state
-    if st.get('bit_generator') != 'PCG64': raise MergeError(f"uniform draws on the GPU need numpy's PCG64 generator, not {st.get('bit_generator')}")
+    if st.get('bit_generator') != 'PCG64':
+        raise MergeError("uniform draws on the GPU need numpy's PCG64 generator, "
+                         f"not {st.get('bit_generator')}")
     n = int(np.prod(shape, dtype=np.int64))
     out = xp.empty(n, np.float32)
     state, inc = st['state']['state'], st['state']['inc']
@@ -361,10 +400,13 @@ def uniform(rng:np.random.Generator, # numpy's default generator (PCG64), as `te
     if first: out[:1] = np.float32((st['uinteger'] >> 8) * 2.0 ** -24)   # the half numpy has buffered
     m = n - first
     if m:
-        PCG_KERNELS('pcg64_uniform', (m + 1) // 2 // 256 + 1, out[first:], np.int64(m), np.uint64(state >> 64), np.uint64(state & _MASK64),
+        PCG_KERNELS('pcg64_uniform', (m + 1) // 2 // 256 + 1, out[first:], np.int64(m),
+                    np.uint64(state >> 64), np.uint64(state & _MASK64),
                     np.uint64(inc >> 64), np.uint64(inc & _MASK64))
     k = (m + 1) // 2   # 64-bit outputs used
     new = _pcg_advance(state, inc, k)
-    left = dict(has_uint32=m % 2, uinteger=_xsl_rr(new) >> 32) if m else dict(has_uint32=0 if first else st['has_uint32'])   # numpy keeps the last high half
+    # numpy keeps the last high half
+    left = (dict(has_uint32=m % 2, uinteger=_xsl_rr(new) >> 32) if m
+            else dict(has_uint32=0 if first else st['has_uint32']))
     rng.bit_generator.state = {**st, 'state': {'state': new, 'inc': inc}, **left}
     return out.reshape(shape)

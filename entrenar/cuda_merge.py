@@ -12,8 +12,8 @@ from .backend import get_array_module, is_device_array
 from .cuda import Kernels, gpu_compile
 
 # %% auto #0
-__all__ = ['SELECT_SOURCE', 'SELECT', 'TIES_SOURCE', 'TIES', 'PCG_SOURCE', 'PCG_KERNELS', 'radix_select', 'kth_value',
-           'rank_mask', 'ties_launch', 'ties', 'uniform']
+__all__ = ['SELECT_SOURCE', 'SELECT', 'TIES_SOURCE', 'TIES', 'COMBINE_SOURCE', 'COMBINE_KERNELS', 'PCG_SOURCE', 'PCG_KERNELS',
+           'radix_select', 'kth_value', 'rank_mask', 'ties_launch', 'ties', 'divisor_table', 'combine', 'uniform']
 
 # %% ../nbs/03e_cuda_merge.ipynb #ba93f612
 SELECT_SOURCE = r'''
@@ -325,6 +325,77 @@ def ties(xs:list, # the models' tensors: float32 arrays of one shape, on one dev
     "TIES by the kernels, the bits of `entrenar.merge._ties_compiled`; None where a thinned task vector holds a NaN"
     out, nan = ties_launch(xs, base, density, weight, normalize, scale, grid)
     return None if int(nan[0]) else out
+
+# %% ../nbs/03e_cuda_merge.ipynb #c46450a5
+COMBINE_SOURCE = r"""
+// base + scale * (elected) sum of the task vectors / divisor: merge._combine, one thread per element
+extern "C" __global__ void combine(const u64 *deltas, const float *base, float *out, i64 n, i32 m,
+                                   i32 elect, i32 normalize, i32 uniform, const float *weights,
+                                   const float *sums, float divisor, float scale, i32 scaled) {
+    GRID_STRIDE(i, n) {
+        float mixed = ((const float *)deltas[0])[i];
+        for (i32 k = 1; k < m; k++) mixed += ((const float *)deltas[k])[i];
+        float div = divisor;
+        if (elect) {
+            const float sign = copysignf(1.f, mixed);
+            float acc = 0.f, wsum = 0.f;
+            u32 count = 0;
+            for (i32 k = 0; k < m; k++) {
+                float a = ((const float *)deltas[k])[i] * sign;
+                a = (a > 0.f || a != a) ? a : 0.f;   // numpy's maximum(a, 0): a NaN stays, -0 becomes +0
+                acc = k == 0 ? a : acc + a;
+                if (normalize) {
+                    if (uniform) count += a > 0.f ? 1u : 0u;
+                    else wsum += (a > 0.f ? 1.f : 0.f) * weights[k];
+                }
+            }
+            mixed = acc * sign;
+            if (normalize) div = uniform ? sums[count] : (wsum == 0.f ? 1.f : wsum);
+        }
+        if (normalize) mixed = mixed / div;
+        if (scaled) mixed = mixed * scale;
+        out[i] = mixed + base[i];
+    }
+}
+"""
+COMBINE_KERNELS = Kernels(COMBINE_SOURCE)
+
+# %% ../nbs/03e_cuda_merge.ipynb #e5e080f4
+def divisor_table(weights:list, # the models' weights (all equal where the table is used)
+                  dtype=np.float32, # the arithmetic's dtype
+                 ) -> np.ndarray:
+    "Running sums of the first weight, as adding the agreeing weights one by one gives them; index 0 (none agree) is 1"
+    f = np.dtype(dtype).type
+    total, sums = f(0), [f(1)]
+    for _ in weights:
+        total = f(total + f(weights[0]))
+        sums.append(total if total != 0 else f(1))
+    return np.array(sums, dtype)
+
+# %% ../nbs/03e_cuda_merge.ipynb #6ccef180
+def combine(deltas:list, # the models' thinned, weighted task vectors: float32 arrays of one shape, on one device
+            base, # the base model's tensor (float32)
+            weights:list, # per model: its weight (Python floats, as `bind_params` gives them)
+            elect_sign:bool, # keep only the values that agree with the sign of the sum
+            normalize:bool, # divide by the sum of the (agreeing) weights
+            scale:float, # lambda: the merged task vector's scale
+            grid:tuple=(1, 1)): # on the CPU: (blocks, threads) to step through
+    "`base + scale * combined task vectors`, as `merge._combine` makes it, in one kernel pass"
+    xp, m = get_array_module(base, *deltas), len(deltas)
+    if not m or len(weights) != m: raise MergeError(f"combine: {m} task vectors need {m} weights, got {len(weights)}")
+    if any(d.shape != base.shape for d in deltas):
+        raise MergeError(f"combine: the task vectors' shapes {[d.shape for d in deltas]} differ from the base's {base.shape}")
+    b, ds = _flat32(base, 'combine base'), [_flat32(d, f'combine task vector {i}') for i, d in enumerate(deltas)]
+    n, out = b.size, xp.empty(b.size, np.float32)
+    uniform = bool(elect_sign and normalize and len(set(weights)) == 1)
+    divisor = sum(weights)
+    if abs(divisor) < 1e-8: divisor = 1
+    if n:
+        COMBINE_KERNELS('combine', n, _pointers(xp, ds), b, out, np.int64(n), np.int32(m), np.int32(bool(elect_sign)),
+                        np.int32(bool(normalize)), np.int32(uniform), xp.asarray(np.array(weights, np.float32)),
+                        xp.asarray(divisor_table(weights) if uniform else np.ones(1, np.float32)), np.float32(divisor),
+                        np.float32(scale), np.int32(scale != 1), grid=grid)
+    return out.reshape(base.shape)
 
 # %% ../nbs/03e_cuda_merge.ipynb #7488d06d
 PCG_SOURCE = r"""

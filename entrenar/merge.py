@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
 from .backend import get_array_module, get_backend, is_device_array, to_device, to_numpy
 from .cuda import download, upload
-from .cuda_merge import kth_value as cuda_kth_value, rank_mask as cuda_rank_mask, ties as cuda_ties, uniform as cuda_uniform
+from .cuda_merge import (combine as cuda_combine, divisor_table, kth_value as cuda_kth_value, rank_mask as cuda_rank_mask,
+                                 ties as cuda_ties, uniform as cuda_uniform)
 from .io import (check_output_is_not_input, is_url, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
                          is_float_dtype, dtype_from_code, lazy_tensor, release_pages)
 from .runner import DictSink, MultiSink, Plan, Sources, Threads, executor, run_plan
@@ -504,9 +505,7 @@ def _combine(deltas, base, weights, elect_sign, normalize, scale):
                 else: divisor += agree * base.dtype.type(w)
         mixed *= sign
         if count is not None:   # the same sums as adding the agreeing weights one by one; none agreeing: 1
-            f, total, sums = base.dtype.type, base.dtype.type(0), [base.dtype.type(1)]
-            for _ in weights: total = f(total + f(weights[0])); sums.append(total if total != 0 else f(1))
-            divisor = xp.asarray(np.array(sums, base.dtype))[count]
+            divisor = xp.asarray(divisor_table(weights, base.dtype))[count]
         elif divisor is not None: divisor[divisor == 0] = 1
     else:
         divisor = sum(weights)
@@ -532,6 +531,8 @@ def task_arithmetic_merge(xs, base, p, rng, sparsifier:str|None=None, elect_sign
         if p.weight[i] != 1: delta *= p.weight[i]
         deltas.append(delta.reshape(-1))
     out, flat = xp.empty_like(base), base.reshape(-1)
+    if xp is not np and base.dtype == np.float32 and all(d.dtype == np.float32 for d in deltas):   # on a GPU: one kernel, same bits
+        return cuda_combine(deltas, flat, p.weight, elect_sign, p.normalize, p['lambda']).reshape(base.shape)
     for s in range(0, flat.size, _BLOCK):   # elementwise from here: block by block
         block = slice(s, s + _BLOCK)
         out.reshape(-1)[block] = _combine([d[block] for d in deltas], flat[block], p.weight, elect_sign, p.normalize, p['lambda'])

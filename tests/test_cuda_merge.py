@@ -3,7 +3,9 @@ import shutil
 import numpy as np
 import pytest
 from fastcore.basics import AttrDict
-from entrenar.cuda_merge import PCG_SOURCE, SELECT_SOURCE, TIES_SOURCE, kth_value, radix_select, rank_mask, ties, ties_launch, uniform
+from entrenar.cuda_merge import (COMBINE_SOURCE, PCG_SOURCE, SELECT_SOURCE, TIES_SOURCE, combine, kth_value, radix_select, rank_mask, ties,
+                                 ties_launch, uniform)
+from entrenar.merge import _combine
 from entrenar.merge import _ties_compiled
 from entrenar.merge import rank_mask as merge_rank_mask
 
@@ -85,7 +87,7 @@ def test_select_state_in_device_arrays():
 @pytest.mark.skipif(shutil.which('nvcc') is None, reason="needs CUDA's nvcc")
 def test_gpu_compile_sm90():
     from entrenar.cuda import gpu_compile
-    for source in (SELECT_SOURCE, TIES_SOURCE, PCG_SOURCE):
+    for source in (SELECT_SOURCE, TIES_SOURCE, COMBINE_SOURCE, PCG_SOURCE):
         report = gpu_compile(source, 'sm_90')
         assert 'Used' in report and 'spill stores' in report
         assert all(l.strip().startswith('0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads') for l in report.splitlines() if 'spill' in l)
@@ -108,7 +110,33 @@ def test_dare_masks_follow_the_seed():
     a = merge_uniform(tensor_rng(3, 'layers.0.w'), (64, 33), np.zeros(1, np.float32))
     np.testing.assert_array_equal(a, tensor_rng(3, 'layers.0.w').random((64, 33), dtype=np.float32))
 
+def combine_case(seed, m, n, elect, normalize, scale, uniform_weights):
+    "Task vectors with ties, zeros of both signs and a few NaNs; the CPU's `_combine` result and the arguments"
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=n).astype(np.float32)
+    deltas = [(np.round(rng.normal(scale=0.01, size=n) * 300) / 300).astype(np.float32) for _ in range(m)]
+    deltas[0][: n // 5] = -0.0; deltas[-1][::97] = np.nan
+    weights = [0.7] * m if uniform_weights else [float(w) for w in rng.choice([0.5, 1.0, 2.0, -0.5, 0.3], m)]
+    with np.errstate(all='ignore'): want = _combine([d.copy() for d in deltas], base, weights, elect, normalize, scale)
+    return (deltas, base, weights, elect, normalize, scale), want
+
+COMBINE_CASES = [(m, elect, normalize, scale, uw) for m in (1, 3, 4) for elect in (True, False) for normalize in (True, False)
+                 for scale, uw in ((1.0, True), (0.6, False))]
+
+@pytest.mark.parametrize('m,elect,normalize,scale,uniform_weights', COMBINE_CASES)
+def test_combine_is_the_cpus_bits(m, elect, normalize, scale, uniform_weights):
+    args, want = combine_case(m, m, 100_003, elect, normalize, scale, uniform_weights)
+    np.testing.assert_array_equal(bits(combine(*args, grid=(3, 5))), bits(want))
+
 # On a GPU: the same calls on CuPy arrays give the CPU build's bits
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('m,elect,normalize,scale,uniform_weights', COMBINE_CASES)
+def test_combine_gpu(m, elect, normalize, scale, uniform_weights):
+    import cupy as cp
+    (deltas, base, *rest), want = combine_case(m, m, 1_000_003, elect, normalize, scale, uniform_weights)
+    got = combine([cp.asarray(d) for d in deltas], cp.asarray(base), *rest)
+    np.testing.assert_array_equal(bits(cp.asnumpy(got)), bits(want))
 
 @pytest.mark.gpu
 def test_uniform_on_the_gpu():

@@ -95,7 +95,7 @@ template <class T> static inline T atomicMax(T *p, T v) { T old = *p; if (v > ol
 '''
 CPU_FLAGS = ('-O2', '-std=c++17', '-shared', '-fPIC', '-ffp-contract=off', '-fno-fast-math',
              '-fno-strict-aliasing', '-w')
-GPU_OPTIONS = ('--fmad=false', '-std=c++17')
+GPU_OPTIONS = ('--fmad=false', '-ftz=false', '-std=c++17')
 
 # %% ../nbs/01a_cuda.ipynb #80c0d5be
 def _cache_dir() -> Path:
@@ -145,11 +145,17 @@ class Kernels:
 
     def _gpu(self, name):
         import cupy as cp
-        dev = cp.cuda.Device().id
+        from cupy.cuda import compiler, function
+        dev = cp.cuda.Device()
         with self._lock:
-            if dev not in self._modules:
-                self._modules[dev] = cp.RawModule(code=KERNEL_PRELUDE + self.source, options=GPU_OPTIONS)
-            return self._modules[dev].get_function(name)
+            if dev.id not in self._modules:   # not cp.RawModule: it adds -ftz=true after our options, flushing subnormals
+                ptx = compiler.compile_using_nvrtc(KERNEL_PRELUDE + self.source, GPU_OPTIONS, arch=dev.compute_capability)
+                module = function.Module()
+                module.load(ptx[0] if isinstance(ptx, tuple) else ptx)
+                self._modules[dev.id] = (module, {})
+            module, functions = self._modules[dev.id]
+            if name not in functions: functions[name] = module.get_function(name)
+            return functions[name]
 
     def __call__(self, name:str, # the kernel
                  n:int, # work items: the grid-stride loop's bound
@@ -281,6 +287,7 @@ def download(v, # a CuPy array (a host array is returned as it is, or cast)
     dtype = None if dtype is None else np.dtype(dtype)
     if dtype == np.dtype(ml_dtypes.bfloat16):
         v, view = convert(v.astype(np.float32, copy=False), 'bfloat16'), dtype
+    elif dtype is not None and dtype.kind not in 'fiub': return download(v).astype(dtype)   # float8: cast on the host
     else: v, view = (v if dtype is None else v.astype(dtype, copy=False)), None
     import cupyx
     v = cp.ascontiguousarray(v)

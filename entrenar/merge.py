@@ -367,7 +367,7 @@ def della_mask(delta, density, epsilon=0.15, rng=None, **_):
     if not (0 < density - epsilon and density + epsilon < 1): raise MergeError(f"della needs 0 < density ± epsilon < 1, got density {density}, epsilon {epsilon}")
     xp = get_array_module(delta)
     rows = delta if delta.ndim >= 2 else delta.reshape(1, -1)
-    ranks = xp.argsort(xp.argsort(xp.abs(rows), axis=1), axis=1).astype(delta.dtype)
+    ranks = xp.argsort(xp.argsort(xp.abs(rows), axis=1, kind='stable'), axis=1, kind='stable').astype(delta.dtype)   # ties by position
     m = rows.shape[1]
     prob = ((density - epsilon) + (ranks / (m - 1) if m > 1 else ranks * 0) * (2 * epsilon)).astype(delta.dtype)
     return (uniform(rng, rows.shape, delta) < prob).reshape(delta.shape), prob.reshape(delta.shape)

@@ -108,3 +108,13 @@ def test_ties_on_the_gpu_is_the_cpus_bits(density):
     cpu = merge_tensors('ties', fts, base=base, **kw)
     gpu = merge_tensors('ties', [to_device(f, 'cupy') for f in fts], base=to_device(base, 'cupy'), **kw)
     ft.test_eq(to_numpy(gpu).view(np.uint32), cpu.view(np.uint32))
+
+def test_kernels_keep_subnormals():
+    "NVRTC flushes subnormals to zero where CuPy's RawModule compiles (-ftz=true); entrenar's kernels must not"
+    import cupy as cp
+    from entrenar.cuda import Kernels
+    k = Kernels('extern "C" __global__ void m(const float *x, float *y, i64 n) { GRID_STRIDE(i, n) y[i] = fabsf(x[i]) * 1.0f; }')
+    x = np.array([1e-40, -1.4e-45, -3e-39], np.float32)
+    y = cp.empty(3, np.float32)
+    k('m', 3, cp.asarray(x), y, np.int64(3))
+    ft.test_eq(cp.asnumpy(y).view(np.uint32), np.abs(x).view(np.uint32))

@@ -46,13 +46,14 @@ step env 30 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,mem
   $PY -m pip list 2>/dev/null | grep -iE '^(torch|transformers|accelerate|peft|safetensors|click|tqdm|pydantic|mergekit|nbdev|execnb|fastcore|gguf|dask|distributed|orjson|ml.dtypes|hypothesis|pytest) '
   $PY -c 'import entrenar, entrenar.cli; print(\"entrenar\", entrenar.__version__, entrenar.__file__)'
   for m in entrenar.cuda entrenar.cuda_blocks entrenar.cuda_kquants entrenar.cuda_merge; do $PY -c \"import \$m\" 2>/dev/null && echo \"\$m: present\" || echo \"\$m: absent\"; done
+  command -v g++ c++ || echo 'NO C++ COMPILER: the CPU builds of the kernels (test references) will fail';
   command -v mergekit-yaml nbdev-test; [ -x $LQ ] && { ldd $LQ | grep -E 'not found|gomp|stdc'; echo llama-quantize: $LQ; } || echo 'llama-quantize: absent'"
-step pytest-gpu 75 $PY -m pytest -q -p no:cacheprovider -m gpu -rs --timeout 60 tests
+step pytest-gpu 150 $PY -m pytest -v --tb=short --durations=10 -p no:cacheprovider -m gpu -rs --timeout 60 tests
 NBS=$(grep -l '#| gpu' nbs/*.ipynb | xargs -n1 basename | sed 's/\.ipynb$//' | paste -sd'|')
 step nbdev-gpu 100 nbdev-test nbs --flags gpu --file-re "^($NBS)\.ipynb$" --n-workers 4 --do-print --timing
 step bench-gpu 100 $PY benchmarks/gpu/bench.py --out "$LOG/gpu-bench.json"
 step quantize-gpu 75 $PY benchmarks/gpu/quantize_vs_llama.py --gpu --type q4_k_m --llama-quantize "$LQ" --json "$LOG/quantize-gpu.json" ${QUANT_ARGS:---layers 4}
 MK=${MERGEKIT_YAML:-/tmp/site/bin/mergekit-yaml}   # last: it takes what the budget has left (rows print as they finish)
-step merge-gpu 240 $PY benchmarks/merge/bench.py --gpu --methods linear,slerp,ties,dare_ties,task_arithmetic,della --warm-up entrenar \
+step merge-gpu 200 $PY benchmarks/merge/bench.py --gpu --methods linear,slerp,ties,dare_ties,task_arithmetic,della --warm-up entrenar \
   --no-check-float32 --mergekit "$MK" --json "$LOG/merge-gpu.json" ${MERGE_ARGS:-}
 say "=== gpu-check done in $SECONDS s; logs and results in $LOG: $(ls "$LOG" | paste -sd' ')"

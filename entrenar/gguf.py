@@ -450,7 +450,9 @@ def encode_gguf_tensor(entry:tuple, # one `GgufPlan.tensors` entry: (source name
     raw = raw if is_device_array(raw) else np.asarray(raw)
     ok = imatrix_row is not None and t in BLOCK_FORMATS and np.size(imatrix_row) == shape[-1]   # llama.cpp: another size is ignored
     gpu = get_backend() == 'cupy' and t in BLOCK_FORMATS and not ok   # the block kernels; weighted searches stay on the CPU
-    if gpu: x = upload(raw if raw.dtype.kind == 'f' else raw.astype(np.float32)).astype(np.float32, copy=False).reshape(shape)
+    if gpu:   # float32/16 and bfloat16 go as stored and widen on the device; anything else as float32
+        x = upload(raw if raw.dtype.kind == 'f' or raw.dtype == dtype_from_code('BF16') else raw.astype(np.float32))
+        x = x.astype(np.float32, copy=False).reshape(shape)
     else: x = to_numpy(raw).astype(np.float32, copy=False).reshape(shape)
     if heads: x = permute_qk(x, heads)
     finite = get_array_module(x).isfinite(x).all() if t != 'f32' else True

@@ -1194,7 +1194,7 @@ def merge_gguf_task(sources, # reference -> `Model`
                    ) -> tuple:
     "Runner work: merge one tensor and encode it for the GGUF: `([(('gguf', name), bytes), (('model', name), array)], report row)`"
     tensor_task, entry, extra, weights = task
-    merged = None if tensor_task is None else to_numpy(merge_task(sources, tensor_task, *merge_args)[0][0][1])
+    merged = None if tensor_task is None else merge_task(sources, tensor_task, *merge_args)[0][0][1]   # on a GPU it stays there
     outputs, row = [], None
     if entry is not None:
         data, row = encode_gguf_tensor(entry, merged if extra is None else extra, weights, measure)

@@ -91,11 +91,13 @@ def test_quantized_files_are_the_same_bytes(fmt, tmp_path):
 @pytest.mark.parametrize('kind', ['q4_k_m', 'q8_0', 'q2_k', 'q6_k'])
 def test_llama_gguf_on_the_gpu_is_the_same_file(kind, run_cli, tmp_path):
     src = MODELS / 'tiny-llama'
-    r = run_cli('quantize', str(src), '--type', kind, '--output', str(tmp_path / 'cpu.gguf'), env={'ENTRENAR_BACKEND': 'numpy'})
-    assert r.returncode == 0, r.stderr
-    r = run_cli('quantize', str(src), '--type', kind, '--output', str(tmp_path / 'gpu.gguf'), env={'ENTRENAR_BACKEND': 'cupy'})
-    assert r.returncode == 0, r.stderr
-    assert (tmp_path / 'cpu.gguf').read_bytes() == (tmp_path / 'gpu.gguf').read_bytes()
+    outs = []
+    for backend in ('numpy', 'cupy'):
+        (out := tmp_path / backend / 'model.gguf').parent.mkdir()   # one file name: it becomes general.name
+        r = run_cli('quantize', str(src), '--type', kind, '--output', str(out), env={'ENTRENAR_BACKEND': backend})
+        assert r.returncode == 0, r.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
 
 @pytest.mark.parametrize('density', [0.2, 0.5, 1.0])
 def test_ties_on_the_gpu_is_the_cpus_bits(density):
@@ -118,3 +120,18 @@ def test_kernels_keep_subnormals():
     y = cp.empty(3, np.float32)
     k('m', 3, cp.asarray(x), y, np.int64(3))
     ft.test_eq(cp.asnumpy(y).view(np.uint32), np.abs(x).view(np.uint32))
+
+@pytest.mark.parametrize('method', ['ties', 'dare_ties'])
+def test_one_pass_on_the_gpu_is_the_cpus_file(method, run_cli, tmp_path):
+    "merge --type q4_k_m on the GPU: the merge's kernels, then the K-quant kernels, the CPU's bytes (TIES: same bits on both)"
+    models = [MODELS / f'tiny-llama{k}' for k in ('', '-a', '-b', '-c')]
+    lines = [f"merge_method: {method}", f"base_model: {models[0]}", "models:"]
+    for m, w in zip(models[1:], (0.5, 0.3, 0.2)): lines += [f"  - model: {m}", f"    parameters: {{weight: {w}, density: 0.6}}"]
+    (rec := tmp_path / 'recipe.yml').write_text('\n'.join(lines) + '\n')
+    outs = {}
+    for backend in ('numpy', 'cupy'):
+        (out := tmp_path / backend / 'merged.gguf').parent.mkdir()   # one file name: it becomes general.name
+        r = run_cli('merge', '--config', rec, '--type', 'q4_k_m', '--output', out, '--quiet', env={'ENTRENAR_BACKEND': backend})
+        assert r.returncode == 0, r.stderr
+        outs[backend] = out.read_bytes()
+    assert outs['numpy'] == outs['cupy']

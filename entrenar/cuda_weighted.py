@@ -237,13 +237,13 @@ WEIGHTED_SEARCH(q6_k_weighted_search, 16, qx_search(x, w, 16, 32, L))
 # %% ../nbs/04e_cuda_weighted.ipynb #5130dceb
 _PACK_K45_WEIGHTED = r'''
 __device__ __forceinline__ void pack_k45_weighted(const float *__restrict__ x, const float *__restrict__ scales,
-        const float *__restrict__ mins, const float *__restrict__ sw, u8 *__restrict__ L, u8 *__restrict__ Ls,
+        const float *__restrict__ mins, const float *__restrict__ sw, u8 *__restrict__ L, u8 *__restrict__ Lq,
         u8 *__restrict__ y, int nmax) {
-    float d_block = qp_search(scales, sw, 8, 63, Ls);
-    float m_block = qp_search(mins, sw, 8, 63, Ls + 8);
+    float d_block = qp_search(scales, sw, 8, 63, Lq);
+    float m_block = qp_search(mins, sw, 8, 63, Lq + 8);
     u8 *sc = y + 4;
     for (int j = 0; j < 8; ++j) {
-        u8 ls = Ls[j], lm = Ls[8 + j];
+        u8 ls = Lq[j], lm = Lq[8 + j];
         if (nmax == 31) { ls = ls < 63 ? ls : 63; lm = lm < 63 ? lm : 63; }
         if (j < 4) {
             sc[j] = ls; sc[j + 4] = lm;
@@ -281,14 +281,14 @@ __device__ __forceinline__ void pack_k45_weighted(const float *__restrict__ x, c
         for (int l = 0; l < 32; ++l) q[l] = (u8)((L[j + l] & 15) | ((L[j + l + 32] & 15) << 4));
 }
 extern "C" __global__ void q4_k_weighted_pack(const float *x, const float *scales, const float *mins,
-                                              const float *sw, u8 *L, u8 *Ls, u8 *y, i64 n) {
+                                              const float *sw, u8 *L, u8 *Lq, u8 *y, i64 n) {
     GRID_STRIDE(i, n) pack_k45_weighted(x + 256 * i, scales + 8 * i, mins + 8 * i, sw + 8 * i, L + 256 * i,
-                                        Ls + 32 * i, y + 144 * i, 15);
+                                        Lq + 32 * i, y + 144 * i, 15);
 }
 extern "C" __global__ void q5_k_weighted_pack(const float *x, const float *scales, const float *mins,
-                                              const float *sw, u8 *L, u8 *Ls, u8 *y, i64 n) {
+                                              const float *sw, u8 *L, u8 *Lq, u8 *y, i64 n) {
     GRID_STRIDE(i, n) pack_k45_weighted(x + 256 * i, scales + 8 * i, mins + 8 * i, sw + 8 * i, L + 256 * i,
-                                        Ls + 32 * i, y + 176 * i, 31);
+                                        Lq + 32 * i, y + 176 * i, 31);
 }
 '''
 

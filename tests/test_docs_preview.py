@@ -21,7 +21,7 @@ MODULE_PAGES = {'entrenar.io': 'io.html', 'entrenar.numtext': 'numtext.html', 'e
                 'entrenar.runner': 'runner.html', 'entrenar.distributed': 'distributed.html', 'entrenar.lora': 'lora.html',
                 'entrenar.vocab': 'vocab.html', 'entrenar.cuda': 'cuda.html',
                 'entrenar.cuda_merge': 'cuda_merge.html', 'entrenar.cuda_kquants': 'cuda_kquants.html',
-                'entrenar.cuda_blocks': 'cuda_blocks.html'}
+                'entrenar.cuda_blocks': 'cuda_blocks.html', 'entrenar.cuda_weighted': 'cuda_weighted.html'}
 PLOT_PAGES = ['quantize.html', 'kquants.html', 'gguf.html', 'widgets.html', 'tutorial.html']
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser')
 pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get('ENTRENAR_REQUIRE_BROWSER'),

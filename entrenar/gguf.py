@@ -449,7 +449,7 @@ def encode_gguf_tensor(entry:tuple, # one `GgufPlan.tensors` entry: (source name
     src, g, shape, t, heads = entry
     raw = raw if is_device_array(raw) else np.asarray(raw)
     ok = imatrix_row is not None and t in BLOCK_FORMATS and np.size(imatrix_row) == shape[-1]   # llama.cpp: another size is ignored
-    gpu = get_backend() == 'cupy' and t in BLOCK_FORMATS and not ok   # the block kernels; weighted searches stay on the CPU
+    gpu = get_backend() == 'cupy' and t in BLOCK_FORMATS   # the block kernels, weighted (imatrix) or not
     if gpu:   # float32/16 and bfloat16 go as stored and widen on the device; anything else as float32
         x = upload(raw if raw.dtype.kind == 'f' or raw.dtype == dtype_from_code('BF16') else raw.astype(np.float32))
         x = x.astype(np.float32, copy=False).reshape(shape)

@@ -18,6 +18,7 @@ from .backend import get_array_module, to_numpy, to_device, is_device_array, get
 from .cuda import download, upload
 from .cuda_blocks import dequantize_blocks, quantize_blocks
 from .cuda_kquants import quantize_kquant
+from .cuda_weighted import quantize_weighted_rows
 from .io import (check_output_is_not_input, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
                          dtype_code, dtype_from_code, is_float_dtype, check_shape, open_gguf, release_pages)
 from .kquants import K_QUANTS, quantize_weighted, weighted_levels
@@ -157,6 +158,9 @@ def _quantize_weighted(cls, x, imatrix):
     xp = get_array_module(x)
     w = xp.asarray(imatrix, dtype=np.float32).reshape(-1)
     if w.size != x.shape[-1]: raise QuantizeError(f"importance vector of {w.size} values for rows of {x.shape[-1]}")
+    if xp is not np:   # on a GPU: ggml's weighted searches as kernels (entrenar.cuda_weighted), one pass
+        data = quantize_weighted_rows(cls.name, xp.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1]), w)
+        return data.reshape(*x.shape[:-1], data.shape[-1])
     rows = x.reshape(-1, x.shape[-1])
     out = xp.empty((rows.shape[0], x.shape[-1] // cls.block_size * cls.type_size), np.uint8)
     n = max(1, cls.chunk_blocks * cls.block_size // rows.shape[1])   # rows per chunk

@@ -135,3 +135,31 @@ def test_one_pass_on_the_gpu_is_the_cpus_file(method, run_cli, tmp_path):
         assert r.returncode == 0, r.stderr
         outs[backend] = out.read_bytes()
     assert outs['numpy'] == outs['cupy']
+
+WEIGHTED = ['q4_0', 'q4_1', 'q5_0', 'q5_1', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k']
+
+@pytest.mark.parametrize('fmt', WEIGHTED)
+def test_weighted_quantize_through_the_block_format(fmt):
+    "BlockFormat.quantize with an importance vector on CuPy arrays: the weighted kernels, the CPU's bytes"
+    import cupy as cp
+    from entrenar.quantize import get_block_format
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_t(4, (64, 1024)).astype(np.float32), (rng.random(1024) ** 3 * 50).astype(np.float32)
+    f = get_block_format(fmt)
+    ft.test_eq(cp.asnumpy(f.quantize(cp.asarray(x), cp.asarray(w))), f.quantize(x, w))
+
+def test_gguf_with_an_importance_matrix_on_the_gpu(run_cli, tmp_path):
+    from entrenar.gguf import GgufFile, to_gguf
+    from entrenar.imatrix import Imatrix, write_imatrix
+    f = GgufFile(to_gguf(MODELS / 'tiny-llama', tmp_path / 'shape.gguf', 'f32').path)
+    rng = np.random.default_rng(3)
+    sums = {n: rng.random((1, f.shape(n)[-1])).astype(np.float32) * 10 for n in f.tensors if n.startswith('blk.') and len(f.shape(n)) == 2}
+    write_imatrix(tmp_path / 'im.gguf', Imatrix(sums, {n: np.array([100], np.float32) for n in sums}, ['test'], 4, 32))
+    outs = []
+    for backend in ('numpy', 'cupy'):
+        (out := tmp_path / backend / 'model.gguf').parent.mkdir()
+        r = run_cli('quantize', str(MODELS / 'tiny-llama'), '--type', 'q4_k_m', '--imatrix', str(tmp_path / 'im.gguf'), '--output', str(out),
+                    env={'ENTRENAR_BACKEND': backend})
+        assert r.returncode == 0, r.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]

@@ -275,7 +275,7 @@ def upload(a, # a host array: a tensor read from a file, usually a view into its
     d.set(staged, stream=s)   # from pinned memory: asynchronous on `s`
     _keep_until_copied(staged, s)
     if src == 'bfloat16': return convert(d, 'float32', 'bfloat16')
-    return d.astype(np.float32) if src == 'float16' and widen else d
+    return convert(d, 'float32', 'float16') if src == 'float16' and widen else d   # numpy's bits, NaN payloads too
 
 # %% ../nbs/01a_cuda.ipynb #b5386986
 def download(v, # a CuPy array (a host array is returned as it is, or cast)
@@ -285,8 +285,8 @@ def download(v, # a CuPy array (a host array is returned as it is, or cast)
     if not is_device_array(v): return v if dtype is None else np.asarray(v).astype(dtype)
     import cupy as cp
     dtype = None if dtype is None else np.dtype(dtype)
-    if dtype == np.dtype(ml_dtypes.bfloat16):
-        v, view = convert(v.astype(np.float32, copy=False), 'bfloat16'), dtype
+    if dtype in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)):   # narrowed by the prelude's kernels: numpy's bits
+        v, view = convert(v.astype(np.float32, copy=False), dtype.name), dtype
     elif dtype is not None and dtype.kind not in 'fiub': return download(v).astype(dtype)   # float8: cast on the host
     else: v, view = (v if dtype is None else v.astype(dtype, copy=False)), None
     import cupyx

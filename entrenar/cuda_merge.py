@@ -9,11 +9,12 @@ from __future__ import annotations
 import numpy as np
 from .errors import BackendError, MergeError
 from .backend import get_array_module, is_device_array
-from .cuda import Kernels, gpu_compile
+from .cuda import Kernels, download, gpu_compile
 
 # %% auto #0
 __all__ = ['SELECT_SOURCE', 'SELECT', 'TIES_SOURCE', 'TIES', 'COMBINE_SOURCE', 'COMBINE_KERNELS', 'PCG_SOURCE', 'PCG_KERNELS',
-           'radix_select', 'kth_value', 'rank_mask', 'ties_launch', 'ties', 'divisor_table', 'combine', 'uniform']
+           'ABS_SUM_COLUMNS', 'ABS_SUM_KERNELS', 'radix_select', 'kth_value', 'rank_mask', 'ties_launch', 'ties',
+           'divisor_table', 'combine', 'uniform', 'abs_sum']
 
 # %% ../nbs/03e_cuda_merge.ipynb #ba93f612
 SELECT_SOURCE = r'''
@@ -481,3 +482,33 @@ def uniform(rng:np.random.Generator, # numpy's default generator (PCG64), as `te
             else dict(has_uint32=0 if first else st['has_uint32']))
     rng.bit_generator.state = {**st, 'state': {'state': new, 'inc': inc}, **left}
     return out.reshape(shape)
+
+# %% ../nbs/03e_cuda_merge.ipynb #40bb1b36
+ABS_SUM_COLUMNS = 1 << 16
+ABS_SUM_KERNELS = Kernels(r"""
+// the sum of |x| down each of `columns` columns, then the tail's element of that column: in order
+extern "C" __global__ void abs_sum_columns(const float *x, float *part, i64 n, i64 columns) {
+    GRID_STRIDE(j, columns) {
+        const i64 rows = n / columns;
+        float s = 0.f;
+        for (i64 k = 0; k < rows; k++) s += fabsf(x[k * columns + j]);
+        if (rows * columns + j < n) s += fabsf(x[rows * columns + j]);
+        part[j] = s;
+    }
+}
+""")
+
+def abs_sum(x, # a float32 array, numpy or CuPy
+            grid:tuple=(1, 1)) -> float: # on the CPU build: (blocks, threads) to step through
+    "The sum of `|x|` in float32, added in one order on numpy and on CuPy (columns down, then across)"
+    flat, xp = _flat32(x, 'abs_sum'), get_array_module(x)
+    n, cols = flat.size, ABS_SUM_COLUMNS
+    if xp is np and grid == (1, 1):   # numpy: the same additions, as array operations
+        a, rows = np.abs(flat), n // cols
+        part = a[:rows * cols].reshape(rows, cols).sum(axis=0) if rows else np.zeros(cols, np.float32)
+        part[:n - rows * cols] += a[rows * cols:]
+    else:
+        part = xp.empty(cols, np.float32)
+        ABS_SUM_KERNELS('abs_sum_columns', cols, flat, part, np.int64(n), np.int64(cols), grid=grid)
+        part = download(part)
+    return float(np.add.reduce(part))

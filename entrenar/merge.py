@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
 from .backend import get_array_module, get_backend, is_device_array, to_device, to_numpy
 from .cuda import download, upload
-from .cuda_merge import (combine as cuda_combine, divisor_table, kth_value as cuda_kth_value, rank_mask as cuda_rank_mask,
+from .cuda_merge import (abs_sum, combine as cuda_combine, divisor_table, kth_value as cuda_kth_value, rank_mask as cuda_rank_mask,
                                  ties as cuda_ties, uniform as cuda_uniform)
 from .io import (check_output_is_not_input, is_url, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
                          is_float_dtype, dtype_from_code, lazy_tensor, release_pages)
@@ -161,7 +161,7 @@ def _apply(m:MergeMethod, tensors, base, p, name='', seed=0, out_dtype=None):
     rng = tensor_rng(seed, name) if m.random else None
     with reraise_as(MergeError, tensor=name or None, what=m.name): out = m.fn(xs, b, p, rng)
     dt = np.dtype(out_dtype or first.dtype)
-    if is_device_array(out) and dt.kind not in 'fiub': return download(out, dt)  # bfloat16: narrowed on the GPU, copied back
+    if is_device_array(out) and (dt.kind not in 'fiub' or dt == np.float16): return download(out, dt)  # 16-bit: narrowed on the GPU as numpy does
     return out.astype(dt, copy=False)
 
 def merge_tensors(method, # a registered name (or alias), or a `MergeMethod`
@@ -390,7 +390,8 @@ def sparsify(delta, # a task vector
     kept = delta * mask
     if not rescale: return kept
     if rescale_mode == 'probability': return kept / prob
-    before, after = float(xp.abs(delta).sum()), float(xp.abs(kept).sum())
+    if delta.dtype == np.float32: before, after = abs_sum(delta), abs_sum(kept)   # one order of additions on numpy and CuPy
+    else: before, after = float(xp.abs(delta).sum()), float(xp.abs(kept).sum())
     return kept if before < 1e-7 or after < 1e-7 else kept * (before / after)
 
 # %% ../nbs/03_merge.ipynb #c5cbc2f2

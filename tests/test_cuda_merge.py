@@ -3,7 +3,7 @@ import shutil
 import numpy as np
 import pytest
 from fastcore.basics import AttrDict
-from entrenar.cuda_merge import (COMBINE_SOURCE, PCG_SOURCE, SELECT_SOURCE, TIES_SOURCE, combine, kth_value, radix_select, rank_mask, ties,
+from entrenar.cuda_merge import (ABS_SUM_COLUMNS, ABS_SUM_KERNELS, COMBINE_SOURCE, abs_sum, PCG_SOURCE, SELECT_SOURCE, TIES_SOURCE, combine, kth_value, radix_select, rank_mask, ties,
                                  ties_launch, uniform)
 from entrenar.merge import _combine
 from entrenar.merge import _ties_compiled
@@ -21,7 +21,11 @@ def models(seed, m, n, levels=None, shape=None):
     if shape: base, xs = base.reshape(shape), [x.reshape(shape) for x in xs]
     return xs, base
 
-def bits(a): return np.asarray(a).view(np.uint32)
+def bits(a):
+    "float32 bits, every NaN made numpy's default one: a GPU's arithmetic gives the canonical NaN, x86 keeps payloads"
+    a = np.array(a, np.float32)
+    a[np.isnan(a)] = np.nan
+    return a.view(np.uint32)
 
 CASES = [  # m, n, levels, density, weight, normalize, scale, grid
     (2, 100_003, None, [0.1, 0.5], [1, 1], True, 1.0, (1, 1)),
@@ -87,7 +91,7 @@ def test_select_state_in_device_arrays():
 @pytest.mark.skipif(shutil.which('nvcc') is None, reason="needs CUDA's nvcc")
 def test_gpu_compile_sm90():
     from entrenar.cuda import gpu_compile
-    for source in (SELECT_SOURCE, TIES_SOURCE, COMBINE_SOURCE, PCG_SOURCE):
+    for source in (SELECT_SOURCE, TIES_SOURCE, COMBINE_SOURCE, PCG_SOURCE, ABS_SUM_KERNELS.source):
         report = gpu_compile(source, 'sm_90')
         assert 'Used' in report and 'spill stores' in report
         assert all(l.strip().startswith('0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads') for l in report.splitlines() if 'spill' in l)
@@ -128,7 +132,31 @@ def test_combine_is_the_cpus_bits(m, elect, normalize, scale, uniform_weights):
     args, want = combine_case(m, m, 100_003, elect, normalize, scale, uniform_weights)
     np.testing.assert_array_equal(bits(combine(*args, grid=(3, 5))), bits(want))
 
+@pytest.mark.parametrize('n', [0, 5, ABS_SUM_COLUMNS - 1, ABS_SUM_COLUMNS, 3 * ABS_SUM_COLUMNS + 777])
+def test_abs_sum_one_order(n):
+    "numpy's path and the kernel add in the same order: the same float32 sum"
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 10.0 ** rng.integers(-4, 5, n)).astype(np.float32)
+    a, b = abs_sum(x), abs_sum(x, grid=(3, 5))
+    assert np.float32(a).view(np.uint32) == np.float32(b).view(np.uint32), (a, b)
+    np.testing.assert_allclose(a, np.abs(x.astype(np.float64)).sum(), rtol=1e-5)
+
 # On a GPU: the same calls on CuPy arrays give the CPU build's bits
+
+@pytest.mark.gpu
+def test_abs_sum_and_dare_on_the_gpu():
+    import cupy as cp
+    from entrenar.merge import merge_tensors
+    x = np.random.default_rng(5).standard_normal(10_000_019).astype(np.float32)
+    assert abs_sum(cp.asarray(x)) == abs_sum(x)
+    rng = np.random.default_rng(6)
+    base = rng.standard_normal((1024, 1000)).astype(np.float32)
+    fts = [base + rng.normal(scale=0.01, size=base.shape).astype(np.float32) for _ in range(3)]
+    for method in ('dare_ties', 'dare_linear'):
+        kw = dict(weight=[1.0, 0.5, 0.8], density=0.4, name='layers.3.w', seed=7)
+        cpu = merge_tensors(method, fts, base=base, **kw)
+        gpu = merge_tensors(method, [cp.asarray(f) for f in fts], base=cp.asarray(base), **kw)
+        np.testing.assert_array_equal(bits(cp.asnumpy(gpu)), bits(cpu))
 
 @pytest.mark.gpu
 @pytest.mark.parametrize('m,elect,normalize,scale,uniform_weights', COMBINE_CASES)

@@ -129,6 +129,21 @@ def test_gpu_bytes_equal_cpu(name):
     bad = np.nonzero((to_numpy(got).reshape(-1, size) != want.reshape(-1, size)).any(axis=1))[0]
     assert len(bad) == 0, f"{name}: {len(bad)} blocks differ on the GPU, first {bad[:10].tolist()}"
 
+def _blocks_differ(name, g, e):
+    size = get_block_format(name).type_size
+    return (g.reshape(-1, size) != e.reshape(-1, size)).any(1)
+
+def _nan_scaled(name, r):
+    "Blocks whose float16 scale is a NaN (a GPU's NaN is canonical where x86 keeps another payload, so those bytes may differ)"
+    f = get_block_format(name)
+    b, out = r.reshape(-1, f.type_size), None
+    for o in f.f16_fields:
+        h = np.ascontiguousarray(b[:, o:o + 2]).view(np.uint16)[:, 0]
+        nan = ((h & 0x7c00) == 0x7c00) & ((h & 0x3ff) != 0)
+        out = nan if out is None else out | nan
+    return out
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize('name', FORMATS)
 def test_gpu_edge_rows(name):
@@ -137,7 +152,7 @@ def test_gpu_edge_rows(name):
     edges = edge_rows(rng)
     x, w = np.stack(list(edges.values())).astype(np.float32), spread_imatrix(rng, 512)
     host, want = to_numpy(quantize_weighted_rows(name, to_device(x, 'cupy'), to_device(w, 'cupy'))), cpu(name, x, w)
-    bad = [case for case, g, e in zip(edges, host, want) if (g != e).any()]
+    bad = [case for case, g, e in zip(edges, host, want) if (_blocks_differ(name, g, e) & ~(_nan_scaled(name, g) & _nan_scaled(name, e))).any()]
     assert not bad, f"{name}: GPU bytes differ from the CPU's for {bad}"
 
 @pytest.mark.gpu

@@ -20,7 +20,7 @@ from .cuda_merge import (abs_sum, combine as cuda_combine, divisor_table, kth_va
                                  ties as cuda_ties, uniform as cuda_uniform)
 from .io import (check_output_is_not_input, is_url, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
                          is_float_dtype, dtype_from_code, lazy_tensor, release_pages)
-from .runner import DictSink, MultiSink, Plan, Sources, Threads, executor, run_plan
+from .runner import DictSink, MultiSink, Plan, Sources, executor, run_plan
 from .gguf import GgufFile, GgufSink, encode_gguf_tensor, plan_gguf
 from .quantize import BLOCK_FORMATS, QuantizeReport, report_table, summary_text
 from .lora import load_reference, split_reference
@@ -987,7 +987,8 @@ def merge_models(models:list, # `Model`s to merge (lazy ones are fine)
     if dtype is not None: recipe.dtype = dtype
     if out_dtype is not None: recipe.out_dtype = out_dtype
     tasks = plan_merge(recipe, pool)
-    run_plan(merge_plan(tasks, recipe.merge_method, pool, seed, parse_dtype(recipe.dtype), allow_nonfinite), out := DictSink(), Threads(workers))
+    with executor(workers, error=MergeError) as ex:   # on a GPU: GPU_STREAMS tasks in flight
+        run_plan(merge_plan(tasks, recipe.merge_method, pool, seed, parse_dtype(recipe.dtype), allow_nonfinite), out := DictSink(), ex)
     return Model(_merge_metadata(recipe, pool, seed), [(t.name, out[t.name]) for t in tasks])
 
 # %% ../nbs/03_merge.ipynb #984cc4a9

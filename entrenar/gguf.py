@@ -13,7 +13,7 @@ import numpy as np
 from fastcore.basics import patch
 from .errors import EntrenarError, IoError, QuantizeError, SerializationError, reraise_as, short_repr
 from .io import (check_output_is_not_input, Model, ModelMetadata, TensorSpec, atomic_path, check_gguf, open_gguf, dtype_from_code, lazy_tensor, load_model,
-                         release_pages, save_model)
+                         prefetch_mapped, release_pages, save_model)
 from .backend import get_array_module, get_backend, is_device_array, to_numpy
 from .cuda import download, upload
 from .quantize import BLOCK_FORMATS, QuantizedTensor, QuantizeReport, quantize_tensor, tensor_error, write_gguf_tensor
@@ -763,6 +763,20 @@ def array(self:GgufFile, name:str, # the tensor's llama.cpp name
             raise SerializationError(f"tensor type {kind} cannot be decoded (the gguf package has no dequantizer for it)",
                                      path=self.path, tensor=name) from None
 
+# %% ../nbs/08_gguf.ipynb #79f37042
+@patch
+def get_parameter(self:GgufFile, name:str, # the tensor's llama.cpp name
+                 ) -> np.ndarray:
+    "Tensor `name` as `array` decodes it: a `GgufFile` is a source for the runner's jobs"
+    return self.array(name)
+
+@patch
+def prefetch(self:GgufFile, name:str, # the tensor's llama.cpp name
+            ) -> int:
+    "Ask the kernel to start reading tensor `name` from its file; the bytes asked for (0 for an unknown name)"
+    t = self.tensors.get(name)
+    return 0 if t is None else prefetch_mapped(np.asarray(t.data))
+
 # %% ../nbs/08_gguf.ipynb #0e7526ba
 _LONG = ('tokenizer.ggml.tokens', 'tokenizer.ggml.scores', 'tokenizer.ggml.token_type', 'tokenizer.ggml.merges')
 
@@ -860,7 +874,7 @@ def _requantize_plan(f:GgufFile, type:str, name:str|None, imatrix=None):
     num = lambda k, default: v if isinstance(v := hp.get(k), int) and v > 0 else default
     n_head = num('attention.head_count', 1)
     types, notes = tensor_types(specs, type, num('block_count', 0), n_head, num('attention.head_count_kv', n_head), f.arch, imatrix is not None)
-    return _with_imatrix(GgufPlan(f.arch, meta, [(g, g, shape, types[g], 0) for g, shape, _ in specs], fallbacks=notes), imatrix), f.array
+    return _with_imatrix(GgufPlan(f.arch, meta, [(g, g, shape, types[g], 0) for g, shape, _ in specs], fallbacks=notes), imatrix), f
 
 # %% ../nbs/08_gguf.ipynb #166d5223
 _SPECIAL = dict(bos='bos', eos='eos', unk='unknown', pad='padding')   # tokenizer.ggml.{…}_token_id

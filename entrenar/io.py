@@ -19,9 +19,9 @@ from .numtext import parse_numbers, read_numbers
 __all__ = ['DTYPES', 'MAX_HEADER', 'YAML_MAX', 'GZIP_FREE', 'GZIP_BYTES_PER_VALUE', 'GGUF_MAX_ITEMS', 'dtype_from_code',
            'dtype_code', 'is_float_dtype', 'TensorSpec', 'ModelMetadata', 'ModelFormat', 'parse_size', 'SaveConfig',
            'Model', 'lazy_tensor', 'Parameters', 'summary', 'atomic_path', 'check_output_is_not_input', 'publish_dir',
-           'atomic_dir', 'check_shape', 'SafeTensorsReader', 'release_pages', 'prefetch_pages', 'format_numbers',
-           'ModelWriter', 'parse_yaml', 'is_url', 'UrlSafeTensorsReader', 'save_model', 'load_model', 'check_gguf',
-           'open_gguf']
+           'atomic_dir', 'check_shape', 'SafeTensorsReader', 'prefetch_mapped', 'release_pages', 'prefetch_pages',
+           'format_numbers', 'ModelWriter', 'parse_yaml', 'is_url', 'UrlSafeTensorsReader', 'save_model', 'load_model',
+           'check_gguf', 'open_gguf']
 
 # %% ../nbs/02_io.ipynb #7fd64d1a
 DTYPES = {
@@ -468,6 +468,17 @@ def _mapping_of(a):
     if isinstance(a, memoryview): a = a.obj
     return a if isinstance(a, mmap.mmap) else None
 
+def prefetch_mapped(a:np.ndarray, # a view into a mapped file; anything else is ignored
+                   ) -> int:
+    "Ask the kernel to start reading the pages under a memory-mapped array (`madvise(WILLNEED)`); the bytes asked for"
+    mm = _mapping_of(a)
+    if mm is None or a.nbytes == 0 or not hasattr(mmap, 'MADV_WILLNEED'): return 0
+    lo = a.__array_interface__['data'][0] - np.frombuffer(mm, np.uint8, count=1).__array_interface__['data'][0]
+    start = lo - lo % mmap.PAGESIZE
+    with contextlib.suppress(OSError, ValueError):
+        mm.madvise(mmap.MADV_WILLNEED, start, min(lo + a.nbytes, len(mm)) - start); return a.nbytes
+    return 0
+
 def release_pages(a:np.ndarray): # a tensor read lazily (a view into a mapped file); anything else is ignored
     "Drop the pages of a memory-mapped tensor from this process's resident memory once it has been used"
     mm = _mapping_of(a)
@@ -480,7 +491,10 @@ def prefetch_pages(model, # a `Model`: its lazily read SafeTensors tensors are p
                    name:str, # the tensor that will be read next
                   ) -> int:
     "Ask the kernel to start reading tensor `name` of a lazily loaded model into the page cache; the bytes asked for"
-    v = model._store.get(name) if isinstance(model, Model) else None
+    if not isinstance(model, Model):   # another reader that knows its own files (a `GgufFile`), or nothing to do
+        prefetch = getattr(model, 'prefetch', None)
+        return prefetch(name) if callable(prefetch) else 0
+    v = model._store.get(name)
     r = v.reader if isinstance(v, _Lazy) else None
     if not isinstance(r, SafeTensorsReader) or not hasattr(os, 'posix_fadvise'): return 0
     _, _, _, begin, end = r.entries[name]

@@ -163,3 +163,28 @@ def test_llama_gguf_same_bytes_with_and_without_read_ahead(tmp_path, read_ahead)
         to_gguf(src, out, 'q4_k_m')
         outs.append(digest(out))
     ft.test_eq(outs[0], outs[1])
+
+def test_gguf_prefetch_brings_a_tensors_pages_in(tmp_path):
+    "A GGUF being requantized reads ahead too: GgufFile.prefetch (madvise WILLNEED on the reader's mapping) fills the cache"
+    from entrenar.gguf import GgufFile
+    src = to_gguf(MODELS / 'tiny-llama-a', tmp_path / 'f32.gguf', 'f32').path
+    evict(src)
+    f = GgufFile(src)
+    name = max(f.tensors, key=lambda n: np.asarray(f.tensors[n].data).nbytes)
+    data = np.asarray(f.tensors[name].data)
+    ft.test_eq(prefetch_pages(f, name), data.nbytes)   # through the runner's entry point
+    start = int(f.tensors[name].data_offset)   # the tensor's offset in the file
+    sl = slice(start // PAGE, -(-(start + data.nbytes) // PAGE))
+    r = wait_resident(src, sl)
+    assert r[sl].all(), f"{r[sl].mean():.0%} of the tensor's pages came in"
+
+def test_gguf_requantized_same_bytes_with_and_without_read_ahead(tmp_path, read_ahead):
+    "An F32 GGUF requantized to Q4_K_M (entrenar quantize x.gguf --type q4_k_m): the same file either way"
+    src = to_gguf(MODELS / 'tiny-llama-b', tmp_path / 'f32.gguf', 'f32').path
+    outs = []
+    for limit in (0, 1 << 20):
+        read_ahead(limit); evict(src)
+        out = tmp_path / f'{limit}' / 'q4km.gguf'; out.parent.mkdir()
+        to_gguf(src, out, 'q4_k_m')
+        outs.append(digest(out))
+    ft.test_eq(outs[0], outs[1])

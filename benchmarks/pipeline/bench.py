@@ -6,7 +6,8 @@ inputs read once before the run):
 
 - `ties`: a TIES merge of 3 fine-tunes onto a base, 4 float32 models (made by benchmarks/distributed's `make_models`);
 - `q8_0` and `q4_k_m`: `to_gguf` of SmolLM2-135M-Instruct as float32 (538 MB, rebuilt once from the GGUF that
-  tools/peers.sh downloads, as benchmarks/gguf does) to llama.cpp GGUFs.
+  tools/peers.sh downloads, as benchmarks/gguf does) to llama.cpp GGUFs;
+- `gguf_q4_k_m` (with `--jobs`): an F16 GGUF of that model requantized to Q4_K_M, llama-quantize's job.
 
 Each run is its own process (one thread of work, as the command runs by default); its wall time and peak RSS
 (VmHWM, which starts afresh at exec; file-backed pages of the mapped inputs included) are measured inside it. Off
@@ -76,6 +77,9 @@ def run_one(a):
     if a.job == 'ties':
         from entrenar.merge import merge_files
         merge_files(inputs[1:], out, base=inputs[0], method='ties', weight=[0.5, 0.3, 0.2], density=0.5)
+    elif a.job.startswith('gguf_'):   # requantizing a GGUF (llama-quantize's job): the GgufFile's own read-ahead
+        from entrenar.gguf import to_gguf
+        to_gguf(inputs[0], out, a.job[5:])
     else:
         from entrenar.gguf import to_gguf
         to_gguf(inputs[0], out, a.job, pre='smollm')
@@ -106,6 +110,12 @@ def main():
         for job in a.jobs.split(','):
             if job == 'ties':
                 ins = merge_inputs(tmp / 'merge', a.tensors, a.rows, a.cols); files = ins
+            elif job.startswith('gguf_'):   # an F16 GGUF of the same model, requantized
+                g = tmp / 'smollm2-135m-f16.gguf'
+                if not g.exists():
+                    from entrenar.gguf import to_gguf
+                    to_gguf(quantize_input(tmp), g, 'f16', pre='smollm')
+                ins, files = [g], [g]
             else:
                 d = quantize_input(tmp); ins, files = [d], sorted(d.glob('*.safetensors'))
             jobs[job] = (ins, files)

@@ -768,7 +768,10 @@ def array(self:GgufFile, name:str, # the tensor's llama.cpp name
 def get_parameter(self:GgufFile, name:str, # the tensor's llama.cpp name
                  ) -> np.ndarray:
     "Tensor `name` as `array` decodes it: a `GgufFile` is a source for the runner's jobs"
-    return self.array(name)
+    x = self.array(name)
+    stored = np.asarray(self.tensors[name].data)
+    if not np.shares_memory(x, stored): release_pages(stored)   # decoded into a copy: the file's pages leave memory
+    return x
 
 @patch
 def prefetch(self:GgufFile, name:str, # the tensor's llama.cpp name

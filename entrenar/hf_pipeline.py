@@ -24,7 +24,8 @@ __all__ = ['PICKLE_SUFFIXES', 'INDEX_NAME', 'WEIGHTS_NAME', 'CONFIG_NAME', 'MODE
 def _hub():
     "The `huggingface_hub` module (with its `errors`, `utils` and `constants`), imported on first use"
     try:
-        for m in ('huggingface_hub', 'huggingface_hub.errors', 'huggingface_hub.utils', 'huggingface_hub.constants'):
+        for m in ('huggingface_hub', 'huggingface_hub.errors', 'huggingface_hub.utils',
+                  'huggingface_hub.constants'):
             importlib.import_module(m)
     except ImportError as e:
         raise FetchError("fetching from the Hub needs huggingface_hub: pip install 'entrenar[hub]'") from e
@@ -41,9 +42,11 @@ class HubError(FetchError):
                 ):
         self.repo_id,self.revision,self.filename = repo_id,revision,filename
         if retryable is not None: self.is_retryable = retryable
-        where = ': '.join(o for o in (repo_id and f"{repo_id}@{revision or 'main'}", filename and repr(filename)) if o)
+        where = ': '.join(o for o in (repo_id and f"{repo_id}@{revision or 'main'}", filename and repr(filename))
+                          if o)
         super().__init__(f"{where}: {message}" if where else message)
 
+# %% ../nbs/05_hub.ipynb #7cceae4b
 class InvalidNameError(HubError, ValueError): "A repository id, revision or file name is malformed or unsafe"
 class UnsafeFileError(HubError): "A pickle file was asked for without `allow_pickle=True`"
 class RepoNotFoundError(HubError): "The repository does not exist, or the token cannot see it"
@@ -64,10 +67,11 @@ def _check_relative(name, what, repo_id=None, revision=None):
     "Raise `InvalidNameError` unless `name` is a relative '/'-separated path with no '..' or empty part"
     if not isinstance(name, str) or not name or name.startswith(('/', '\\')) or '\\' in name or ':' in name \
        or any(p in ('', '.', '..') for p in name.split('/')) or any(ord(c) < 32 for c in name):
-        raise InvalidNameError(f"invalid {what} {name!r}: it must be a relative path without '..', '\\\\' or ':'",
-                               repo_id, revision)
+        raise InvalidNameError(f"invalid {what} {name!r}: it must be a relative path without '..', "
+                               "'\\\\' or ':'", repo_id, revision)
     return name
 
+# %% ../nbs/05_hub.ipynb #6cad22b4
 def check_filename(filename:str, # a path inside the repository, e.g. 'model.safetensors'
                    allow_pickle:bool=False, # allow `.bin`/`.pt`/`.pth`/`.pkl`/`.ckpt` files
                    repo_id=None, revision=None):
@@ -99,6 +103,7 @@ class FetchOptions:
     local_files_only:bool=False # answer from the cache only (also on when HF_HUB_OFFLINE=1)
     extra_files:tuple=() # with `files` None: more files fetched when the repository has them (tokenizer, …)
 
+# %% ../nbs/05_hub.ipynb #15cb8d7e
 @dataclass(frozen=True)
 class ModelArtifact:
     "A model fetched into the Hub cache"
@@ -132,13 +137,15 @@ _TRANSPORT_ERRORS = {'TimeoutException', 'Timeout', 'NetworkError', 'ConnectErro
                      'TransportError', 'RemoteProtocolError', 'ProxyError', 'ReadTimeout', 'ConnectTimeout'}
 
 def _is_transport_error(e):
-    return isinstance(e, (TimeoutError, ConnectionError)) or any(c.__name__ in _TRANSPORT_ERRORS for c in type(e).__mro__)
+    return isinstance(e, (TimeoutError, ConnectionError)) or any(c.__name__ in _TRANSPORT_ERRORS
+                                                                 for c in type(e).__mro__)
 
+# %% ../nbs/05_hub.ipynb #387c0a82
 def _status(e):
     "HTTP status of a huggingface_hub HTTP error, else None"
     return getattr(getattr(e, 'response', None), 'status_code', None)
 
-# %% ../nbs/05_hub.ipynb #3763175e
+# %% ../nbs/05_hub.ipynb #c5fe1634
 def translate_error(e:Exception, # an exception raised by huggingface_hub
                     repo_id:str, revision:str, filename:str|None, # what was being fetched
                     offline:bool=False, # whether the fetch was offline (cache only)
@@ -146,31 +153,41 @@ def translate_error(e:Exception, # an exception raised by huggingface_hub
     "The `HubError` subclass that says what `e` means for `repo_id@revision/filename` (`IoError` for the local disk)"
     a = (repo_id, revision, filename)
     if isinstance(e, EntrenarError): return e
-    if isinstance(e, (PermissionError, IsADirectoryError, NotADirectoryError)) or getattr(e, 'errno', None) in (errno.ENOSPC, errno.EROFS):
-        return IoError(f"{repo_id}@{revision}: {filename!r}: writing the Hub cache: {e.strerror or type(e).__name__}", path=e.filename)
+    if (isinstance(e, (PermissionError, IsADirectoryError, NotADirectoryError))
+        or getattr(e, 'errno', None) in (errno.ENOSPC, errno.EROFS)):
+        return IoError(f"{repo_id}@{revision}: {filename!r}: writing the Hub cache: "
+                       f"{e.strerror or type(e).__name__}", path=e.filename)
     if (hf := sys.modules.get('huggingface_hub.errors')) is not None:
         if isinstance(e, hf.GatedRepoError):
-            return GatedRepoError("the repository is gated: accept its terms on the Hub and use a token that has access", *a)
+            return GatedRepoError("the repository is gated: accept its terms on the Hub and use a token that "
+                                  "has access", *a)
         if isinstance(e, hf.RepositoryNotFoundError):
-            return RepoNotFoundError("repository not found (or it is private and the token cannot read it)", *a)
+            return RepoNotFoundError("repository not found (or it is private and the token cannot read it)",
+                                     *a)
         if isinstance(e, hf.RevisionNotFoundError): return RevisionNotFoundError("revision not found", *a)
         if isinstance(e, (hf.LocalEntryNotFoundError, getattr(hf, 'OfflineModeIsEnabled', ()))):
-            if offline: return OfflineError("offline (HF_HUB_OFFLINE or local_files_only) and not in the local cache", *a)
+            if offline:
+                return OfflineError("offline (HF_HUB_OFFLINE or local_files_only) and not in the local cache", *a)
             cause = e.__cause__ or e.__context__
             if cause is not None and cause is not e: return translate_error(cause, *a, offline=offline)
-            return HubUnavailableError("the Hub could not be reached and the file is not in the local cache", *a)
+            return HubUnavailableError("the Hub could not be reached and the file is not in the local cache",
+                                       *a)
         if isinstance(e, hf.EntryNotFoundError):   # the remote kind: local misses were handled above
             return FileNotFoundOnHubError("file not found in the repository at this revision", *a)
     status = _status(e)
-    if status in (401, 403): return UnauthorizedError(f"HTTP {status}: the Hub refused the token (or its absence)", *a)
+    if status in (401, 403):
+        return UnauthorizedError(f"HTTP {status}: the Hub refused the token (or its absence)", *a)
     if status == 429: return HubUnavailableError("HTTP 429: rate limited by the Hub, try again later", *a)
-    if status is not None and status >= 500: return HubUnavailableError(f"HTTP {status}: the Hub is unavailable", *a)
+    if status is not None and status >= 500:
+        return HubUnavailableError(f"HTTP {status}: the Hub is unavailable", *a)
     if status is not None: return HubError(f"HTTP {status}", *a)
     if _is_transport_error(e):   # a protocol error is also what a header with a NUL or a newline gives
-        what = "the Hub's answer is not valid HTTP" if 'Protocol' in type(e).__name__ else "could not reach the Hub"
+        what = ("the Hub's answer is not valid HTTP" if 'Protocol' in type(e).__name__
+                else "could not reach the Hub")
         detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
         return HubUnavailableError(f"{what} ({type(e).__name__}{': ' + detail if detail else ''})", *a)
-    if isinstance(e, ValueError): return InvalidNameError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, *a)
+    if isinstance(e, ValueError):
+        return InvalidNameError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, *a)
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return HubError(msg, *a, retryable=isinstance(e, OSError) and 'onsistency check' in msg)
 
@@ -185,10 +202,12 @@ def sha256_file(path, # a file to hash
         while chunk := f.read(chunk_size): h.update(chunk)
     return h.hexdigest()
 
+# %% ../nbs/05_hub.ipynb #1adbdc46
 def _blob_of(pointer:Path) -> Path:
     "The blob a snapshot entry points to (itself when the cache copies instead of linking)"
     return Path(os.path.realpath(pointer))
 
+# %% ../nbs/05_hub.ipynb #b495c483
 def evict(pointer:Path, # a file in a snapshot folder of the Hub cache
          ):
     "Remove a cached file: its snapshot link and the blob behind it, so the next fetch downloads it again"
@@ -204,7 +223,8 @@ class HfModelFetcher:
                  cache_dir=None, # the Hub cache folder; default: HF_HUB_CACHE, or HF_HOME/hub, read at each call
                  endpoint:str|None=None, # the Hub's URL; default: HF_ENDPOINT, read at each call
                 ):
-        self._token,self.cache_dir,self._endpoint = token,(None if cache_dir is None else Path(cache_dir)),endpoint
+        self._token,self.cache_dir,self._endpoint = (token, (None if cache_dir is None else Path(cache_dir)),
+                                                     endpoint)
 
     @property
     def endpoint(self):
@@ -213,7 +233,8 @@ class HfModelFetcher:
         return ep.rstrip('/') if ep else None
 
     def __repr__(self):
-        return (f"HfModelFetcher(token={'<hidden>' if self._token else None}, cache_dir={str(self.cache_dir) if self.cache_dir else None!r}"
+        return (f"HfModelFetcher(token={'<hidden>' if self._token else None}, "
+                f"cache_dir={str(self.cache_dir) if self.cache_dir else None!r}"
                 + (f", endpoint={self.endpoint!r}" if self.endpoint else "") + ")")
 
 # %% ../nbs/05_hub.ipynb #411f1eec
@@ -221,11 +242,13 @@ class HfModelFetcher:
 def _cached_file(self:HfModelFetcher, repo_id, filename, revision) -> Path:
     "The cached snapshot path of `filename` at `revision`, or `OfflineError` / `FileNotFoundOnHubError`"
     with reraise_as(FetchError, what=f'{repo_id}@{revision}: {filename!r}: reading the Hub cache'):
-        found = _hub().try_to_load_from_cache(repo_id, filename, cache_dir=self.cache_dir or hub_cache_dir(), revision=revision)
+        found = _hub().try_to_load_from_cache(repo_id, filename, cache_dir=self.cache_dir or hub_cache_dir(),
+                                              revision=revision)
     if isinstance(found, str): return Path(found)
-    if found is None: raise OfflineError("offline (HF_HUB_OFFLINE or local_files_only) and not in the local cache",
-                                         repo_id, revision, filename)
-    raise FileNotFoundOnHubError("file not in the repository at this revision (as recorded in the cache)", repo_id, revision, filename)
+    if found is None: raise OfflineError("offline (HF_HUB_OFFLINE or local_files_only) and not in the local "
+                                         "cache", repo_id, revision, filename)
+    raise FileNotFoundOnHubError("file not in the repository at this revision (as recorded in the cache)",
+                                 repo_id, revision, filename)
 
 # %% ../nbs/05_hub.ipynb #4d23e281
 _UNSAFE_COMPONENT = re.compile(r'[\x00-\x1f\x7f/\\:]')
@@ -236,13 +259,16 @@ def _check_component(value:str, # a name the server sent, as `huggingface_hub` w
                      raw:str|None=None, # the header as sent, when `value` was derived from it
                     ) -> str:
     "Raise `InvalidNameError` naming the server's `header` unless `value` is one safe path component"
-    if not isinstance(value, str) or value in ('', '.', '..') or _UNSAFE_COMPONENT.search(value) or len(value) > 255:
-        raise InvalidNameError(f"the Hub answered {header} {short_repr(value if raw is None else raw)}, which is not "
-                               "a plain file name and would put files outside the cache; refused", repo_id, revision, filename)
+    if (not isinstance(value, str) or value in ('', '.', '..') or _UNSAFE_COMPONENT.search(value)
+        or len(value) > 255):
+        raise InvalidNameError(f"the Hub answered {header} {short_repr(value if raw is None else raw)}, which is "
+                               "not a plain file name and would put files outside the cache; refused",
+                               repo_id, revision, filename)
     return value
 
 # %% ../nbs/05_hub.ipynb #a3dbc50e
-_FETCHING = contextvars.ContextVar('entrenar_hub_fetching', default=None)   # (repo_id, revision, filename) during a fetch
+# (repo_id, revision, filename) during a fetch
+_FETCHING = contextvars.ContextVar('entrenar_hub_fetching', default=None)
 
 def _check_response(response):
     "HTTP response hook: during a fetch, refuse an answer whose ETag or X-Repo-Commit is not a plain file name"
@@ -252,6 +278,7 @@ def _check_response(response):
         if (v := h.get(k)) is not None: _check_component(v.lstrip('W/').strip('"'), k, *where, raw=v)
     if (v := h.get('X-Repo-Commit')) is not None: _check_component(v, 'X-Repo-Commit', *where)
 
+# %% ../nbs/05_hub.ipynb #ed2cc8ce
 def _guard_session():
     "Add `_check_response` to the HTTP client `huggingface_hub` shares (once per client)"
     client = _hub().utils.get_session()
@@ -265,7 +292,8 @@ def _check_inside(path:Path, # a file in a snapshot folder
                   repo_id=None, revision=None, filename=None) -> Path:
     "Return `path` if it and the blob it links to both lie inside `storage`, else raise `InvalidNameError`"
     root = os.path.realpath(storage)
-    link = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))   # the link itself, then its target
+    # the link itself, then its target
+    link = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
     for p in (link, os.path.realpath(path)):
         if os.path.commonpath([root, p]) != root:
             raise InvalidNameError(f"{short_repr(p)} is outside the cache folder {root}; refused",
@@ -277,6 +305,7 @@ def _check_inside(path:Path, # a file in a snapshot folder
 def _storage(self:HfModelFetcher, repo_id):
     return (self.cache_dir or hub_cache_dir())/('models--' + repo_id.replace('/', '--'))
 
+# %% ../nbs/05_hub.ipynb #70f88522
 @patch
 def fetch_file(self:HfModelFetcher, repo_id:str, # 'org/name'
                filename:str, # the file in the repository
@@ -295,20 +324,24 @@ def fetch_file(self:HfModelFetcher, repo_id:str, # 'org/name'
     token = _FETCHING.set(where)
     try:
         _guard_session()
-        path = Path(_hub().hf_hub_download(repo_id, filename, revision=revision, cache_dir=self.cache_dir or hub_cache_dir(),
-                                    token=self._token, endpoint=self.endpoint))
+        path = Path(_hub().hf_hub_download(repo_id, filename, revision=revision,
+                                           cache_dir=self.cache_dir or hub_cache_dir(),
+                                           token=self._token, endpoint=self.endpoint))
     except Exception as e: raise translate_error(e, *where) from e
     finally: _FETCHING.reset(token)
     blob = _blob_of(_check_inside(path, self._storage(repo_id), *where))
-    if blob.name not in before and _SHA256_HEX.fullmatch(blob.name) and (got := sha256_file(blob)) != blob.name:
+    if (blob.name not in before and _SHA256_HEX.fullmatch(blob.name)
+        and (got := sha256_file(blob)) != blob.name):
         evict(path)
         raise ChecksumMismatchError(f"downloaded content has SHA-256 {got}, the Hub announced {blob.name}; "
-                                    "removed from the cache, try again", repo_id, revision, filename, retryable=True)
+                                    "removed from the cache, try again", repo_id, revision, filename,
+                                    retryable=True)
     return path
 
 # %% ../nbs/05_hub.ipynb #984c55ab
 INDEX_NAME, WEIGHTS_NAME, CONFIG_NAME = 'model.safetensors.index.json', 'model.safetensors', 'config.json'
 
+# %% ../nbs/05_hub.ipynb #b4146b51
 def _format_of(filename):
     "The checkpoint format a file name implies"
     n = filename.lower().removesuffix('.gz')
@@ -318,15 +351,17 @@ def _format_of(filename):
         if n.endswith(ext): return fmt
     return None
 
+# %% ../nbs/05_hub.ipynb #c9fb45da
 def _commit_of(path:Path, filename:str) -> str:
     "The commit hash of a snapshot path `…/snapshots/<commit>/<filename>`"
     return Path(path).parents[len(Path(filename).parts) - 1].name
 
+# %% ../nbs/05_hub.ipynb #56e17013
 def _read_json(path, repo_id, revision, filename):
     with reraise_as(SerializationError, path=path, what=f'reading {filename} of {repo_id}@{revision}'):
         return json.loads(Path(path).read_text())
 
-# %% ../nbs/05_hub.ipynb #56e17013
+# %% ../nbs/05_hub.ipynb #9b2dc100
 def _shards_of(index:dict, repo_id, revision, allow_pickle) -> list:
     "The shard files an index's `weight_map` names, in first-seen order, each checked"
     wm = index.get('weight_map') if isinstance(index, dict) else None
@@ -334,6 +369,7 @@ def _shards_of(index:dict, repo_id, revision, allow_pickle) -> list:
         raise HubError(f"{INDEX_NAME} has no weight_map", repo_id, revision, INDEX_NAME)
     return [check_filename(f, allow_pickle, repo_id, revision) for f in dict.fromkeys(wm.values())]
 
+# %% ../nbs/05_hub.ipynb #5f1cf8b8
 def _architecture(config:dict):
     "The architecture a config.json names: `architectures[0]`, else `model_type`"
     archs = config.get('architectures') if isinstance(config, dict) else None
@@ -349,32 +385,40 @@ def _fetch_weights(self:HfModelFetcher, repo_id, revision, opts, offline):
         try: idx = self.fetch_file(repo_id, INDEX_NAME, revision, offline, opts.allow_pickle)
         except (FileNotFoundOnHubError, OfflineError) as e2:
             kind = OfflineError if isinstance(e2, OfflineError) else FileNotFoundOnHubError
-            raise kind(f"neither {WEIGHTS_NAME} nor {INDEX_NAME} is " + ("in the local cache (offline)" if kind is OfflineError
-                       else "in the repository; for pickle weights (.bin) pass files=[...] and allow_pickle=True"),
+            raise kind(f"neither {WEIGHTS_NAME} nor {INDEX_NAME} is "
+                       + ("in the local cache (offline)" if kind is OfflineError
+                          else "in the repository; for pickle weights (.bin) pass files=[...] and allow_pickle=True"),
                        repo_id, revision, WEIGHTS_NAME) from e2
         commit = _commit_of(idx, INDEX_NAME)
-        shards = _shards_of(_read_json(idx, repo_id, revision, INDEX_NAME), repo_id, revision, opts.allow_pickle)
-        return [INDEX_NAME, *shards], [idx, *(self.fetch_file(repo_id, s, commit, offline, opts.allow_pickle) for s in shards)]
+        shards = _shards_of(_read_json(idx, repo_id, revision, INDEX_NAME), repo_id, revision,
+                            opts.allow_pickle)
+        return [INDEX_NAME, *shards], [idx, *(self.fetch_file(repo_id, s, commit, offline, opts.allow_pickle)
+                                              for s in shards)]
     return [WEIGHTS_NAME], [p]
 
-# %% ../nbs/05_hub.ipynb #7e8298e2
+# %% ../nbs/05_hub.ipynb #26f2de68
 def _check_digests(expected, repo_id, revision):
     "`verify_sha256` as {file or None: lowercase hex}, checked before anything is fetched"
     items = {None: expected} if isinstance(expected, str) else expected or {}
-    if not isinstance(items, dict) or not all(isinstance(v, str) and _SHA256_HEX.fullmatch(v.strip().lower()) for v in items.values()):
-        raise InvalidNameError(f"verify_sha256 must be a 64-digit hex SHA-256 or {{file name: digest}}, not {expected!r}", repo_id, revision)
+    if not isinstance(items, dict) or not all(isinstance(v, str) and _SHA256_HEX.fullmatch(v.strip().lower())
+                                              for v in items.values()):
+        raise InvalidNameError(f"verify_sha256 must be a 64-digit hex SHA-256 or {{file name: digest}}, "
+                               f"not {expected!r}", repo_id, revision)
     return {k: v.strip().lower() for k,v in items.items()}
 
+# %% ../nbs/05_hub.ipynb #3703ce81
 @patch
 def _verify(self:HfModelFetcher, repo_id, revision, names, paths, weights, expected):
     "SHA-256 of every fetched file, checked against `expected` (a digest of the weights file, or {file: digest})"
     expected = _check_digests(expected, repo_id, revision)
     if None in expected:
-        if len(weights) != 1: raise HubError(f"verify_sha256 is one digest but there are {len(weights)} weight files: "
-                                             "pass {file name: digest}", repo_id, revision)
+        if len(weights) != 1:
+            raise HubError(f"verify_sha256 is one digest but there are {len(weights)} weight files: "
+                           "pass {file name: digest}", repo_id, revision)
         expected = {weights[0]: expected[None]}
     if unknown := set(expected) - set(names):
-        raise HubError(f"verify_sha256 names files that were not fetched: {sorted(unknown)}", repo_id, revision)
+        raise HubError(f"verify_sha256 names files that were not fetched: {sorted(unknown)}",
+                       repo_id, revision)
     digests = {}
     for n,p in zip(names, paths):
         blob = _blob_of(p).name
@@ -400,7 +444,8 @@ def download_model(self:HfModelFetcher, repo_id:str, # 'org/name'
     if files:
         first = self.fetch_file(repo_id, files[0], o.revision, offline, o.allow_pickle)
         commit = _commit_of(first, files[0])
-        names, paths = list(files), [first, *(self.fetch_file(repo_id, f, commit, offline, o.allow_pickle) for f in files[1:])]
+        names, paths = list(files), [first, *(self.fetch_file(repo_id, f, commit, offline, o.allow_pickle)
+                                              for f in files[1:])]
         weights = [f for f in files if f != CONFIG_NAME and _format_of(f)] or list(files)
     else:
         names, paths = self._fetch_weights(repo_id, o.revision, o, offline)
@@ -410,7 +455,8 @@ def download_model(self:HfModelFetcher, repo_id:str, # 'org/name'
             try: names, paths = names + [f], paths + [self.fetch_file(repo_id, f, commit, offline)]
             except (FileNotFoundOnHubError, OfflineError): pass
     digests = self._verify(repo_id, o.revision, names, paths, weights, o.verify_sha256)
-    arch = _architecture(_read_json(paths[names.index(CONFIG_NAME)], repo_id, o.revision, CONFIG_NAME)) if CONFIG_NAME in names else None
+    arch = (_architecture(_read_json(paths[names.index(CONFIG_NAME)], repo_id, o.revision, CONFIG_NAME))
+            if CONFIG_NAME in names else None)
     snapshot = Path(paths[0]).parents[len(Path(names[0]).parts) - 1]
     return ModelArtifact(path=paths[0] if files and len(files) == 1 else snapshot, files=names,
                          format=_format_of(weights[0]) if weights else None, architecture=arch,
@@ -425,19 +471,24 @@ def parse_model_spec(spec:str, # 'org/name' or 'org/name@revision'
     if sep: _check_relative(revision, 'revision', repo_id, revision)
     return repo_id, (revision if sep else None)
 
-MODEL_FILES = ('generation_config.json', 'tokenizer.json', 'tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json',
-               'added_tokens.json', 'chat_template.jinja', 'vocab.json', 'merges.txt')   # beside the weights, when a repository has them
+# %% ../nbs/05_hub.ipynb #6fd75595
+# beside the weights, when a repository has them
+MODEL_FILES = ('generation_config.json', 'tokenizer.json', 'tokenizer.model', 'tokenizer_config.json',
+               'special_tokens_map.json', 'added_tokens.json', 'chat_template.jinja', 'vocab.json', 'merges.txt')
 
+# %% ../nbs/05_hub.ipynb #cc06698e
 def fetch_model_path(spec:str, # 'org/name' or 'org/name@revision'
                      fetcher:HfModelFetcher|None=None, # default: HfModelFetcher()
                      **kwargs, # more FetchOptions fields
                     ) -> str:
-    "Fetch the model `spec` names (weights, config, and the `MODEL_FILES` it has) and return the local path `load_model` opens"
+    ("Fetch the model `spec` names (weights, config, and the `MODEL_FILES` it has) "
+     "and return the local path `load_model` opens")
     repo_id, revision = parse_model_spec(spec)
     if revision: kwargs['revision'] = revision
     if not kwargs.get('files'): kwargs.setdefault('extra_files', MODEL_FILES)
     return str((fetcher or HfModelFetcher()).download_model(repo_id, FetchOptions(**kwargs)).path)
 
+# %% ../nbs/05_hub.ipynb #14b59b47
 def resolve_hf_uri(uri:str, # 'hf://org/name' or 'hf://org/name@revision'
                   ) -> str:
     "Fetch the model an `hf://` URI names into the Hub cache and return its local path"
@@ -454,7 +505,8 @@ def hub_reference(ref, # a model reference from a recipe or the command line
     "The `hf://org/name[@revision]` URI of a Hub model reference, or None for a local path"
     if not isinstance(ref, str): return None   # a Path is always local
     if ref.startswith('hf://'): return ref
-    if not _REPO_NAME.match(ref) or '..' in ref or '--' in ref.partition('@')[0] or Path(ref).expanduser().exists(): return None
+    if (not _REPO_NAME.match(ref) or '..' in ref or '--' in ref.partition('@')[0]
+        or Path(ref).expanduser().exists()): return None
     return None if ref.partition('@')[0].lower().endswith(_FILE_SUFFIXES) else 'hf://' + ref
 
 # %% ../nbs/05_hub.ipynb #c0197d05
@@ -480,22 +532,29 @@ def _fetch_command(args):
     sha = args.sha256
     if sha and any('=' in s for s in sha): sha = dict(s.split('=', 1) for s in sha)
     elif sha: sha = sha[0]
-    opts = FetchOptions(revision=rev or args.revision or 'main', files=args.file or None, allow_pickle=args.allow_pickle,
-                        verify_sha256=sha or None, local_files_only=args.offline)
+    opts = FetchOptions(revision=rev or args.revision or 'main', files=args.file or None,
+                        allow_pickle=args.allow_pickle, verify_sha256=sha or None, local_files_only=args.offline)
     if getattr(args, 'quiet', False): _hub().utils.disable_progress_bars()
     print(HfModelFetcher(cache_dir=args.cache_dir).download_model(repo_id, opts).path)
 
+# %% ../nbs/05_hub.ipynb #61834f47
 def register_cli(subparsers):
     "Add `entrenar fetch` to the `entrenar` command's subparsers"
-    p = subparsers.add_parser('fetch', help="download a model from the Hugging Face Hub into its cache and print its path",
-                              description="Download a model from the Hugging Face Hub (by default its safetensors weights "
-                                          "and config.json) into the Hub cache, and print the local path.")
-    p.add_argument('repo', metavar='ORG/NAME[@REVISION]', help="the model repository, e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0")
+    p = subparsers.add_parser('fetch',
+                              help="download a model from the Hugging Face Hub into its cache and print its path",
+                              description="Download a model from the Hugging Face Hub (by default its safetensors "
+                                          "weights and config.json) into the Hub cache, and print the local path.")
+    p.add_argument('repo', metavar='ORG/NAME[@REVISION]',
+                   help="the model repository, e.g. TinyLlama/TinyLlama-1.1B-Chat-v1.0")
     p.add_argument('--revision', help="branch, tag or commit hash (default: main)")
-    p.add_argument('--file', action='append', metavar='F', help="a file to fetch instead of the defaults (repeatable)")
-    p.add_argument('--cache-dir', metavar='D', help="the Hub cache folder (default: huggingface_hub's, HF_HUB_CACHE)")
-    p.add_argument('--allow-pickle', action='store_true', help="allow pickle files (.bin, .pt, .pth, .pkl, .ckpt)")
+    p.add_argument('--file', action='append', metavar='F',
+                   help="a file to fetch instead of the defaults (repeatable)")
+    p.add_argument('--cache-dir', metavar='D',
+                   help="the Hub cache folder (default: huggingface_hub's, HF_HUB_CACHE)")
+    p.add_argument('--allow-pickle', action='store_true',
+                   help="allow pickle files (.bin, .pt, .pth, .pkl, .ckpt)")
     p.add_argument('--offline', action='store_true', help="answer from the cache only (like HF_HUB_OFFLINE=1)")
-    p.add_argument('--sha256', action='append', metavar='HEX|FILE=HEX', help="expected SHA-256 of the weights file, or of FILE")
+    p.add_argument('--sha256', action='append', metavar='HEX|FILE=HEX',
+                   help="expected SHA-256 of the weights file, or of FILE")
     p.set_defaults(func=_fetch_command)
     return p

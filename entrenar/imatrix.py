@@ -19,7 +19,8 @@ __all__ = ['UNCOLLECTED', 'Imatrix', 'read_imatrix', 'write_imatrix', 'check_ima
 # %% ../nbs/04b_imatrix.ipynb #3608475e
 @dataclass
 class Imatrix:
-    "Per weight (GGUF name): sums of squared inputs `(n_mat, row)` and token counts `(n_mat,)`; `imatrix[name]` is what llama-quantize uses"
+    ("Per weight (GGUF name): sums of squared inputs `(n_mat, row)` and token counts `(n_mat,)`; "
+     "`imatrix[name]` is what llama-quantize uses")
     sums: dict
     counts: dict
     datasets: list = field(default_factory=list)
@@ -29,10 +30,12 @@ class Imatrix:
     def __getitem__(self, name:str) -> np.ndarray:
         "The importance vector of `name`: sums / counts in float32 (experts never seen get 1)"
         c = np.asarray(self.counts[name], np.float32)[:, None]
-        return np.where(c > 0, self.sums[name] / np.where(c > 0, c, 1), np.float32(1)).astype(np.float32).reshape(-1)
+        return np.where(c > 0, self.sums[name] / np.where(c > 0, c, 1),
+                        np.float32(1)).astype(np.float32).reshape(-1)
     def __contains__(self, name:str) -> bool: return name in self.sums
     def __len__(self) -> int: return len(self.sums)
-    def __repr__(self): return f"Imatrix({len(self)} entries, {self.chunk_count} chunks of {self.chunk_size}, datasets={self.datasets})"
+    def __repr__(self): return (f"Imatrix({len(self)} entries, {self.chunk_count} chunks of {self.chunk_size}, "
+                                f"datasets={self.datasets})")
     @property
     def names(self) -> list: return sorted(self.sums)
 
@@ -42,26 +45,35 @@ class _Cursor:
     def __init__(self, data:bytes, path): self.data, self.pos, self.path = memoryview(data), 0, path
     def left(self) -> int: return len(self.data) - self.pos
     def take(self, n:int, what:str, entry=None) -> memoryview:
-        if not 0 <= n <= self.left(): raise SerializationError(f"truncated: {what} needs {n} bytes, {self.left()} left", path=self.path, tensor=entry)
+        if not 0 <= n <= self.left():
+            raise SerializationError(f"truncated: {what} needs {n} bytes, {self.left()} left", path=self.path,
+                                     tensor=entry)
         self.pos += n
         return self.data[self.pos - n:self.pos]
     def int(self, what:str, entry=None) -> int: return struct.unpack('<i', self.take(4, what, entry))[0]
 
+# %% ../nbs/04b_imatrix.ipynb #be7d02d8
 def _read_legacy(data:bytes, path) -> Imatrix:
     "The legacy .dat layout"
     c, sums, counts = _Cursor(data, path), {}, {}
     n = c.int('entry count')
-    if not 0 < n <= c.left() // 16: raise SerializationError(f"entry count {n} does not fit in the file", path=path)
+    if not 0 < n <= c.left() // 16:
+        raise SerializationError(f"entry count {n} does not fit in the file", path=path)
     for i in range(n):
         name = bytes(c.take(c.int(f'name length of entry {i}'), f'name of entry {i}')).decode('utf-8', 'replace')
         ncall, nval = c.int('ncall', name), c.int('value count', name)
-        if ncall <= 0 or nval <= 0: raise SerializationError(f"ncall {ncall} and value count {nval} must be positive", path=path, tensor=name)
+        if ncall <= 0 or nval <= 0:
+            raise SerializationError(f"ncall {ncall} and value count {nval} must be positive", path=path,
+                                     tensor=name)
         sums[name] = np.frombuffer(c.take(4 * nval, 'values', name), '<f4').astype(np.float32)[None]
         counts[name] = np.array([ncall], np.int64)
     chunks, datasets = (c.int('chunk count'), []) if c.left() >= 4 else (0, [])
-    if c.left() >= 4 and (ds := bytes(c.take(c.int('dataset name length'), 'dataset name')).decode('utf-8', 'replace')): datasets = [ds]
+    if c.left() >= 4 and (ds := bytes(c.take(c.int('dataset name length'), 'dataset name'))
+                                .decode('utf-8', 'replace')):
+        datasets = [ds]
     return Imatrix(sums, counts, datasets, chunks, 0)
 
+# %% ../nbs/04b_imatrix.ipynb #b8e33d11
 def _read_gguf(path, file=None) -> Imatrix:
     "The GGUF layout, through the `gguf` package's reader (of `file`, `path` open, if given)"
     r = open_gguf(path, file)    # header checked first; checked and read from one open file
@@ -73,13 +85,18 @@ def _read_gguf(path, file=None) -> Imatrix:
     for name in tensors:
         if not name.endswith('.in_sum2'): continue
         entry = name[:-len('.in_sum2')]
-        if entry + '.counts' not in tensors: raise SerializationError("has sums but no counts", path=path, tensor=entry)
+        if entry + '.counts' not in tensors:
+            raise SerializationError("has sums but no counts", path=path, tensor=entry)
         c = tensors[entry + '.counts'].reshape(-1)
         s = tensors[name].reshape(len(c), -1) if tensors[name].size % max(len(c), 1) == 0 else None
-        if s is None or not len(c): raise SerializationError(f"sums of {tensors[name].size} values for {len(c)} counts", path=path, tensor=entry)
+        if s is None or not len(c):
+            raise SerializationError(f"sums of {tensors[name].size} values for {len(c)} counts", path=path,
+                                     tensor=entry)
         sums[entry], counts[entry] = s, np.floor(c.astype(np.float64) + 0.5).astype(np.int64)   # llama.cpp: lround
-    return Imatrix(sums, counts, list(field('imatrix.datasets') or []), int(field('imatrix.chunk_count') or 0), int(field('imatrix.chunk_size') or 0))
+    return Imatrix(sums, counts, list(field('imatrix.datasets') or []), int(field('imatrix.chunk_count') or 0),
+                   int(field('imatrix.chunk_size') or 0))
 
+# %% ../nbs/04b_imatrix.ipynb #1b6ff95f
 def read_imatrix(path, # an imatrix file that llama-imatrix wrote: .gguf or legacy .dat
                 ) -> Imatrix:
     "Read an importance matrix, either layout, every entry checked"
@@ -91,8 +108,10 @@ def read_imatrix(path, # an imatrix file that llama-imatrix wrote: .gguf or lega
     if not len(im): raise SerializationError("no entries: not an imatrix", path=path)
     for name in im.names:
         s, c = im.sums[name], im.counts[name]
-        if not np.isfinite(s).all() or (s < 0).any(): raise SerializationError("sums of squares that are negative, NaN or inf", path=path, tensor=name)
-        if (c < 0).any() or not (c > 0).any(): raise SerializationError(f"token counts {c.tolist()}: no data", path=path, tensor=name)
+        if not np.isfinite(s).all() or (s < 0).any():
+            raise SerializationError("sums of squares that are negative, NaN or inf", path=path, tensor=name)
+        if (c < 0).any() or not (c > 0).any():
+            raise SerializationError(f"token counts {c.tolist()}: no data", path=path, tensor=name)
     return im
 
 # %% ../nbs/04b_imatrix.ipynb #76996503
@@ -102,13 +121,16 @@ def write_imatrix(path, # the .gguf file to write
     "Write `im` in llama-imatrix's GGUF layout"
     import gguf
     path = Path(path)
-    if path.suffix.lower() != '.gguf': raise SerializationError("entrenar writes imatrix files as GGUF: name it .gguf", path=path)
+    if path.suffix.lower() != '.gguf':
+        raise SerializationError("entrenar writes imatrix files as GGUF: name it .gguf", path=path)
     with atomic_path(path) as tmp, reraise_as(IoError, path=path, what='writing'):
         w = gguf.GGUFWriter(tmp, arch='imatrix')
         w.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)   # an imatrix names no architecture
         w.add_type('imatrix')
-        w.add_array('imatrix.datasets', list(im.datasets)); w.add_uint32('imatrix.chunk_count', im.chunk_count); w.add_uint32('imatrix.chunk_size', im.chunk_size)
-        for name in im.names:   # ggml shapes [row, experts] and [1, experts], a trailing 1 dropped, as llama-imatrix writes them
+        w.add_array('imatrix.datasets', list(im.datasets)); w.add_uint32('imatrix.chunk_count', im.chunk_count)
+        w.add_uint32('imatrix.chunk_size', im.chunk_size)
+        # ggml shapes [row, experts] and [1, experts], a trailing 1 dropped, as llama-imatrix writes them
+        for name in im.names:
             s, c = np.ascontiguousarray(im.sums[name], np.float32), np.asarray(im.counts[name], np.float32)
             w.add_tensor(f'{name}.in_sum2', s if len(s) > 1 else s[0])
             w.add_tensor(f'{name}.counts', c.reshape(-1, 1) if len(c) > 1 else c.reshape(1))
@@ -122,19 +144,23 @@ def check_imatrix(im:Imatrix, # the importance matrix
                   rows:dict, # GGUF tensor name -> row length, for every tensor to be quantized
                   path=None, # the imatrix file, for messages
                  ) -> list:
-    "The tensors that will be quantized without an entry (the embedding, the head); a `QuantizeError` for any other mismatch"
+    ("The tensors that will be quantized without an entry (the embedding, the head); "
+     "a `QuantizeError` for any other mismatch")
     missing = [n for n in rows if n not in im]
     if bad := [n for n in missing if n not in UNCOLLECTED]:
-        raise QuantizeError(f"the imatrix has no entry for this tensor ({len(bad)} missing: is it for another model?)", path=path, tensor=bad[0])
+        raise QuantizeError(f"the imatrix has no entry for this tensor ({len(bad)} missing: is it for another model?)",
+                            path=path, tensor=bad[0])
     for n, row in rows.items():
         if n in im and im[n].size != row and n != 'token_embd.weight':
             raise QuantizeError(f"imatrix entry of {im[n].size} values for rows of {row}", path=path, tensor=n)
     return missing
 
 # %% ../nbs/04b_imatrix.ipynb #3a3c723e
-_HF_TO_GGUF = {'self_attn.q_proj': 'attn_q', 'self_attn.k_proj': 'attn_k', 'self_attn.v_proj': 'attn_v', 'self_attn.o_proj': 'attn_output',
+_HF_TO_GGUF = {'self_attn.q_proj': 'attn_q', 'self_attn.k_proj': 'attn_k', 'self_attn.v_proj': 'attn_v',
+               'self_attn.o_proj': 'attn_output',
                'mlp.gate_proj': 'ffn_gate', 'mlp.up_proj': 'ffn_up', 'mlp.down_proj': 'ffn_down'}
 
+# %% ../nbs/04b_imatrix.ipynb #29a411a0
 def compute_imatrix(model_dir, # a transformers checkpoint folder of the Llama family (Llama, Mistral, Qwen2)
                     text:str, # calibration text
                     ctx:int=512, # tokens per chunk, as llama-imatrix's -c
@@ -143,7 +169,9 @@ def compute_imatrix(model_dir, # a transformers checkpoint folder of the Llama f
                    ) -> Imatrix:
     "llama-imatrix on a transformers checkpoint: per linear layer, the sums of its squared inputs"
     try: import torch, transformers
-    except ImportError as e: raise QuantizeError(f"compute_imatrix needs torch and transformers (pip install entrenar[imatrix]): {e}") from None
+    except ImportError as e:
+        raise QuantizeError("compute_imatrix needs torch and transformers (pip install entrenar[imatrix]): "
+                            f"{e}") from None
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ids = tok(text, add_special_tokens=True)['input_ids']
@@ -160,7 +188,9 @@ def compute_imatrix(model_dir, # a transformers checkpoint folder of the Llama f
     for i, layer in enumerate(model.model.layers):
         for sub, m in layer.named_modules():
             if isinstance(m, torch.nn.Linear):
-                if sub not in _HF_TO_GGUF: raise QuantizeError(f"llama.cpp has no name for the linear layer model.layers.{i}.{sub}", path=model_dir)
+                if sub not in _HF_TO_GGUF:
+                    raise QuantizeError(f"llama.cpp has no name for the linear layer model.layers.{i}.{sub}",
+                                        path=model_dir)
                 handles.append(m.register_forward_pre_hook(hook(f'blk.{i}.{_HF_TO_GGUF[sub]}.weight')))
     try:
         with torch.inference_mode():
@@ -170,27 +200,34 @@ def compute_imatrix(model_dir, # a transformers checkpoint folder of the Llama f
                 model(input_ids=x, use_cache=False)
     finally:
         for h in handles: h.remove()
-    return Imatrix({k: s.float().numpy()[None] for k, (s, _) in acc.items()}, {k: np.array([c]) for k, (_, c) in acc.items()},
-                   [dataset] if dataset else [], n, ctx)
+    return Imatrix({k: s.float().numpy()[None] for k, (s, _) in acc.items()},
+                   {k: np.array([c]) for k, (_, c) in acc.items()}, [dataset] if dataset else [], n, ctx)
 
 # %% ../nbs/04b_imatrix.ipynb #f0d6fa73
 def _imatrix_command(args):
     "`entrenar imatrix`: compute and write an imatrix, or describe one"
     if args.info:
         im = read_imatrix(args.model)
-        print(f"{args.model}: {len(im)} entries, {im.chunk_count} chunks of {im.chunk_size} tokens, datasets {im.datasets}")
-        for n in im.names: print(f"  {n:<32} {im[n].size:>6} values, {int(im.counts[n].sum()):>8} tokens, mean {float(im[n].mean()):.4g}")
+        print(f"{args.model}: {len(im)} entries, {im.chunk_count} chunks of {im.chunk_size} tokens, "
+              f"datasets {im.datasets}")
+        for n in im.names: print(f"  {n:<32} {im[n].size:>6} values, {int(im.counts[n].sum()):>8} tokens, "
+                                 f"mean {float(im[n].mean()):.4g}")
         return
-    if not args.text or not args.output: raise QuantizeError("say which text to run (--text FILE) and where to write (--output imatrix.gguf)")
+    if not args.text or not args.output:
+        raise QuantizeError("say which text to run (--text FILE) and where to write (--output imatrix.gguf)")
     with reraise_as(IoError, path=args.text, what='reading'): text = Path(args.text).read_text('utf-8')
     im = compute_imatrix(args.model, text, args.ctx, args.chunks, dataset=str(args.text))
     write_imatrix(args.output, im)
-    if not args.quiet: print(f"wrote {args.output}: {len(im)} entries from {im.chunk_count} chunks of {im.chunk_size} tokens")
+    if not args.quiet:
+        print(f"wrote {args.output}: {len(im)} entries from {im.chunk_count} chunks of {im.chunk_size} tokens")
 
+# %% ../nbs/04b_imatrix.ipynb #0def5f20
 def register_cli(sub):
     "Declare `entrenar imatrix`"
-    p = sub.add_parser('imatrix', help='compute an importance matrix from calibration text (as llama-imatrix), or describe one')
-    p.add_argument('model', help='a transformers checkpoint folder (Llama, Mistral, Qwen2); with --info, an imatrix file')
+    p = sub.add_parser('imatrix',
+                       help='compute an importance matrix from calibration text (as llama-imatrix), or describe one')
+    p.add_argument('model',
+                   help='a transformers checkpoint folder (Llama, Mistral, Qwen2); with --info, an imatrix file')
     p.add_argument('--text', help='calibration text file')
     p.add_argument('--output', '-o', help='the imatrix to write (.gguf)')
     p.add_argument('--ctx', type=int, default=512, help='tokens per chunk (llama-imatrix -c; default 512)')

@@ -279,6 +279,21 @@ extern "C" __global__ void dequantize_q5_1(const u8 *__restrict__ data, float *_
 
 # %% ../nbs/04c_cuda_blocks.ipynb #fcc30f4d
 _K_QUANTS = r'''
+// four levels, the bits mask of each byte of w, as dl * level - ml (Q2_K, Q4_K, Q5_K), in one float4 store
+__device__ __forceinline__ void store_affine4(float *__restrict__ out, u32 w, u32 mask, float dl, float ml) {
+    float r[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) { float v = dl * (float)((w >> (8 * i)) & mask); r[i] = v - ml; }
+    store4(out, r[0], r[1], r[2], r[3]);
+}
+// four levels, one per byte of w less the byte of bias, times d (Q3_K, Q6_K), in one float4 store
+__device__ __forceinline__ void store_biased4(float *__restrict__ out, u32 w, u32 bias, float d) {
+    float r[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) r[i] = d * (float)((i32)byte_of(w, i) - (i32)byte_of(bias, i));
+    store4(out, r[0], r[1], r[2], r[3]);
+}
+
 // Q2_K (84 bytes, 4-aligned): scales[16] (low nibble scale, high nibble min), qs[64], d, dmin.
 // Value 128h + 32j + l is bits 2j of qs[32h + l]; sub-block s = value / 16.
 extern "C" __global__ void dequantize_q2_k(const u8 *__restrict__ data, float *__restrict__ y, i64 n) {
@@ -295,13 +310,7 @@ extern "C" __global__ void dequantize_q2_k(const u8 *__restrict__ data, float *_
             int h = s / 8, j = (s % 8) / 2;
             const u32 *qs = p32 + 4 + 8 * h + 4 * (s % 2);
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                u32 w = qs[k] >> (2 * j);
-                float r[4];
-#pragma unroll
-                for (int i = 0; i < 4; i++) { float t = dl * (float)((w >> (8 * i)) & 3u); r[i] = t - ml; }
-                store4(out + 16 * s + 4 * k, r[0], r[1], r[2], r[3]);
-            }
+            for (int k = 0; k < 4; k++) store_affine4(out + 16 * s + 4 * k, qs[k] >> (2 * j), 3u, dl, ml);
         }
     }
 }
@@ -322,15 +331,9 @@ extern "C" __global__ void dequantize_q3_k(const u8 *__restrict__ data, float *_
             int bb = s / 2, h = s / 8, j = bb % 4, l0 = 16 * (s % 2);
 #pragma unroll
             for (int k = 0; k < 4; k++) {
-                u32 w = load32_2(p + 32 + 32 * h + l0 + 4 * k) >> (2 * j);
+                u32 w = (load32_2(p + 32 + 32 * h + l0 + 4 * k) >> (2 * j)) & 0x03030303u;
                 u32 m = load32_2(p + l0 + 4 * k) >> bb;
-                float r[4];
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    i32 q = (i32)((w >> (8 * i)) & 3u) - (((m >> (8 * i)) & 1u) ? 0 : 4);
-                    r[i] = dl * (float)q;
-                }
-                store4(out + 16 * s + 4 * k, r[0], r[1], r[2], r[3]);
+                store_biased4(out + 16 * s + 4 * k, w, (~m & 0x01010101u) << 2, dl);
             }
         }
     }
@@ -370,10 +373,7 @@ __device__ __forceinline__ void values_k45(const u8 *p, float *__restrict__ out)
             for (int t = 0; t < 4; t++) {
                 u32 w = (qw[t] >> (4 * (s % 2))) & 0x0f0f0f0fu;
                 if (HIGH) w |= ((hw[t] >> s) & 0x01010101u) << 4;
-                float r[4];
-#pragma unroll
-                for (int i = 0; i < 4; i++) { float v = dl * (float)((w >> (8 * i)) & 255u); r[i] = v - ml; }
-                store4(out + 32 * s + 16 * k + 4 * t, r[0], r[1], r[2], r[3]);
+                store_affine4(out + 32 * s + 16 * k + 4 * t, w, 255u, dl, ml);
             }
         }
     }
@@ -400,11 +400,7 @@ extern "C" __global__ void dequantize_q6_k(const u8 *__restrict__ data, float *_
             for (int k = 0; k < 4; k++) {
                 u32 lw = (load32_2(p + 64 * h + 32 * (j % 2) + l0 + 4 * k) >> (4 * (j / 2))) & 0x0f0f0f0fu;
                 u32 hw = (load32_2(p + 128 + 32 * h + l0 + 4 * k) >> (2 * j)) & 0x03030303u;
-                u32 w = lw | hw << 4;
-                float r[4];
-#pragma unroll
-                for (int i = 0; i < 4; i++) r[i] = ds * ((float)((w >> (8 * i)) & 255u) - 32.f);
-                store4(out + 16 * s + 4 * k, r[0], r[1], r[2], r[3]);
+                store_biased4(out + 16 * s + 4 * k, lw | hw << 4, 0x20202020u, ds);
             }
         }
     }

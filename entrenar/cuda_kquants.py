@@ -135,32 +135,35 @@ __device__ __forceinline__ float qx_signed_max(const float *__restrict__ x, int 
     }
     return max;
 }
-// the sums of w*x*l and w*l*l over the levels l = clamp(round(iscale * x), -nmax, nmax - 1); w = x*x when
-// w is NULL (ggml's quant_weights NULL)
+// the sums of w*x*l and w*l*l over the levels l = clamp(round(iscale * x), -nmax, nmax - 1); SQUARES: the
+// weights are x*x (ggml's quant_weights NULL), w is not read
+template <bool SQUARES>
 __device__ __forceinline__ void qx_sums(const float *__restrict__ x, const float *__restrict__ w, int n, int nmax,
                                         float iscale, float &sumlx, float &suml2) {
     sumlx = suml2 = 0;
     for (int i = 0; i < n; ++i) {
         int l = kq_clamp(kq_round(iscale * x[i]), -nmax, nmax - 1);
-        float wi = w ? w[i] : x[i] * x[i];
+        float wi = SQUARES ? x[i] * x[i] : w[i];
         sumlx += wi * x[i] * l;
         suml2 += wi * l * l;
     }
 }
-// make_qx_quants(n, nmax, x, L, 1, w): the winning iscale gives the levels L[i] = nmax + l at the end
+// make_qx_quants(n, nmax, x, L, 1, w), or with w NULL where SQUARES: the winning iscale gives the levels
+// L[i] = nmax + l at the end
+template <bool SQUARES = false>
 __device__ __forceinline__ float qx_search(const float *__restrict__ x, const float *__restrict__ w, int n,
                                            int nmax, u8 *__restrict__ L) {
     float max = qx_signed_max(x, n, L);
     if (!max) return 0.f;
     float iscale = -nmax / max;
     float sumlx, suml2;
-    qx_sums(x, w, n, nmax, iscale, sumlx, suml2);
+    qx_sums<SQUARES>(x, w, n, nmax, iscale, sumlx, suml2);
     float scale = suml2 ? sumlx / suml2 : 0.0f;
     float best = scale * sumlx, best_iscale = iscale;
     for (int is = -9; is <= 9; ++is) {
         if (is == 0) continue;
         iscale = -(nmax + 0.1f * is) / max;
-        qx_sums(x, w, n, nmax, iscale, sumlx, suml2);
+        qx_sums<SQUARES>(x, w, n, nmax, iscale, sumlx, suml2);
         if (suml2 > 0 && sumlx * sumlx > best * suml2) {
             best_iscale = iscale;
             scale = sumlx / suml2; best = scale * sumlx;
@@ -171,7 +174,7 @@ __device__ __forceinline__ float qx_search(const float *__restrict__ x, const fl
 }
 // Q6_K: make_qx_quants(16, 32, x, L, 1, NULL)
 extern "C" __global__ void q6_k_search(const float *xs, float *scales, float *mins, u8 *L, i64 n) {
-    GRID_STRIDE(j, n) scales[j] = qx_search(xs + 16 * j, nullptr, 16, 32, L + 16 * j);
+    GRID_STRIDE(j, n) scales[j] = qx_search<true>(xs + 16 * j, nullptr, 16, 32, L + 16 * j);
 }
 '''
 
@@ -188,7 +191,7 @@ extern "C" __global__ void q3_k_search(const float *xs, float *scales, float *mi
         if (!max) { scales[j] = 0.f; continue; }
         float iscale = -nmax / max;
         float sumlx, suml2;
-        qx_sums(x, nullptr, 16, nmax, iscale, sumlx, suml2);
+        qx_sums<true>(x, nullptr, 16, nmax, iscale, sumlx, suml2);
         u64 packed = 0;
         for (int i = 0; i < 16; ++i)
             packed |= (u64)(kq_clamp(kq_round(iscale * x[i]), -nmax, nmax - 1) + 4) << (4 * i);

@@ -138,8 +138,8 @@ __device__ __forceinline__ float qx_signed_max(const float *__restrict__ x, int 
 // the sums of w*x*l and w*l*l over the levels l = clamp(round(iscale * x), -nmax, nmax - 1); SQUARES: the
 // weights are x*x (ggml's quant_weights NULL), w is not read
 template <bool SQUARES>
-__device__ __forceinline__ void qx_sums(const float *__restrict__ x, const float *__restrict__ w, int n, int nmax,
-                                        float iscale, float &sumlx, float &suml2) {
+__device__ __forceinline__ void qx_sums(const float *__restrict__ x, const float *__restrict__ w, int n,
+                                        int nmax, float iscale, float &sumlx, float &suml2) {
     sumlx = suml2 = 0;
     for (int i = 0; i < n; ++i) {
         int l = kq_clamp(kq_round(iscale * x[i]), -nmax, nmax - 1);

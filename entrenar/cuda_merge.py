@@ -46,11 +46,11 @@ __device__ __forceinline__ u32 key_bits(u32 mode, u32 key) {   // a key back to 
 // state[q * 8 + ...]: 0 high 16 bits, 1 count strictly below the bin, then 2 key, 3 tie index among equal
 // keys, 4 position of the element of that rank (-1 until known), 5 count of equal keys
 #define ST(q, f) state[(i64)(q) * 8 + (f)]
-
 '''
 
 # %% ../nbs/03e_cuda_merge.ipynb #1b31002c
-_SELECT_HIGH = r'''// pass 1: histogram of the keys' top 16 bits, one row of 65536 per query
+_SELECT_HIGH = r'''
+// pass 1: histogram of the keys' top 16 bits, one row of 65536 per query
 extern "C" __global__ void select_high(u32 mode, const u64 *src, const float *b, i64 n, i32 nq,
                                        const i32 *source, const i64 *rank, u32 *hist, u32 *nan) {
     GRID_STRIDE(j, n) {
@@ -93,11 +93,11 @@ extern "C" __global__ void select_scan_high(const u32 *hist, const u32 *groups, 
         ST(q, 1) = below;
     }
 }
-
 '''
 
 # %% ../nbs/03e_cuda_merge.ipynb #413a9e42
-_SELECT_LOW = r'''// pass 2: histogram of the low 16 bits of the keys in that bin, and the first position of each low value
+_SELECT_LOW = r'''
+// pass 2: histogram of the low 16 bits of the keys in that bin, and the first position of each low value
 // (n - j, max)
 extern "C" __global__ void select_low(u32 mode, const u64 *src, const float *b, i64 n, i32 nq,
                                       const i32 *source, const i64 *rank, const i64 *state, u32 *hist,
@@ -128,11 +128,11 @@ extern "C" __global__ void select_scan_low(u32 mode, const u32 *hist, const u32 
         value[q] = bits_f32(key_bits(mode, key));
     }
 }
-
 '''
 
 # %% ../nbs/03e_cuda_merge.ipynb #8d3e081d
-_SELECT_TIES = r'''// where a rank falls inside a run of equal keys: count the equal keys per chunk of positions
+_SELECT_TIES = r'''
+// where a rank falls inside a run of equal keys: count the equal keys per chunk of positions
 extern "C" __global__ void select_tie_chunks(u32 mode, const u64 *src, const float *b, i64 n, i32 nq,
                                              const i32 *source, const i64 *rank, const i64 *state,
                                              u32 *chunks, i64 chunk, i64 nchunks, u32 *nan) {
@@ -166,11 +166,11 @@ extern "C" __global__ void select_tie_find(u32 mode, const u64 *src, const float
         }
     }
 }
-
 '''
 
 # %% ../nbs/03e_cuda_merge.ipynb #1235ec94
-_SELECT_MASK = r'''// rank_mask: the elements whose (key, position) lies between query 0's and query 1's (either may be absent)
+_SELECT_MASK = r'''
+// rank_mask: the elements whose (key, position) lies between query 0's and query 1's (either may be absent)
 extern "C" __global__ void select_mask(const u64 *src, i64 n, const i64 *rank, const i64 *state, u8 *mask) {
     const float *x = (const float *)src[0];
     bool has_lo = rank[0] >= 0, has_hi = rank[1] >= 0;

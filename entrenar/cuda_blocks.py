@@ -278,7 +278,7 @@ extern "C" __global__ void dequantize_q5_1(const u8 *__restrict__ data, float *_
 '''
 
 # %% ../nbs/04c_cuda_blocks.ipynb #fcc30f4d
-_K_QUANTS = r'''
+_K_STORE = r'''
 // four levels, the bits mask of each byte of w, as dl * level - ml (Q2_K, Q4_K, Q5_K), in one float4 store
 __device__ __forceinline__ void store_affine4(float *__restrict__ out, u32 w, u32 mask, float dl, float ml) {
     float r[4];
@@ -293,7 +293,10 @@ __device__ __forceinline__ void store_biased4(float *__restrict__ out, u32 w, u3
     for (int i = 0; i < 4; i++) r[i] = d * (float)((i32)byte_of(w, i) - (i32)byte_of(bias, i));
     store4(out, r[0], r[1], r[2], r[3]);
 }
+'''
 
+# %% ../nbs/04c_cuda_blocks.ipynb #f06840d1
+_K_Q2 = r'''
 // Q2_K (84 bytes, 4-aligned): scales[16] (low nibble scale, high nibble min), qs[64], d, dmin.
 // Value 128h + 32j + l is bits 2j of qs[32h + l]; sub-block s = value / 16.
 extern "C" __global__ void dequantize_q2_k(const u8 *__restrict__ data, float *__restrict__ y, i64 n) {
@@ -314,7 +317,10 @@ extern "C" __global__ void dequantize_q2_k(const u8 *__restrict__ data, float *_
         }
     }
 }
+'''
 
+# %% ../nbs/04c_cuda_blocks.ipynb #c63af45b
+_K_Q3 = r'''
 // Q3_K (110 bytes, 2-aligned): hmask[32], qs[64], scales[12] (6-bit, offset 32), d.
 // Value 32b + l (b = 4h + j): two bits 2j of qs[32h + l], less 4 where bit b of hmask[l] is clear.
 extern "C" __global__ void dequantize_q3_k(const u8 *__restrict__ data, float *__restrict__ y, i64 n) {
@@ -338,7 +344,10 @@ extern "C" __global__ void dequantize_q3_k(const u8 *__restrict__ data, float *_
         }
     }
 }
+'''
 
+# %% ../nbs/04c_cuda_blocks.ipynb #5ace26c1
+_K_Q45 = r'''
 // Q4_K / Q5_K scales: 12 bytes hold eight 6-bit scales and mins (ggml's get_scale_min_k4)
 __device__ __forceinline__ void scale_min_k4(int j, u32 w0, u32 w1, u32 w2, u32 &sc, u32 &m) {
     if (j < 4) { sc = byte_of(w0, j) & 63u; m = byte_of(w1, j) & 63u; }
@@ -384,7 +393,10 @@ extern "C" __global__ void dequantize_q4_k(const u8 *__restrict__ data, float *_
 extern "C" __global__ void dequantize_q5_k(const u8 *__restrict__ data, float *__restrict__ y, i64 n) {
     GRID_STRIDE(b, n) values_k45<true>(data + b * 176, y + b * 256);
 }
+'''
 
+# %% ../nbs/04c_cuda_blocks.ipynb #32b5ea9d
+_K_Q6 = r'''
 // Q6_K (210 bytes, 2-aligned): ql[128], qh[64], int8 scales[16], d.
 // Value 128h + 32j + l: nibble (j / 2) of ql[64h + 32(j % 2) + l], bits 2j of qh[32h + l] on top, less 32.
 extern "C" __global__ void dequantize_q6_k(const u8 *__restrict__ data, float *__restrict__ y, i64 n) {
@@ -406,6 +418,9 @@ extern "C" __global__ void dequantize_q6_k(const u8 *__restrict__ data, float *_
     }
 }
 '''
+
+# %% ../nbs/04c_cuda_blocks.ipynb #79b26ad2
+_K_QUANTS = _K_STORE + _K_Q2 + _K_Q3 + _K_Q45 + _K_Q6
 
 # %% ../nbs/04c_cuda_blocks.ipynb #4c16c141
 BLOCK_KERNELS = Kernels(_HELPERS + _Q8_0 + _Q4_Q5 + _LEGACY + _K_QUANTS)

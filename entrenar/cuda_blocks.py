@@ -278,7 +278,25 @@ extern "C" __global__ void dequantize_q5_1(const u8 *__restrict__ data, float *_
 '''
 
 # %% ../nbs/04c_cuda_blocks.ipynb #fcc30f4d
-_K_QUANTS = r'''
+_K_STORE = r'''
+// four levels, the bits mask of each byte of w, as dl * level - ml (Q2_K, Q4_K, Q5_K), in one float4 store
+__device__ __forceinline__ void store_affine4(float *__restrict__ out, u32 w, u32 mask, float dl, float ml) {
+    float r[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) { float v = dl * (float)((w >> (8 * i)) & mask); r[i] = v - ml; }
+    store4(out, r[0], r[1], r[2], r[3]);
+}
+// four levels, one per byte of w less the byte of bias, times d (Q3_K, Q6_K), in one float4 store
+__device__ __forceinline__ void store_biased4(float *__restrict__ out, u32 w, u32 bias, float d) {
+    float r[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) r[i] = d * (float)((i32)byte_of(w, i) - (i32)byte_of(bias, i));
+    store4(out, r[0], r[1], r[2], r[3]);
+}
+'''
+
+# %% ../nbs/04c_cuda_blocks.ipynb #f06840d1
+_K_Q2 = r'''
 // Q2_K (84 bytes, 4-aligned): scales[16] (low nibble scale, high nibble min), qs[64], d, dmin.
 // Value 128h + 32j + l is bits 2j of qs[32h + l]; sub-block s = value / 16.
 extern "C" __global__ void dequantize_q2_k(const u8 *__restrict__ data, float *__restrict__ y, i64 n) {
@@ -295,17 +313,14 @@ extern "C" __global__ void dequantize_q2_k(const u8 *__restrict__ data, float *_
             int h = s / 8, j = (s % 8) / 2;
             const u32 *qs = p32 + 4 + 8 * h + 4 * (s % 2);
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                u32 w = qs[k] >> (2 * j);
-                float r[4];
-#pragma unroll
-                for (int i = 0; i < 4; i++) { float t = dl * (float)((w >> (8 * i)) & 3u); r[i] = t - ml; }
-                store4(out + 16 * s + 4 * k, r[0], r[1], r[2], r[3]);
-            }
+            for (int k = 0; k < 4; k++) store_affine4(out + 16 * s + 4 * k, qs[k] >> (2 * j), 3u, dl, ml);
         }
     }
 }
+'''
 
+# %% ../nbs/04c_cuda_blocks.ipynb #c63af45b
+_K_Q3 = r'''
 // Q3_K (110 bytes, 2-aligned): hmask[32], qs[64], scales[12] (6-bit, offset 32), d.
 // Value 32b + l (b = 4h + j): two bits 2j of qs[32h + l], less 4 where bit b of hmask[l] is clear.
 extern "C" __global__ void dequantize_q3_k(const u8 *__restrict__ data, float *__restrict__ y, i64 n) {
@@ -322,20 +337,17 @@ extern "C" __global__ void dequantize_q3_k(const u8 *__restrict__ data, float *_
             int bb = s / 2, h = s / 8, j = bb % 4, l0 = 16 * (s % 2);
 #pragma unroll
             for (int k = 0; k < 4; k++) {
-                u32 w = load32_2(p + 32 + 32 * h + l0 + 4 * k) >> (2 * j);
+                u32 w = (load32_2(p + 32 + 32 * h + l0 + 4 * k) >> (2 * j)) & 0x03030303u;
                 u32 m = load32_2(p + l0 + 4 * k) >> bb;
-                float r[4];
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    i32 q = (i32)((w >> (8 * i)) & 3u) - (((m >> (8 * i)) & 1u) ? 0 : 4);
-                    r[i] = dl * (float)q;
-                }
-                store4(out + 16 * s + 4 * k, r[0], r[1], r[2], r[3]);
+                store_biased4(out + 16 * s + 4 * k, w, (~m & 0x01010101u) << 2, dl);
             }
         }
     }
 }
+'''
 
+# %% ../nbs/04c_cuda_blocks.ipynb #5ace26c1
+_K_Q45 = r'''
 // Q4_K / Q5_K scales: 12 bytes hold eight 6-bit scales and mins (ggml's get_scale_min_k4)
 __device__ __forceinline__ void scale_min_k4(int j, u32 w0, u32 w1, u32 w2, u32 &sc, u32 &m) {
     if (j < 4) { sc = byte_of(w0, j) & 63u; m = byte_of(w1, j) & 63u; }
@@ -370,10 +382,7 @@ __device__ __forceinline__ void values_k45(const u8 *p, float *__restrict__ out)
             for (int t = 0; t < 4; t++) {
                 u32 w = (qw[t] >> (4 * (s % 2))) & 0x0f0f0f0fu;
                 if (HIGH) w |= ((hw[t] >> s) & 0x01010101u) << 4;
-                float r[4];
-#pragma unroll
-                for (int i = 0; i < 4; i++) { float v = dl * (float)((w >> (8 * i)) & 255u); r[i] = v - ml; }
-                store4(out + 32 * s + 16 * k + 4 * t, r[0], r[1], r[2], r[3]);
+                store_affine4(out + 32 * s + 16 * k + 4 * t, w, 255u, dl, ml);
             }
         }
     }
@@ -384,7 +393,10 @@ extern "C" __global__ void dequantize_q4_k(const u8 *__restrict__ data, float *_
 extern "C" __global__ void dequantize_q5_k(const u8 *__restrict__ data, float *__restrict__ y, i64 n) {
     GRID_STRIDE(b, n) values_k45<true>(data + b * 176, y + b * 256);
 }
+'''
 
+# %% ../nbs/04c_cuda_blocks.ipynb #32b5ea9d
+_K_Q6 = r'''
 // Q6_K (210 bytes, 2-aligned): ql[128], qh[64], int8 scales[16], d.
 // Value 128h + 32j + l: nibble (j / 2) of ql[64h + 32(j % 2) + l], bits 2j of qh[32h + l] on top, less 32.
 extern "C" __global__ void dequantize_q6_k(const u8 *__restrict__ data, float *__restrict__ y, i64 n) {
@@ -400,16 +412,15 @@ extern "C" __global__ void dequantize_q6_k(const u8 *__restrict__ data, float *_
             for (int k = 0; k < 4; k++) {
                 u32 lw = (load32_2(p + 64 * h + 32 * (j % 2) + l0 + 4 * k) >> (4 * (j / 2))) & 0x0f0f0f0fu;
                 u32 hw = (load32_2(p + 128 + 32 * h + l0 + 4 * k) >> (2 * j)) & 0x03030303u;
-                u32 w = lw | hw << 4;
-                float r[4];
-#pragma unroll
-                for (int i = 0; i < 4; i++) r[i] = ds * ((float)((w >> (8 * i)) & 255u) - 32.f);
-                store4(out + 16 * s + 4 * k, r[0], r[1], r[2], r[3]);
+                store_biased4(out + 16 * s + 4 * k, lw | hw << 4, 0x20202020u, ds);
             }
         }
     }
 }
 '''
+
+# %% ../nbs/04c_cuda_blocks.ipynb #79b26ad2
+_K_QUANTS = _K_STORE + _K_Q2 + _K_Q3 + _K_Q45 + _K_Q6
 
 # %% ../nbs/04c_cuda_blocks.ipynb #4c16c141
 BLOCK_KERNELS = Kernels(_HELPERS + _Q8_0 + _Q4_Q5 + _LEGACY + _K_QUANTS)

@@ -21,6 +21,12 @@ _COMMON = r'''
 // while a GPU's canonical NaN would give 0x3fffff: test for it
 __device__ __forceinline__ i32 kq_round(float v) { return v == v ? nearest_int(v) : 0; }
 __device__ __forceinline__ i32 kq_clamp(i32 v, i32 lo, i32 hi) { return v < lo ? lo : (v > hi ? hi : v); }
+// the float32 sum of x*x in index order (make_qkx2_quants' rms weights, and the weighted kernels' sigma2)
+__device__ __forceinline__ float sum_squares_of(const float *__restrict__ x, i64 n) {
+    float s = 0;
+    for (i64 i = 0; i < n; ++i) s += x[i] * x[i];
+    return s;
+}
 '''
 
 # %% ../nbs/04d_cuda_kquants.ipynb #ed7a84dd
@@ -31,12 +37,7 @@ _SEARCH_QKX2 = r'''
 __device__ __forceinline__ void qkx2_search(const float *__restrict__ x, int n, int nmax,
         float rmin, float rdelta, int nstep, bool mad, bool rms,
         float *scale_out, float *min_out, u8 *__restrict__ L) {
-    float av = 0.f;
-    if (rms) {
-        float sum_x2 = 0;
-        for (int i = 0; i < n; ++i) sum_x2 += x[i] * x[i];
-        av = sqrtf(sum_x2 / n);
-    }
+    float av = rms ? sqrtf(sum_squares_of(x, n) / n) : 0.f;
     float min = x[0], max = x[0];
     float sum_w = rms ? av + fabsf(x[0]) : fabsf(x[0]);
     float sum_x = sum_w * x[0];
@@ -120,51 +121,60 @@ extern "C" __global__ void q5_k_search(const float *x, float *scales, float *min
 
 # %% ../nbs/04d_cuda_kquants.ipynb #61be6e96
 _SEARCH_Q6 = r'''
-// make_qx_quants(16, 32, x, L, 1, NULL) (Q6_K): weights x*x; the winning iscale gives the levels at the end
-extern "C" __global__ void q6_k_search(const float *xs, float *scales, float *mins, u8 *L, i64 n) {
-    GRID_STRIDE(j, n) {
-        const float *__restrict__ x = xs + 16 * j;
-        u8 *__restrict__ Lj = L + 16 * j;
-        const int nmax = 32;
-        float max = 0, amax = 0;
-        for (int i = 0; i < 16; ++i) {
-            float ax = fabsf(x[i]);
-            if (ax > amax) { amax = ax; max = x[i]; }
-        }
-        if (amax < GROUP_MAX_EPS) {
-            for (int i = 0; i < 16; ++i) Lj[i] = 0;
-            scales[j] = 0.f;
-            continue;
-        }
-        float iscale = -nmax / max;
-        float sumlx = 0, suml2 = 0;
-        for (int i = 0; i < 16; ++i) {
-            int l = kq_clamp(kq_round(iscale * x[i]), -nmax, nmax - 1);
-            float w = x[i] * x[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
-        }
-        float scale = suml2 ? sumlx / suml2 : 0.0f;
-        float best = scale * sumlx, best_iscale = iscale;
-        for (int is = -9; is <= 9; ++is) {
-            if (is == 0) continue;
-            iscale = -(nmax + 0.1f * is) / max;
-            sumlx = suml2 = 0;
-            for (int i = 0; i < 16; ++i) {
-                int l = kq_clamp(kq_round(iscale * x[i]), -nmax, nmax - 1);
-                float w = x[i] * x[i];
-                sumlx += w * x[i] * l;
-                suml2 += w * l * l;
-            }
-            if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-                best_iscale = iscale;
-                scale = sumlx / suml2; best = scale * sumlx;
-            }
-        }
-        for (int i = 0; i < 16; ++i)
-            Lj[i] = (u8)(nmax + kq_clamp(kq_round(best_iscale * x[i]), -nmax, nmax - 1));
-        scales[j] = scale;
+// make_qx_quants' start, shared with make_q3_quants: the value of largest magnitude with its sign, or 0 (and
+// all levels 0) when every |x| is below GROUP_MAX_EPS
+__device__ __forceinline__ float qx_signed_max(const float *__restrict__ x, int n, u8 *__restrict__ L) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; ++i) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) { amax = ax; max = x[i]; }
     }
+    if (amax < GROUP_MAX_EPS) {
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    return max;
+}
+// the sums of w*x*l and w*l*l over the levels l = clamp(round(iscale * x), -nmax, nmax - 1); SQUARES: the
+// weights are x*x (ggml's quant_weights NULL), w is not read
+template <bool SQUARES>
+__device__ __forceinline__ void qx_sums(const float *__restrict__ x, const float *__restrict__ w, int n,
+                                        int nmax, float iscale, float &sumlx, float &suml2) {
+    sumlx = suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = kq_clamp(kq_round(iscale * x[i]), -nmax, nmax - 1);
+        float wi = SQUARES ? x[i] * x[i] : w[i];
+        sumlx += wi * x[i] * l;
+        suml2 += wi * l * l;
+    }
+}
+// make_qx_quants(n, nmax, x, L, 1, w), or with w NULL where SQUARES: the winning iscale gives the levels
+// L[i] = nmax + l at the end
+template <bool SQUARES = false>
+__device__ __forceinline__ float qx_search(const float *__restrict__ x, const float *__restrict__ w, int n,
+                                           int nmax, u8 *__restrict__ L) {
+    float max = qx_signed_max(x, n, L);
+    if (!max) return 0.f;
+    float iscale = -nmax / max;
+    float sumlx, suml2;
+    qx_sums<SQUARES>(x, w, n, nmax, iscale, sumlx, suml2);
+    float scale = suml2 ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx, best_iscale = iscale;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f * is) / max;
+        qx_sums<SQUARES>(x, w, n, nmax, iscale, sumlx, suml2);
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            best_iscale = iscale;
+            scale = sumlx / suml2; best = scale * sumlx;
+        }
+    }
+    for (int i = 0; i < n; ++i) L[i] = (u8)(nmax + kq_clamp(kq_round(best_iscale * x[i]), -nmax, nmax - 1));
+    return scale;
+}
+// Q6_K: make_qx_quants(16, 32, x, L, 1, NULL)
+extern "C" __global__ void q6_k_search(const float *xs, float *scales, float *mins, u8 *L, i64 n) {
+    GRID_STRIDE(j, n) scales[j] = qx_search<true>(xs + 16 * j, nullptr, 16, 32, L + 16 * j);
 }
 '''
 
@@ -177,26 +187,14 @@ extern "C" __global__ void q3_k_search(const float *xs, float *scales, float *mi
         const float *__restrict__ x = xs + 16 * j;
         u8 *__restrict__ Lj = L + 16 * j;
         const int nmax = 4;
-        float max = 0, amax = 0;
-        for (int i = 0; i < 16; ++i) {
-            float ax = fabsf(x[i]);
-            if (ax > amax) { amax = ax; max = x[i]; }
-        }
-        if (amax < GROUP_MAX_EPS) {
-            for (int i = 0; i < 16; ++i) Lj[i] = 0;
-            scales[j] = 0.f;
-            continue;
-        }
+        float max = qx_signed_max(x, 16, Lj);
+        if (!max) { scales[j] = 0.f; continue; }
         float iscale = -nmax / max;
-        float sumlx = 0, suml2 = 0;
+        float sumlx, suml2;
+        qx_sums<true>(x, nullptr, 16, nmax, iscale, sumlx, suml2);
         u64 packed = 0;
-        for (int i = 0; i < 16; ++i) {
-            int l = kq_clamp(kq_round(iscale * x[i]), -nmax, nmax - 1);
-            packed |= (u64)(l + 4) << (4 * i);
-            float w = x[i] * x[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
-        }
+        for (int i = 0; i < 16; ++i)
+            packed |= (u64)(kq_clamp(kq_round(iscale * x[i]), -nmax, nmax - 1) + 4) << (4 * i);
         for (int itry = 0; itry < 5; ++itry) {
             int n_changed = 0;
             for (int i = 0; i < 16; ++i) {
@@ -230,34 +228,23 @@ _PACK_K45 = r'''
 __device__ __forceinline__ void put_f16(u8 *p, u16 h) { p[0] = (u8)(h & 255); p[1] = (u8)(h >> 8); }
 __device__ __forceinline__ u16 get_f16(const u8 *p) { return (u16)(p[0] | (p[1] << 8)); }
 
-// Q4_K (nmax 15), 144 bytes: d, dmin, scales[12], qs[128]
-// Q5_K (nmax 31), 176 bytes: d, dmin, scales[12], qh[32], qs[128]
-__device__ __forceinline__ void pack_k45(const float *__restrict__ x, const float *__restrict__ scales,
-        const float *__restrict__ mins, u8 *__restrict__ L, u8 *__restrict__ y, int nmax) {
-    float max_scale = 0, max_min = 0;
-    for (int j = 0; j < 8; ++j) {
-        if (scales[j] > max_scale) max_scale = scales[j];
-        if (mins[j] > max_min) max_min = mins[j];
+// scale and min j (6 bits each) into Q4_K/Q5_K's 12 scale bytes sc, the inverse of get_scale_min_k4
+__device__ __forceinline__ void put_scale_min_k4(u8 *sc, int j, u8 ls, u8 lm) {
+    if (j < 4) {
+        sc[j] = ls; sc[j + 4] = lm;
+    } else {
+        sc[j + 4] = (u8)((ls & 0xF) | ((lm & 0xF) << 4));
+        sc[j - 4] |= (u8)((ls >> 4) << 6);
+        sc[j] |= (u8)((lm >> 4) << 6);
     }
-    float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
-    float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
-    u8 *sc = y + 4;
-    for (int j = 0; j < 8; ++j) {
-        u8 ls = (u8)kq_round(inv_scale * scales[j]);
-        u8 lm = (u8)kq_round(inv_min * mins[j]);
-        ls = ls < 63 ? ls : 63;
-        lm = lm < 63 ? lm : 63;
-        if (j < 4) {
-            sc[j] = ls; sc[j + 4] = lm;
-        } else {
-            sc[j + 4] = (u8)((ls & 0xF) | ((lm & 0xF) << 4));
-            sc[j - 4] |= (u8)((ls >> 4) << 6);
-            sc[j] |= (u8)((lm >> 4) << 6);
-        }
-    }
-    u16 d16 = f32_to_f16(max_scale / 63.f), m16 = f32_to_f16(max_min / 63.f);
+}
+// the tail of Q4_K/Q5_K, after the scale bytes: write d and dmin, requantize the 256 values with the scales
+// read back (get_scale_min_k4), and pack the levels: qh (Q5_K) and the nibbles
+__device__ __forceinline__ void requantize_pack_k45(const float *__restrict__ x, u8 *__restrict__ L,
+                                                    u8 *__restrict__ y, u16 d16, u16 m16, int nmax) {
+    const u8 *sc = y + 4;
     put_f16(y, d16); put_f16(y + 2, m16);
-    for (int j = 0; j < 8; ++j) {   // get_scale_min_k4 on the bytes just written
+    for (int j = 0; j < 8; ++j) {
         u8 s, m;
         if (j < 4) { s = sc[j] & 63; m = sc[j + 4] & 63; }
         else {
@@ -283,6 +270,26 @@ __device__ __forceinline__ void pack_k45(const float *__restrict__ x, const floa
         for (int l = 0; l < 32; ++l) q[l] = (u8)((L[j + l] & 15) | ((L[j + l + 32] & 15) << 4));
 }
 
+// Q4_K (nmax 15), 144 bytes: d, dmin, scales[12], qs[128]
+// Q5_K (nmax 31), 176 bytes: d, dmin, scales[12], qh[32], qs[128]
+__device__ __forceinline__ void pack_k45(const float *__restrict__ x, const float *__restrict__ scales,
+        const float *__restrict__ mins, u8 *__restrict__ L, u8 *__restrict__ y, int nmax) {
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; ++j) {
+        if (scales[j] > max_scale) max_scale = scales[j];
+        if (mins[j] > max_min) max_min = mins[j];
+    }
+    float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    u8 *sc = y + 4;
+    for (int j = 0; j < 8; ++j) {
+        u8 ls = (u8)kq_round(inv_scale * scales[j]);
+        u8 lm = (u8)kq_round(inv_min * mins[j]);
+        put_scale_min_k4(sc, j, ls < 63 ? ls : 63, lm < 63 ? lm : 63);
+    }
+    requantize_pack_k45(x, L, y, f32_to_f16(max_scale / 63.f), f32_to_f16(max_min / 63.f), nmax);
+}
+
 extern "C" __global__ void q4_k_pack(const float *x, const float *scales, const float *mins, u8 *L,
                                      u8 *y, i64 n) {
     GRID_STRIDE(i, n) pack_k45(x + 256 * i, scales + 8 * i, mins + 8 * i, L + 256 * i, y + 144 * i, 15);
@@ -301,6 +308,20 @@ __device__ __forceinline__ void pack_2bit(const u8 *__restrict__ L, u8 *__restri
         for (int l = 0; l < 32; ++l)
             qs[j / 4 + l] = (u8)((L[j + l] & 3) | ((L[j + l + 32] & 3) << 2)
                                  | ((L[j + l + 64] & 3) << 4) | ((L[j + l + 96] & 3) << 6));
+}
+
+// the tail of Q2_K, after the scale bytes y[0..16): requantize with them, pack the levels, write d and dmin
+__device__ __forceinline__ void requantize_pack_q2(const float *__restrict__ x, u8 *__restrict__ L,
+                                                   u8 *__restrict__ y, u16 d16, u16 m16) {
+    for (int j = 0; j < 16; ++j) {
+        const float d = f16_to_f32(d16) * (y[j] & 0xF);
+        if (!d) continue;
+        const float dm = f16_to_f32(m16) * (y[j] >> 4);
+        for (int ii = 0; ii < 16; ++ii)
+            L[16 * j + ii] = (u8)kq_clamp(kq_round((x[16 * j + ii] + dm) / d), 0, 3);
+    }
+    pack_2bit(L, y + 16);
+    put_f16(y + 80, d16); put_f16(y + 82, m16);
 }
 
 // Q2_K, 84 bytes: scales[16] (4-bit scale | 4-bit min << 4), qs[64], d, dmin
@@ -328,21 +349,41 @@ extern "C" __global__ void q2_k_pack(const float *xs, const float *scales_, cons
             for (int j = 0; j < 16; ++j) y[j] |= (u8)((u32)kq_round(iscale * mins[j]) << 4);
             m16 = f32_to_f16(max_min / 15.f);
         }
-        for (int j = 0; j < 16; ++j) {
-            const float d = f16_to_f32(d16) * (y[j] & 0xF);
-            if (!d) continue;
-            const float dm = f16_to_f32(m16) * (y[j] >> 4);
-            for (int ii = 0; ii < 16; ++ii)
-                L[16 * j + ii] = (u8)kq_clamp(kq_round((x[16 * j + ii] + dm) / d), 0, 3);
-        }
-        pack_2bit(L, y + 16);
-        put_f16(y + 80, d16); put_f16(y + 82, m16);
+        requantize_pack_q2(x, L, y, d16, m16);
     }
 }
 '''
 
 # %% ../nbs/04d_cuda_kquants.ipynb #0df66d43
 _PACK_Q3 = r'''
+// scale j of Q3_K (6 bits, offset by 32) into its 12 scale bytes sc: low nibbles, then two bits in sc[8..12)
+__device__ __forceinline__ void put_scale_q3(u8 *sc, int j, int l) {
+    if (j < 8) sc[j] = (u8)(l & 0xF);
+    else sc[j - 8] |= (u8)((l & 0xF) << 4);
+    l >>= 4;
+    sc[j % 4 + 8] |= (u8)(l << (2 * (j / 4)));
+}
+// the tail of Q3_K, after the scale bytes: requantize with them, write hmask and the low two bits, and d
+__device__ __forceinline__ void requantize_pack_q3(const float *__restrict__ x, u8 *__restrict__ L,
+                                                   u8 *__restrict__ y, u16 d16) {
+    const u8 *sc = y + 96;
+    for (int j = 0; j < 16; ++j) {
+        signed char s = (signed char)(j < 8 ? sc[j] & 0xF : sc[j - 8] >> 4);
+        s = (signed char)((s | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
+        float d = f16_to_f32(d16) * s;
+        if (!d) continue;
+        for (int ii = 0; ii < 16; ++ii)
+            L[16 * j + ii] = (u8)(kq_clamp(kq_round(x[16 * j + ii] / d), -4, 3) + 4);
+    }
+    for (int m = 0; m < 32; ++m) {   // bit b of hmask[m]: the third bit of value 32b + m
+        u8 h = 0;
+        for (int b = 0; b < 8; ++b) h |= (u8)((L[32 * b + m] > 3) << b);
+        y[m] = h;
+    }
+    pack_2bit(L, y + 32);
+    put_f16(y + 108, d16);
+}
+
 // Q3_K, 110 bytes: hmask[32] (third bits), qs[64] (low two bits), scales[12] (sixteen 6-bit scales), d
 extern "C" __global__ void q3_k_pack(const float *xs, const float *scales_, const float *mins_, u8 *Ls,
                                      u8 *ys, i64 n) {
@@ -362,29 +403,11 @@ extern "C" __global__ void q3_k_pack(const float *xs, const float *scales_, cons
             float iscale = -32.f / max_scale;
             for (int j = 0; j < 16; ++j) {
                 signed char l = (signed char)kq_round(iscale * scales[j]);
-                l = (signed char)(kq_clamp(l, -32, 31) + 32);
-                if (j < 8) sc[j] = (u8)(l & 0xF);
-                else sc[j - 8] |= (u8)((l & 0xF) << 4);
-                l >>= 4;
-                sc[j % 4 + 8] |= (u8)(l << (2 * (j / 4)));
+                put_scale_q3(sc, j, kq_clamp(l, -32, 31) + 32);
             }
             d16 = f32_to_f16(1 / iscale);
         }
-        for (int j = 0; j < 16; ++j) {
-            signed char s = (signed char)(j < 8 ? sc[j] & 0xF : sc[j - 8] >> 4);
-            s = (signed char)((s | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
-            float d = f16_to_f32(d16) * s;
-            if (!d) continue;
-            for (int ii = 0; ii < 16; ++ii)
-                L[16 * j + ii] = (u8)(kq_clamp(kq_round(x[16 * j + ii] / d), -4, 3) + 4);
-        }
-        for (int m = 0; m < 32; ++m) {   // bit b of hmask[m]: the third bit of value 32b + m
-            u8 h = 0;
-            for (int b = 0; b < 8; ++b) h |= (u8)((L[32 * b + m] > 3) << b);
-            y[m] = h;
-        }
-        pack_2bit(L, y + 32);
-        put_f16(y + 108, d16);
+        requantize_pack_q3(x, L, y, d16);
     }
 }
 '''

@@ -17,7 +17,7 @@ __all__ = ['SELECT_SOURCE', 'SELECT', 'TIES_SOURCE', 'TIES', 'COMBINE_SOURCE', '
            'divisor_table', 'combine', 'uniform', 'abs_sum']
 
 # %% ../nbs/03e_cuda_merge.ipynb #ba93f612
-SELECT_SOURCE = r'''
+_SELECT_KEYS = r'''
 // float32 bits as an unsigned key in the floats' order: -0.0 as +0.0, every NaN above +inf
 __device__ __forceinline__ u32 order_key(u32 u) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return 0xffffffffu;
@@ -46,7 +46,10 @@ __device__ __forceinline__ u32 key_bits(u32 mode, u32 key) {   // a key back to 
 // state[q * 8 + ...]: 0 high 16 bits, 1 count strictly below the bin, then 2 key, 3 tie index among equal
 // keys, 4 position of the element of that rank (-1 until known), 5 count of equal keys
 #define ST(q, f) state[(i64)(q) * 8 + (f)]
+'''
 
+# %% ../nbs/03e_cuda_merge.ipynb #1b31002c
+_SELECT_HIGH = r'''
 // pass 1: histogram of the keys' top 16 bits, one row of 65536 per query
 extern "C" __global__ void select_high(u32 mode, const u64 *src, const float *b, i64 n, i32 nq,
                                        const i32 *source, const i64 *rank, u32 *hist, u32 *nan) {
@@ -90,7 +93,10 @@ extern "C" __global__ void select_scan_high(const u32 *hist, const u32 *groups, 
         ST(q, 1) = below;
     }
 }
+'''
 
+# %% ../nbs/03e_cuda_merge.ipynb #413a9e42
+_SELECT_LOW = r'''
 // pass 2: histogram of the low 16 bits of the keys in that bin, and the first position of each low value
 // (n - j, max)
 extern "C" __global__ void select_low(u32 mode, const u64 *src, const float *b, i64 n, i32 nq,
@@ -122,7 +128,10 @@ extern "C" __global__ void select_scan_low(u32 mode, const u32 *hist, const u32 
         value[q] = bits_f32(key_bits(mode, key));
     }
 }
+'''
 
+# %% ../nbs/03e_cuda_merge.ipynb #8d3e081d
+_SELECT_TIES = r'''
 // where a rank falls inside a run of equal keys: count the equal keys per chunk of positions
 extern "C" __global__ void select_tie_chunks(u32 mode, const u64 *src, const float *b, i64 n, i32 nq,
                                              const i32 *source, const i64 *rank, const i64 *state,
@@ -157,7 +166,10 @@ extern "C" __global__ void select_tie_find(u32 mode, const u64 *src, const float
         }
     }
 }
+'''
 
+# %% ../nbs/03e_cuda_merge.ipynb #1235ec94
+_SELECT_MASK = r'''
 // rank_mask: the elements whose (key, position) lies between query 0's and query 1's (either may be absent)
 extern "C" __global__ void select_mask(const u64 *src, i64 n, const i64 *rank, const i64 *state, u8 *mask) {
     const float *x = (const float *)src[0];
@@ -172,6 +184,9 @@ extern "C" __global__ void select_mask(const u64 *src, i64 n, const i64 *rank, c
     }
 }
 '''
+
+# %% ../nbs/03e_cuda_merge.ipynb #80156db9
+SELECT_SOURCE = _SELECT_KEYS + _SELECT_HIGH + _SELECT_LOW + _SELECT_TIES + _SELECT_MASK
 
 # %% ../nbs/03e_cuda_merge.ipynb #4799eaae
 SELECT = Kernels(SELECT_SOURCE)

@@ -18,12 +18,7 @@ __all__ = ['WEIGHTED_KERNELS', 'WEIGHTED_FORMATS', 'quantize_weighted_rows']
 # %% ../nbs/04e_cuda_weighted.ipynb #f12e5478
 _WEIGHTS = r'''
 extern "C" __global__ void sum_squares(const float *x, float *sums, i64 group, i64 n) {
-    GRID_STRIDE(g, n) {
-        const float *__restrict__ v = x + g * group;
-        float s = 0;
-        for (i64 i = 0; i < group; ++i) s += v[i] * v[i];
-        sums[g] = s;
-    }
+    GRID_STRIDE(g, n) sums[g] = sum_squares_of(x + g * group, group);
 }
 // weight of value i: qw[col] * sqrtf(sigma2 + x*x), sigma2 = mul * sum / group; with_sigma 0: qw[col] alone
 extern "C" __global__ void importance_weights(const float *x, const float *qw, const float *sums, float *W,
@@ -104,49 +99,7 @@ __device__ __forceinline__ float qkx3_search(const float *__restrict__ x, const 
 }
 '''
 
-# %% ../nbs/04e_cuda_weighted.ipynb #a4c0006c
-_QX = r'''
-// make_qx_quants(n, nmax, x, L, 1, w): L[i] = nmax + l (all zero for a block below GROUP_MAX_EPS)
-__device__ __forceinline__ float qx_search(const float *__restrict__ x, const float *__restrict__ w, int n,
-                                           int nmax, u8 *__restrict__ L) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; ++i) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
-    }
-    if (amax < GROUP_MAX_EPS) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        return 0.f;
-    }
-    float iscale = -nmax / max;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = kq_clamp(kq_round(iscale * x[i]), -nmax, nmax - 1);
-        sumlx += w[i] * x[i] * l;
-        suml2 += w[i] * l * l;
-    }
-    float scale = suml2 ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx, best_iscale = iscale;
-    for (int is = -9; is <= 9; ++is) {
-        if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = kq_clamp(kq_round(iscale * x[i]), -nmax, nmax - 1);
-            sumlx += w[i] * x[i] * l;
-            suml2 += w[i] * l * l;
-        }
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            best_iscale = iscale;
-            scale = sumlx / suml2; best = scale * sumlx;
-        }
-    }
-    for (int i = 0; i < n; ++i) L[i] = (u8)(nmax + kq_clamp(kq_round(best_iscale * x[i]), -nmax, nmax - 1));
-    return scale;
-}
-'''
-
-# %% ../nbs/04e_cuda_weighted.ipynb #56380d3a
+# %% ../nbs/04e_cuda_weighted.ipynb #5290cbbb
 _QP = r'''
 // make_qp_quants(n, nmax, x, L, w); L holds C's uint8_t levels
 __device__ __forceinline__ float qp_search(const float *__restrict__ x, const float *__restrict__ w, int n,
@@ -210,7 +163,7 @@ __device__ __forceinline__ float qp_search(const float *__restrict__ x, const fl
 }
 '''
 
-# %% ../nbs/04e_cuda_weighted.ipynb #9b68f735
+# %% ../nbs/04e_cuda_weighted.ipynb #bbf7a8a8
 _SEARCH_K = r'''
 __device__ __forceinline__ float total_weight(const float *__restrict__ w, int n) {
     float s = 0;
@@ -234,51 +187,19 @@ WEIGHTED_SEARCH(q3_k_weighted_search, 16, qx_search(x, w, 16, 4, L))
 WEIGHTED_SEARCH(q6_k_weighted_search, 16, qx_search(x, w, 16, 32, L))
 '''
 
-# %% ../nbs/04e_cuda_weighted.ipynb #5130dceb
+# %% ../nbs/04e_cuda_weighted.ipynb #ad3c7667
 _PACK_K45_WEIGHTED = r'''
 __device__ __forceinline__ void pack_k45_weighted(const float *__restrict__ x, const float *__restrict__ scales,
         const float *__restrict__ mins, const float *__restrict__ sw, u8 *__restrict__ L, u8 *__restrict__ Lq,
         u8 *__restrict__ y, int nmax) {
     float d_block = qp_search(scales, sw, 8, 63, Lq);
     float m_block = qp_search(mins, sw, 8, 63, Lq + 8);
-    u8 *sc = y + 4;
     for (int j = 0; j < 8; ++j) {
         u8 ls = Lq[j], lm = Lq[8 + j];
         if (nmax == 31) { ls = ls < 63 ? ls : 63; lm = lm < 63 ? lm : 63; }
-        if (j < 4) {
-            sc[j] = ls; sc[j + 4] = lm;
-        } else {
-            sc[j + 4] = (u8)((ls & 0xF) | ((lm & 0xF) << 4));
-            sc[j - 4] |= (u8)((ls >> 4) << 6);
-            sc[j] |= (u8)((lm >> 4) << 6);
-        }
+        put_scale_min_k4(y + 4, j, ls, lm);
     }
-    u16 d16 = f32_to_f16(d_block), m16 = f32_to_f16(m_block);
-    put_f16(y, d16); put_f16(y + 2, m16);
-    for (int j = 0; j < 8; ++j) {   // get_scale_min_k4 on the bytes just written
-        u8 s, m;
-        if (j < 4) { s = sc[j] & 63; m = sc[j + 4] & 63; }
-        else {
-            s = (u8)((sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4));
-            m = (u8)((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4));
-        }
-        const float d = f16_to_f32(d16) * s;
-        if (!d) continue;
-        const float dm = f16_to_f32(m16) * m;
-        for (int ii = 0; ii < 32; ++ii)
-            L[32 * j + ii] = (u8)kq_clamp(kq_round((x[32 * j + ii] + dm) / d), 0, nmax);
-    }
-    u8 *q = y + (nmax == 15 ? 16 : 48);
-    if (nmax == 31) {
-        u8 *qh = y + 16;
-        for (int l = 0; l < 32; ++l) {
-            u8 h = 0;
-            for (int b = 0; b < 8; ++b) h |= (u8)((L[32 * b + l] >> 4) << b);
-            qh[l] = h;
-        }
-    }
-    for (int j = 0; j < 256; j += 64, q += 32)
-        for (int l = 0; l < 32; ++l) q[l] = (u8)((L[j + l] & 15) | ((L[j + l + 32] & 15) << 4));
+    requantize_pack_k45(x, L, y, f32_to_f16(d_block), f32_to_f16(m_block), nmax);
 }
 extern "C" __global__ void q4_k_weighted_pack(const float *x, const float *scales, const float *mins,
                                               const float *sw, u8 *L, u8 *Lq, u8 *y, i64 n) {
@@ -292,8 +213,8 @@ extern "C" __global__ void q5_k_weighted_pack(const float *x, const float *scale
 }
 '''
 
-# %% ../nbs/04e_cuda_weighted.ipynb #5e5d00be
-_PACK_Q23_WEIGHTED = r'''
+# %% ../nbs/04e_cuda_weighted.ipynb #2d31a6e7
+_PACK_Q2_WEIGHTED = r'''
 extern "C" __global__ void q2_k_weighted_pack(const float *xs, const float *scales_, const float *mins_,
                                               const float *sw_, u8 *Ls_, u8 *Lq_, u8 *ys, i64 n) {
     GRID_STRIDE(i, n) {
@@ -301,19 +222,14 @@ extern "C" __global__ void q2_k_weighted_pack(const float *xs, const float *scal
         u8 *__restrict__ L = Ls_ + 256 * i, *__restrict__ Lq = Lq_ + 32 * i, *__restrict__ y = ys + 84 * i;
         float dm = qp_search(scales_ + 16 * i, sw, 16, 15, Lq);
         float mm = qp_search(mins_ + 16 * i, sw, 16, 15, Lq + 16);
-        u16 d16 = f32_to_f16(dm), m16 = f32_to_f16(mm);
         for (int j = 0; j < 16; ++j) y[j] = (u8)(Lq[j] | (Lq[16 + j] << 4));
-        for (int j = 0; j < 16; ++j) {
-            const float d = f16_to_f32(d16) * (y[j] & 0xF);
-            if (!d) continue;
-            const float m = f16_to_f32(m16) * (y[j] >> 4);
-            for (int ii = 0; ii < 16; ++ii)
-                L[16 * j + ii] = (u8)kq_clamp(kq_round((x[16 * j + ii] + m) / d), 0, 3);
-        }
-        pack_2bit(L, y + 16);
-        put_f16(y + 80, d16); put_f16(y + 82, m16);
+        requantize_pack_q2(x, L, y, f32_to_f16(dm), f32_to_f16(mm));
     }
 }
+'''
+
+# %% ../nbs/04e_cuda_weighted.ipynb #b8b5f584
+_PACK_Q3_WEIGHTED = r'''
 extern "C" __global__ void q3_k_weighted_pack(const float *xs, const float *scales_, const float *mins_,
                                               const float *sw_, u8 *Ls_, u8 *Lq_, u8 *ys, i64 n) {
     GRID_STRIDE(i, n) {
@@ -322,34 +238,13 @@ extern "C" __global__ void q3_k_weighted_pack(const float *xs, const float *scal
         u8 *sc = y + 96;
         float d_block = qx_search(scales_ + 16 * i, sw_ + 16 * i, 16, 32, Lq);
         for (int j = 0; j < 12; ++j) sc[j] = 0;
-        for (int j = 0; j < 16; ++j) {
-            int l = Lq[j];
-            if (j < 8) sc[j] = (u8)(l & 0xF);
-            else sc[j - 8] |= (u8)((l & 0xF) << 4);
-            l >>= 4;
-            sc[j % 4 + 8] |= (u8)(l << (2 * (j / 4)));
-        }
-        u16 d16 = f32_to_f16(d_block);
-        for (int j = 0; j < 16; ++j) {
-            signed char s = (signed char)(j < 8 ? sc[j] & 0xF : sc[j - 8] >> 4);
-            s = (signed char)((s | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
-            float d = f16_to_f32(d16) * s;
-            if (!d) continue;
-            for (int ii = 0; ii < 16; ++ii)
-                L[16 * j + ii] = (u8)(kq_clamp(kq_round(x[16 * j + ii] / d), -4, 3) + 4);
-        }
-        for (int m = 0; m < 32; ++m) {   // bit b of hmask[m]: the third bit of value 32b + m
-            u8 h = 0;
-            for (int b = 0; b < 8; ++b) h |= (u8)((L[32 * b + m] > 3) << b);
-            y[m] = h;
-        }
-        pack_2bit(L, y + 32);
-        put_f16(y + 108, d16);
+        for (int j = 0; j < 16; ++j) put_scale_q3(sc, j, Lq[j]);
+        requantize_pack_q3(x, L, y, f32_to_f16(d_block));
     }
 }
 '''
 
-# %% ../nbs/04e_cuda_weighted.ipynb #e233343b
+# %% ../nbs/04e_cuda_weighted.ipynb #c127c340
 _LEGACY = r'''
 __device__ __forceinline__ void pack_legacy(const u8 *__restrict__ L, u8 *__restrict__ y, float d, bool minimum,
                                             float min, bool five) {
@@ -380,14 +275,14 @@ WEIGHTED_LEGACY(q5_0_weighted, 22, 16, false, true)
 WEIGHTED_LEGACY(q5_1_weighted, 24, 31, true, true)
 '''
 
-# %% ../nbs/04e_cuda_weighted.ipynb #06dbc846
-WEIGHTED_KERNELS = Kernels(KQUANT_KERNELS.source + _WEIGHTS + _QKX3 + _QX + _QP + _SEARCH_K
-                           + _PACK_K45_WEIGHTED + _PACK_Q23_WEIGHTED + _LEGACY)
+# %% ../nbs/04e_cuda_weighted.ipynb #c96bcaa7
+WEIGHTED_KERNELS = Kernels(KQUANT_KERNELS.source + _WEIGHTS + _QKX3 + _QP + _SEARCH_K
+                           + _PACK_K45_WEIGHTED + _PACK_Q2_WEIGHTED + _PACK_Q3_WEIGHTED + _LEGACY)
 WEIGHTED_FORMATS = {'q2_k': (84, 256, 1.0), 'q3_k': (110, 256, 2.0), 'q4_k': (144, 256, 2.0),
                     'q5_k': (176, 256, 2.0), 'q6_k': (210, 256, None),
                     'q4_0': (18, 32, 1.0), 'q4_1': (20, 32, 1.0), 'q5_0': (22, 32, 1.0), 'q5_1': (24, 32, 1.0)}
 
-# %% ../nbs/04e_cuda_weighted.ipynb #e002c115
+# %% ../nbs/04e_cuda_weighted.ipynb #74fbc52a
 def _check(name, x, imatrix):
     "The format's entry, or a `QuantizeError` naming the format"
     name = str(name).lower()
@@ -405,7 +300,7 @@ def _check(name, x, imatrix):
         raise QuantizeError(f"{name}: an importance vector of {imatrix.size} values for rows of {x.shape[1]}")
     return name
 
-# %% ../nbs/04e_cuda_weighted.ipynb #0d95caca
+# %% ../nbs/04e_cuda_weighted.ipynb #4b9efda8
 def quantize_weighted_rows(name:str, # 'q2_k'..'q6_k', 'q4_0', 'q4_1', 'q5_0' or 'q5_1'
                            x, # float32 `(rows, columns)` (numpy or CuPy), columns a multiple of the block size
                            imatrix, # float32 `(columns,)`: each column's importance, on the device of `x`

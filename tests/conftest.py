@@ -1,9 +1,31 @@
 import json, os, shutil, subprocess, sys
 from pathlib import Path
-import pytest
+import numpy as np, pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / 'models'
+
+NVCC = shutil.which('nvcc') or shutil.which('/usr/local/cuda/bin/nvcc')
+
+def cupy_helpers():
+    "entrenar.backend's (to_device, to_numpy, is_device_array), imported inside the GPU tests that use them"
+    from entrenar.backend import to_device, to_numpy, is_device_array
+    return to_device, to_numpy, is_device_array
+
+def differing_blocks(got, want, block_bytes:int):
+    "Indices of the blocks of `block_bytes` in which `got` (host or device bytes) and `want` differ"
+    from entrenar.backend import to_numpy
+    return np.nonzero((to_numpy(got).reshape(-1, block_bytes) != np.asarray(want).reshape(-1, block_bytes)).any(axis=1))[0]
+
+def sm90_kernels(source:str):
+    "The entry functions nvcc compiles from `source` for sm_90, after checking that none spills or uses a stack frame"
+    from entrenar.cuda import gpu_compile
+    report = gpu_compile(source, 'sm_90')
+    kernels = [l.split("'")[1] for l in report.splitlines() if 'Compiling entry function' in l]
+    spills = [l for l in report.splitlines() if 'spill stores' in l]
+    assert len(spills) == len(kernels), report
+    assert all('0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads' in l for l in spills), report
+    return kernels
 
 def _has_gpu():
     try:

@@ -1,14 +1,13 @@
 "The K-quant kernels of entrenar.cuda_kquants against entrenar's CPU K-quants (= ggml), byte for byte"
-import shutil, warnings
+import warnings
 import numpy as np, pytest
 import fastcore.test as ft
-from entrenar.cuda import gpu_compile
+from conftest import NVCC, cupy_helpers, differing_blocks, sm90_kernels
 from entrenar.cuda_kquants import quantize_kquant, KQUANT_KERNELS, KQUANT_FORMATS
 from entrenar.errors import QuantizeError
 from entrenar.quantize import get_block_format
 
 FORMATS = ['q4_k', 'q6_k', 'q5_k', 'q3_k', 'q2_k']
-NVCC = shutil.which('nvcc') or shutil.which('/usr/local/cuda/bin/nvcc')
 
 def cpu(name, x):
     "entrenar's CPU bytes (numba loops, equal to ggml's quantize_row_qX_K_ref)"
@@ -20,7 +19,7 @@ def check(name, x, **kw):
     got, want = quantize_kquant(name, x, **kw), cpu(name, x)
     ft.test_eq(got.dtype, np.uint8)
     ft.test_eq(got.shape, want.shape)
-    bad = np.nonzero((got != want).any(axis=1))[0]
+    bad = differing_blocks(got, want, want.shape[1])
     assert len(bad) == 0, f"{name}: super-blocks {bad[:10].tolist()} differ from the CPU's bytes"
 
 def edge_blocks():
@@ -84,35 +83,26 @@ def test_bad_input_names_the_format():
 
 @pytest.mark.skipif(NVCC is None, reason="needs CUDA's nvcc")
 def test_gpu_compile_sm90_without_spills():
-    report = gpu_compile(KQUANT_KERNELS.source, 'sm_90')
-    kernels = [l.split("'")[1] for l in report.splitlines() if 'Compiling entry function' in l]
+    kernels = sm90_kernels(KQUANT_KERNELS.source)
     ft.test_eq(sorted(kernels), sorted(f'{n}_{k}' for n in KQUANT_FORMATS for k in ('search', 'pack')))
-    spills = [l for l in report.splitlines() if 'spill stores' in l]
-    ft.test_eq(len(spills), len(kernels))
-    assert all('0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads' in l for l in spills), report
-
-def _cupy():
-    from entrenar.backend import to_device, to_numpy, is_device_array
-    return to_device, to_numpy, is_device_array
 
 @pytest.mark.gpu
 @pytest.mark.parametrize('name', FORMATS)
 def test_gpu_bytes_equal_cpu(name):
-    to_device, to_numpy, is_device_array = _cupy()
+    to_device, _, is_device_array = cupy_helpers()
     rng = np.random.default_rng(5)
     x = np.concatenate([rng.standard_normal((3000, 256)) * s for s in (1e-3, 1.0, 1e3)] +
                        [rng.standard_t(3, (3000, 256))]).astype(np.float32)
     got = quantize_kquant(name, to_device(x, 'cupy'))
     assert is_device_array(got)
     ft.test_eq(got.shape, (len(x), KQUANT_FORMATS[name][0]))
-    host = to_numpy(got)
-    bad = np.nonzero((host != cpu(name, x)).any(axis=1))[0]
+    bad = differing_blocks(got, cpu(name, x), KQUANT_FORMATS[name][0])
     assert len(bad) == 0, f"{name}: {len(bad)} super-blocks differ on the GPU, first {bad[:10].tolist()}"
 
 @pytest.mark.gpu
 @pytest.mark.parametrize('name', FORMATS)
 def test_gpu_edge_super_blocks(name):
-    to_device, to_numpy, _ = _cupy()
+    to_device, to_numpy, _ = cupy_helpers()
     x = np.stack(list(EDGES.values())).astype(np.float32)
     host = to_numpy(quantize_kquant(name, to_device(x, 'cupy')))
     want = cpu(name, x)
@@ -121,6 +111,6 @@ def test_gpu_edge_super_blocks(name):
 
 @pytest.mark.gpu
 def test_gpu_refuses_bad_input():
-    to_device, _, _ = _cupy()
+    to_device, _, _ = cupy_helpers()
     with ft.ExceptionExpected(QuantizeError, regex='q4_k.*not whole super-blocks'): quantize_kquant('q4_k', to_device(np.zeros(300, np.float32), 'cupy'))
     with ft.ExceptionExpected(QuantizeError, regex='q6_k.*float64'): quantize_kquant('q6_k', to_device(np.zeros(256), 'cupy'))

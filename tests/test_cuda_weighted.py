@@ -1,14 +1,13 @@
 "The importance-weighted kernels of entrenar.cuda_weighted against entrenar's CPU quantizer (= llama-quantize --imatrix), byte for byte"
-import shutil, warnings
+import warnings
 import numpy as np, pytest
 import fastcore.test as ft
-from entrenar.cuda import gpu_compile
+from conftest import NVCC, cupy_helpers, differing_blocks, sm90_kernels
 from entrenar.cuda_weighted import quantize_weighted_rows, WEIGHTED_KERNELS, WEIGHTED_FORMATS
 from entrenar.errors import QuantizeError
 from entrenar.quantize import get_block_format
 
 FORMATS = ['q4_k', 'q6_k', 'q5_k', 'q3_k', 'q2_k', 'q4_0', 'q4_1', 'q5_0', 'q5_1']
-NVCC = shutil.which('nvcc') or shutil.which('/usr/local/cuda/bin/nvcc')
 
 def cpu(name, x, imatrix):
     "entrenar's CPU bytes (equal to ggml's quantize_row_qX_impl with quant_weights)"
@@ -22,7 +21,7 @@ def check(name, x, imatrix, **kw):
     ft.test_eq(got.dtype, np.uint8)
     ft.test_eq(got.shape, want.shape)
     size = WEIGHTED_FORMATS[name][0]
-    bad = np.nonzero((got.reshape(-1, size) != want.reshape(-1, size)).any(axis=1))[0]
+    bad = differing_blocks(got, want, size)
     assert len(bad) == 0, f"{name}: blocks {bad[:10].tolist()} of {got.size // size} differ from the CPU's bytes"
 
 def spread_imatrix(rng, n, zeros=True):
@@ -99,24 +98,16 @@ def test_bad_input_names_the_format():
 
 @pytest.mark.skipif(NVCC is None, reason="needs CUDA's nvcc")
 def test_gpu_compile_sm90_without_spills():
-    report = gpu_compile(WEIGHTED_KERNELS.source, 'sm_90')
-    kernels = [l.split("'")[1] for l in report.splitlines() if 'Compiling entry function' in l]
+    kernels = sm90_kernels(WEIGHTED_KERNELS.source)
     want = {'sum_squares', 'importance_weights', 'q6_k_pack'} | {f'{n}_weighted' for n in ('q4_0', 'q4_1', 'q5_0', 'q5_1')}
     want |= {f'{n}_weighted_search' for n in ('q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k')}
     want |= {f'{n}_weighted_pack' for n in ('q2_k', 'q3_k', 'q4_k', 'q5_k')}
     assert want <= set(kernels), want - set(kernels)
-    spills = [l for l in report.splitlines() if 'spill stores' in l]
-    ft.test_eq(len(spills), len(kernels))
-    assert all('0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads' in l for l in spills), report
-
-def _cupy():
-    from entrenar.backend import to_device, to_numpy, is_device_array
-    return to_device, to_numpy, is_device_array
 
 @pytest.mark.gpu
 @pytest.mark.parametrize('name', FORMATS)
 def test_gpu_bytes_equal_cpu(name):
-    to_device, to_numpy, is_device_array = _cupy()
+    to_device, _, is_device_array = cupy_helpers()
     rng = np.random.default_rng(5)
     x = np.concatenate([rng.standard_normal((64, 4096)) * s for s in (1e-3, 1.0, 1e3)] +
                        [rng.standard_t(3, (64, 4096))]).astype(np.float32)
@@ -125,8 +116,7 @@ def test_gpu_bytes_equal_cpu(name):
     assert is_device_array(got)
     want = cpu(name, x, w)
     ft.test_eq(got.shape, want.shape)
-    size = WEIGHTED_FORMATS[name][0]
-    bad = np.nonzero((to_numpy(got).reshape(-1, size) != want.reshape(-1, size)).any(axis=1))[0]
+    bad = differing_blocks(got, want, WEIGHTED_FORMATS[name][0])
     assert len(bad) == 0, f"{name}: {len(bad)} blocks differ on the GPU, first {bad[:10].tolist()}"
 
 def _blocks_differ(name, g, e):
@@ -147,7 +137,7 @@ def _nan_scaled(name, r):
 @pytest.mark.gpu
 @pytest.mark.parametrize('name', FORMATS)
 def test_gpu_edge_rows(name):
-    to_device, to_numpy, _ = _cupy()
+    to_device, to_numpy, _ = cupy_helpers()
     rng = np.random.default_rng(11)
     edges = edge_rows(rng)
     x, w = np.stack(list(edges.values())).astype(np.float32), spread_imatrix(rng, 512)
@@ -157,7 +147,7 @@ def test_gpu_edge_rows(name):
 
 @pytest.mark.gpu
 def test_gpu_refuses_bad_input():
-    to_device, _, _ = _cupy()
+    to_device, _, _ = cupy_helpers()
     x = to_device(np.zeros((2, 256), np.float32), 'cupy')
     with ft.ExceptionExpected(QuantizeError, regex='q4_k.*same device'): quantize_weighted_rows('q4_k', x, np.ones(256, np.float32))
     with ft.ExceptionExpected(QuantizeError, regex='q6_k.*float32'): quantize_weighted_rows('q6_k', x.astype('float64'), to_device(np.ones(256, np.float32), 'cupy'))

@@ -12,8 +12,8 @@ from functools import partial
 from pathlib import Path
 import numpy as np
 from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
-from .io import (check_output_is_not_input, Model, ModelMetadata, TensorSpec, ModelWriter, load_model, lazy_tensor, atomic_path, atomic_dir,
-                         is_float_dtype)
+from .io import (check_output_is_not_input, Model, ModelMetadata, TensorSpec, ModelWriter, load_model,
+                         lazy_tensor, atomic_path, atomic_dir, is_float_dtype)
 
 # %% auto #0
 __all__ = ['ADAPTER_CONFIG', 'ADAPTER_WEIGHTS', 'EMBEDDING_MODULES', 'OUTPUT_MODULES', 'split_reference', 'LoraAdapter',
@@ -35,7 +35,8 @@ def split_reference(ref, # a model path, `hf://org/name`, or `model+adapter`
 # %% ../nbs/03b_lora.ipynb #af9d7784
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = 'adapter_config.json', 'adapter_model.safetensors'
 _PREFIX = 'base_model.model.'
-_LORA_NAME = re.compile(r'^(?P<module>.+)\.(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B)$')
+_LORA_NAME = re.compile(r'^(?P<module>.+)\.'
+                        r'(?P<part>lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_embedding_A|lora_embedding_B)$')
 
 @dataclass
 class LoraAdapter:
@@ -48,7 +49,8 @@ class LoraAdapter:
 
     def __repr__(self):
         c = self.config
-        return f"LoraAdapter(r={c.get('r')}, alpha={c.get('lora_alpha')}, {len(self.lora)} modules, {len(self.full)} whole tensors)"
+        return (f"LoraAdapter(r={c.get('r')}, alpha={c.get('lora_alpha')}, {len(self.lora)} modules, "
+                f"{len(self.full)} whole tensors)")
 
 # %% ../nbs/03b_lora.ipynb #4d4cab38
 def index_adapter(config:dict, # the adapter_config.json contents
@@ -57,13 +59,16 @@ def index_adapter(config:dict, # the adapter_config.json contents
                  ) -> LoraAdapter:
     "A `LoraAdapter` from PEFT's config and tensors: LoRA pairs by module, whole tensors by base name"
     if str(config.get('peft_type', 'LORA')).upper() != 'LORA':
-        raise MergeError(f"peft_type {short_repr(config.get('peft_type'))}: only LoRA adapters can be folded", path=path)
+        raise MergeError(f"peft_type {short_repr(config.get('peft_type'))}: only LoRA adapters can be folded",
+                         path=path)
     if config.get('use_dora'): raise MergeError("a DoRA adapter (use_dora): only plain LoRA can be folded", path=path)
     ad = LoraAdapter(config, tensors, None if path is None else Path(path))
     for name in tensors.names:
         key = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
         m = _LORA_NAME.match(key)
-        if m is None: ad.full[key.replace('.modules_to_save.', '.').replace('.base_layer.', '.')] = name; continue
+        if m is None:
+            ad.full[key.replace('.modules_to_save.', '.').replace('.base_layer.', '.')] = name
+            continue
         entry = ad.lora.setdefault(m['module'], {'embedding': False})
         part = m['part']
         if part == 'lora_B.bias': entry['bias'] = name
@@ -82,13 +87,15 @@ def load_adapter(path, # a PEFT adapter folder: adapter_config.json + adapter_mo
     if str(path).startswith('hf://'):
         from entrenar.hf_pipeline import resolve_hf_uri
         p = Path(resolve_hf_uri(str(path)))
-    if not p.is_dir(): raise IoError("no such adapter folder (a PEFT adapter is a folder with adapter_config.json)", path=p)
+    if not p.is_dir():
+        raise IoError("no such adapter folder (a PEFT adapter is a folder with adapter_config.json)", path=p)
     cfg_path, weights = p / ADAPTER_CONFIG, p / ADAPTER_WEIGHTS
     if not cfg_path.is_file(): raise IoError(f"no {ADAPTER_CONFIG}: not a PEFT adapter folder", path=p)
     if not weights.is_file():
         hint = " (adapter_model.bin: save it as safetensors)" if (p / 'adapter_model.bin').exists() else ''
         raise IoError(f"no {ADAPTER_WEIGHTS}{hint}", path=p)
-    with reraise_as(SerializationError, path=cfg_path, what='reading'): config = json.loads(cfg_path.read_text('utf-8'))
+    with reraise_as(SerializationError, path=cfg_path, what='reading'):
+        config = json.loads(cfg_path.read_text('utf-8'))
     if not isinstance(config, dict): raise SerializationError("is not a JSON object", path=cfg_path)
     return index_adapter(config, load_model(weights, lazy=True), p)
 
@@ -99,6 +106,7 @@ def _pattern_value(pattern:dict, module:str, default):
         if re.match(rf"(.*\.)?({key})$", module): return value
     return default
 
+# %% ../nbs/03b_lora.ipynb #a8031cb0
 def lora_scaling(config:dict, # adapter_config.json contents
                  module:str, # the module's name in the base model, e.g. 'model.layers.0.self_attn.q_proj'
                 ) -> float:
@@ -117,6 +125,7 @@ def lora_delta(lora_a:np.ndarray, # A: (r, in), or (r, vocab) for an embedding
     d = np.asarray(lora_b, np.float32) @ np.asarray(lora_a, np.float32)
     return (d.T if transpose else d) * np.float32(scaling)
 
+# %% ../nbs/03b_lora.ipynb #6fbc2d83
 def fold_weight(weight:np.ndarray, # the base model's weight
                 delta:np.ndarray, # `lora_delta` of the adapter
                ) -> np.ndarray:
@@ -126,31 +135,38 @@ def fold_weight(weight:np.ndarray, # the base model's weight
 
 # %% ../nbs/03b_lora.ipynb #378259bf
 def _fold_plan(model:Model, ad:LoraAdapter) -> dict:
-    "base tensor name -> ('lora'|'bias', module, entry, transpose, whole) or ('full', adapter name); checks names and shapes against `model`"
+    ("base tensor name -> ('lora'|'bias', module, entry, transpose, whole) or ('full', adapter name); "
+     "checks names and shapes against `model`")
     names, cfg, plan = set(model.names), ad.config, {}
     missing = sorted([m for m in ad.lora if f'{m}.weight' not in names] + [n for n in ad.full if n not in names])
     if missing:
         more = f" and {len(missing) - 8} more" if len(missing) > 8 else ''
-        raise MergeError(f"adapter targets modules the base model lacks: {', '.join(missing[:8])}{more} (base: {model.path})", path=ad.path)
+        raise MergeError(f"adapter targets modules the base model lacks: {', '.join(missing[:8])}{more} "
+                         f"(base: {model.path})", path=ad.path)
     targets = cfg.get('target_modules')
     if isinstance(targets, list) and targets and ad.lora:
         modules = {n.rsplit('.', 1)[0] for n in names}
         found = [t for t in targets if any(m == t or m.endswith('.' + t) for m in modules)]
-        if not found: raise MergeError(f"target_modules {targets} name no module of the base model ({model.path})", path=ad.path)
+        if not found:
+            raise MergeError(f"target_modules {targets} name no module of the base model ({model.path})", path=ad.path)
     for module, e in ad.lora.items():
         w, a, b = model.spec(f'{module}.weight'), ad.tensors.spec(e['A']), ad.tensors.spec(e['B'])
         transpose = e['embedding'] or bool(cfg.get('fan_in_fan_out'))
         want = (b.shape[0], a.shape[1])[::-1] if transpose else (b.shape[0], a.shape[1])
         if len(a.shape) != 2 or len(b.shape) != 2 or a.shape[0] != b.shape[1] or tuple(w.shape) != want:
-            raise MergeError(f"lora_A {list(a.shape)} and lora_B {list(b.shape)} do not fit the base weight {list(w.shape)}", path=ad.path, tensor=f'{module}.weight')
+            raise MergeError(f"lora_A {list(a.shape)} and lora_B {list(b.shape)} do not fit the base weight "
+                             f"{list(w.shape)}", path=ad.path, tensor=f'{module}.weight')
         plan[f'{module}.weight'] = ('lora', module, e, transpose, None)
         if e.get('bias') and cfg.get('lora_bias'):
-            if f'{module}.bias' not in names: raise MergeError("lora_bias: the base layer has no bias", path=ad.path, tensor=f'{module}.bias')
+            if f'{module}.bias' not in names:
+                raise MergeError("lora_bias: the base layer has no bias", path=ad.path, tensor=f'{module}.bias')
             plan[f'{module}.bias'] = ('bias', module, e, False, None)
     for name, src in ad.full.items():
         if tuple(ad.tensors.spec(src).shape) != tuple(model.spec(name).shape):
-            raise MergeError(f"is {list(ad.tensors.spec(src).shape)} in the adapter but {list(model.spec(name).shape)} in the base", path=ad.path, tensor=name)
-        # a whole weight saved beside its own LoRA (peft's save_embedding_layers) replaces the base's, then the LoRA applies
+            raise MergeError(f"is {list(ad.tensors.spec(src).shape)} in the adapter but "
+                             f"{list(model.spec(name).shape)} in the base", path=ad.path, tensor=name)
+        # a whole weight saved beside its own LoRA (peft's save_embedding_layers) replaces the base's,
+        # then the LoRA applies
         plan[name] = plan[name][:4] + (src,) if name in plan else ('full', src)
     return plan
 
@@ -165,14 +181,17 @@ def _folded(model:Model, ad:LoraAdapter, name:str, how:tuple) -> np.ndarray:
     if how[0] == 'bias':
         return fold_weight(w, np.asarray(ad.tensors.get_parameter(e['bias']), np.float32) * np.float32(scaling))
     delta = lora_delta(ad.tensors.get_parameter(e['A']), ad.tensors.get_parameter(e['B']), scaling, transpose)
-    if e['embedding'] and is_float_dtype(w.dtype):   # peft's Embedding.merge rounds the change to the weight's dtype first
+    # peft's Embedding.merge rounds the change to the weight's dtype first
+    if e['embedding'] and is_float_dtype(w.dtype):
         delta = delta.astype(w.dtype).astype(np.float32)
     return fold_weight(w, delta)
 
+# %% ../nbs/03b_lora.ipynb #15cf634b
 def fold_adapter(model:Model, # the base model (lazy or in memory)
                  adapter:LoraAdapter|str|Path, # a `LoraAdapter` or an adapter folder
                 ) -> Model:
-    "`model` with the LoRA adapter folded into its weights, as peft's merge_and_unload; lazy: each tensor is folded when read"
+    ("`model` with the LoRA adapter folded into its weights, as peft's merge_and_unload; "
+     "lazy: each tensor is folded when read")
     ad = adapter if isinstance(adapter, LoraAdapter) else load_adapter(adapter)
     plan = _fold_plan(model, ad)
     read = lambda n: (partial(_folded, model, ad, n, plan[n]) if n in plan else partial(model.get_parameter, n))
@@ -230,7 +249,7 @@ def plan_extraction(base:Model, # the base model (lazy)
                     modules_to_save=(), # module names (or last names) to store whole
                     include=(), # regexes: factorise only modules matching one
                     exclude=(), # regexes: skip modules matching one
-                    skip_undecomposable:bool=False, # drop modules that cannot be factorised instead of storing them whole
+                    skip_undecomposable:bool=False, # drop what cannot be factorised instead of storing it whole
                    ) -> ExtractPlan:
     "mergekit-extract-lora's per-module decisions, from the tensor specs of both models"
     plan, save = ExtractPlan(), list(modules_to_save)
@@ -239,24 +258,31 @@ def plan_extraction(base:Model, # the base model (lazy)
         for m in modules:
             leaf, w = m.split('.')[-1], f'{m}.weight'
             if leaf in EMBEDDING_MODULES and w in base and base.spec(w).shape != model.spec(w).shape:
-                plan.notes.append(f"{m}: vocabularies differ ({base.spec(w).shape[0]} vs {model.spec(w).shape[0]}): embeddings stored whole")
+                plan.notes.append(f"{m}: vocabularies differ ({base.spec(w).shape[0]} vs {model.spec(w).shape[0]}): "
+                                  "embeddings stored whole")
                 embed_lora = False
     for m in modules:
         leaf, w = m.split('.')[-1], f'{m}.weight'
         if w not in model: continue
         spec, special = model.spec(w), leaf in EMBEDDING_MODULES or leaf in OUTPUT_MODULES
-        if not embed_lora and special and not any(re.search(r, m) for r in exclude) and leaf not in save: save.append(leaf)
+        if not embed_lora and special and not any(re.search(r, m) for r in exclude) and leaf not in save:
+            save.append(leaf)
         parts = [n for n in (w, f'{m}.bias') if n in model]
         if m in save or leaf in save: plan.save += parts; continue
         if (include and not any(re.search(r, m) for r in include)) or any(re.search(r, m) for r in exclude): continue
         if len(spec.shape) == 2 and is_float_dtype(spec.dtype):
             for n in parts:
-                if n not in base: raise MergeError(f"is in the fine-tune ({model.path}) but not in the base", path=base.path, tensor=n)
+                if n not in base:
+                    raise MergeError(f"is in the fine-tune ({model.path}) but not in the base",
+                                     path=base.path, tensor=n)
                 if base.spec(n).shape != model.spec(n).shape:
-                    raise MergeError(f"is {list(base.spec(n).shape)} in the base ({base.path}) but {list(model.spec(n).shape)} in the fine-tune ({model.path})", tensor=n)
+                    raise MergeError(f"is {list(base.spec(n).shape)} in the base ({base.path}) but "
+                                     f"{list(model.spec(n).shape)} in the fine-tune ({model.path})", tensor=n)
             plan.factor.append((m, leaf in EMBEDDING_MODULES))
         elif not skip_undecomposable:
-            if leaf not in save: save.append(leaf); plan.notes.append(f"{leaf}: a {len(spec.shape)}-D weight cannot be factorised: stored whole")
+            if leaf not in save:
+                save.append(leaf)
+                plan.notes.append(f"{leaf}: a {len(spec.shape)}-D weight cannot be factorised: stored whole")
             plan.save += parts
     plan.modules_to_save = save
     return plan
@@ -284,7 +310,8 @@ class LoraExtraction:
         return '\n'.join(["| module | shape | rank | relative error |", "|---|---|---|---|", *rows])
 
     def __str__(self):
-        lines = [f"extracted {len(self.layers)} LoRA modules (rank {self.rank}) and {len(self.saved)} whole tensors into {self.output} in {self.seconds:.2f} s",
+        lines = [f"extracted {len(self.layers)} LoRA modules (rank {self.rank}) and {len(self.saved)} whole tensors "
+                 f"into {self.output} in {self.seconds:.2f} s",
                  "relative error ||delta - B@A|| / ||delta|| by module kind:  count  mean    max"]
         lines += [f"  {k:<40} {n:5d}  {mean:.4f}  {mx:.4f}" for k, (n, mean, mx) in self.by_kind().items()]
         if self.layers:
@@ -308,10 +335,13 @@ def adapter_config(base_ref:str, # the base model's reference, for base_model_na
 # %% ../nbs/03b_lora.ipynb #f25e316e
 def _lora_card(base_ref, model_ref, res:LoraExtraction) -> str:
     "README.md of an extracted adapter: front matter for the Hub, how it was made, the error table"
-    return '\n'.join([f"---\nbase_model: {json.dumps(str(base_ref))}\nlibrary_name: peft\ntags:\n- entrenar\n- mergekit\n- lora\n- extracted\n---",
+    return '\n'.join([
+        f"---\nbase_model: {json.dumps(str(base_ref))}\nlibrary_name: peft\n"
+        "tags:\n- entrenar\n- mergekit\n- lora\n- extracted\n---",
         f"# {Path(res.output).name or 'adapter'}", "",
-        f"A LoRA adapter extracted by [entrenar](https://github.com/entrenar/entrenar) (as mergekit-extract-lora does) from "
-        f"`{model_ref}`, relative to `{base_ref}`: a truncated SVD, rank at most {res.rank}, of each linear layer's change.", "",
+        f"A LoRA adapter extracted by [entrenar](https://github.com/entrenar/entrenar) (as mergekit-extract-lora does) "
+        f"from `{model_ref}`, relative to `{base_ref}`: a truncated SVD, rank at most {res.rank}, "
+        "of each linear layer's change.", "",
         f"Stored whole (modules_to_save): {len(res.saved)} tensors.", "", "## Reconstruction error per layer", "",
         "`||delta - B @ A||_F / ||delta||_F`, from the stored factors:", "", res.table(), ""])
 
@@ -326,9 +356,11 @@ def _factorise(base, model, module, embedding, rank, distribute_scale, sv_epsilo
     a, b, _ = lora_factors(d, rank, distribute_scale, sv_epsilon)
     kind, suffix = ('lora_embedding', '') if embedding else ('lora', '.weight')
     out = {f'{_PREFIX}{module}.{kind}_A{suffix}': a, f'{_PREFIX}{module}.{kind}_B{suffix}': b}
-    if (bias := f'{module}.bias') in model: out[f'{_PREFIX}{module}.lora_B.bias'] = model.get_parameter(bias) - base.get_parameter(bias)
+    if (bias := f'{module}.bias') in model:
+        out[f'{_PREFIX}{module}.lora_B.bias'] = model.get_parameter(bias) - base.get_parameter(bias)
     return out, a.shape[0], relative_error(d, a, b)
 
+# %% ../nbs/03b_lora.ipynb #2023f029
 def extract_lora(base, # the base model: a path (folder, file, hf://) or a `Model`
                  model, # the fine-tune, likewise
                  output, # the adapter folder to write
@@ -382,20 +414,27 @@ def _apply_lora_option(args):
     for item in args.lora:
         model, eq, adapter = item.partition('=')
         if not eq:
-            if len(named) != 1: raise MergeError(f"--lora {item}: say which model it applies to, --lora MODEL={item} (models: {', '.join(named)})")
+            if len(named) != 1:
+                raise MergeError(f"--lora {item}: say which model it applies to, --lora MODEL={item} "
+                                 f"(models: {', '.join(named)})")
             model, adapter = named[0], item
-        if model not in named: raise MergeError(f"--lora {item}: {short_repr(model)} is not one of the models on the command line ({', '.join(named)})")
-        if model in chosen or split_reference(model)[1]: raise MergeError(f"--lora {item}: {model} already has an adapter")
+        if model not in named:
+            raise MergeError(f"--lora {item}: {short_repr(model)} is not one of the models on the command line "
+                             f"({', '.join(named)})")
+        if model in chosen or split_reference(model)[1]:
+            raise MergeError(f"--lora {item}: {model} already has an adapter")
         chosen[model] = adapter
     args.models = [f"{m}+{chosen[m]}" if m in chosen else m for m in args.models]
     if args.base in chosen: args.base = f"{args.base}+{chosen[args.base]}"
 
+# %% ../nbs/03b_lora.ipynb #d163e9ed
 def _extract_command(args):
     "Run `entrenar extract-lora` from parsed arguments"
     out = args.out or args.out_path
     if not out: raise MergeError("name the adapter folder to write (OUT, or --out-path)")
-    res = extract_lora(args.base, args.model, out, rank=args.rank, distribute_scale=args.distribute_scale, embed_lora=args.embed_lora,
-                       modules_to_save=args.save_module, include=args.include_regex, exclude=args.exclude_regex, sv_epsilon=args.sv_epsilon,
+    res = extract_lora(args.base, args.model, out, rank=args.rank, distribute_scale=args.distribute_scale,
+                       embed_lora=args.embed_lora, modules_to_save=args.save_module, include=args.include_regex,
+                       exclude=args.exclude_regex, sv_epsilon=args.sv_epsilon,
                        skip_undecomposable=args.skip_undecomposable, progress=not args.quiet and sys.stderr.isatty())
     if not args.quiet:
         for n in res.notes: print(f"note: {n}")
@@ -404,25 +443,35 @@ def _extract_command(args):
 # %% ../nbs/03b_lora.ipynb #33f0d661
 def register_cli(sub):
     "Declare `entrenar extract-lora`, and add --lora to `entrenar merge`"
-    p = sub.add_parser('extract-lora', help='extract a PEFT LoRA adapter from a fine-tune and its base (as mergekit-extract-lora)',
-                       description='Factorise each linear layer\'s change (fine-tune minus base) by a truncated SVD into a PEFT LoRA adapter.')
+    p = sub.add_parser('extract-lora',
+                       help='extract a PEFT LoRA adapter from a fine-tune and its base (as mergekit-extract-lora)',
+                       description='Factorise each linear layer\'s change (fine-tune minus base) by a truncated SVD '
+                                   'into a PEFT LoRA adapter.')
     p.add_argument('out', nargs='?', help='the adapter folder to write')
     p.add_argument('--base', '--base-model', required=True, help='the base model (folder, file or hf://org/name)')
     p.add_argument('--model', required=True, help='the fine-tuned model')
-    p.add_argument('--rank', '--max-rank', type=int, default=128, help='the most singular values kept per module (default 128, as mergekit)')
+    p.add_argument('--rank', '--max-rank', type=int, default=128,
+                   help='the most singular values kept per module (default 128, as mergekit)')
     p.add_argument('--out-path', help='the adapter folder (mergekit\'s spelling of OUT)')
-    p.add_argument('--no-distribute-scale', dest='distribute_scale', action='store_false', help='singular values into A only (default: √S into both)')
-    p.add_argument('--embed-lora', action='store_true', help='factorise the embeddings too (default: store them whole in modules_to_save)')
-    p.add_argument('--save-module', action='append', default=[], metavar='NAME', help='store this module whole (repeatable)')
-    p.add_argument('--include-regex', '-i', action='append', default=[], metavar='RE', help='factorise only modules matching one of these')
-    p.add_argument('--exclude-regex', '-e', action='append', default=[], metavar='RE', help='skip modules matching one of these')
+    p.add_argument('--no-distribute-scale', dest='distribute_scale', action='store_false',
+                   help='singular values into A only (default: √S into both)')
+    p.add_argument('--embed-lora', action='store_true',
+                   help='factorise the embeddings too (default: store them whole in modules_to_save)')
+    p.add_argument('--save-module', action='append', default=[], metavar='NAME',
+                   help='store this module whole (repeatable)')
+    p.add_argument('--include-regex', '-i', action='append', default=[], metavar='RE',
+                   help='factorise only modules matching one of these')
+    p.add_argument('--exclude-regex', '-e', action='append', default=[], metavar='RE',
+                   help='skip modules matching one of these')
     p.add_argument('--sv-epsilon', type=float, default=0.0, help='also drop singular values not above this (default 0)')
-    p.add_argument('--skip-undecomposable', action='store_true', help='drop modules that cannot be factorised (norms) instead of storing them whole')
+    p.add_argument('--skip-undecomposable', action='store_true',
+                   help='drop modules that cannot be factorised (norms) instead of storing them whole')
     p.add_argument('--quiet', '-q', action='store_true', help='no summary')
     p.set_defaults(func=_extract_command)
     m = sub.choices['merge']
     m.add_argument('--lora', action='append', default=[], metavar='[MODEL=]ADAPTER',
-                   help='fold a PEFT LoRA adapter into MODEL before merging (same as MODEL+ADAPTER; bare ADAPTER when one model is named)')
+                   help='fold a PEFT LoRA adapter into MODEL before merging '
+                        '(same as MODEL+ADAPTER; bare ADAPTER when one model is named)')
     original = m.get_default('func')
     def run(args):
         _apply_lora_option(args)

@@ -18,13 +18,14 @@ __all__ = ['TOKENIZER_FILES', 'VOCAB_TENSORS', 'has_tokenizer', 'Vocabulary', 'r
            'parse_tokenizer', 'VocabPlan', 'plan_vocabulary', 'vocab_shape', 'align_rows', 'tokenizer_files']
 
 # %% ../nbs/03d_vocab.ipynb #e433c240
-TOKENIZER_FILES = ('tokenizer.json', 'tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json',
-                   'chat_template.jinja', 'vocab.json', 'merges.txt')
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer.model', 'tokenizer_config.json', 'special_tokens_map.json',
+                   'added_tokens.json', 'chat_template.jinja', 'vocab.json', 'merges.txt')
 
 def has_tokenizer(folder) -> bool:
     "Whether `folder` holds a tokenizer (tokenizer.json or tokenizer.model)"
     return folder is not None and any((Path(folder) / f).is_file() for f in ('tokenizer.json', 'tokenizer.model'))
 
+# %% ../nbs/03d_vocab.ipynb #6dc2b3ec
 @dataclass
 class Vocabulary:
     "A tokenizer's tokens and ids, and which are added tokens (with their settings)"
@@ -34,10 +35,11 @@ class Vocabulary:
     def __len__(self): return len(self.tokens)
     def __repr__(self): return f"Vocabulary({len(self.tokens)} tokens, {len(self.added)} added, {self.folder})"
 
-# %% ../nbs/03d_vocab.ipynb #5b62132c
+# %% ../nbs/03d_vocab.ipynb #f86c5ce2
 def _json(path):
     with reraise_as(SerializationError, path=path, what='reading'): return json.loads(Path(path).read_text('utf-8'))
 
+# %% ../nbs/03d_vocab.ipynb #52a4a293
 def _model_vocab(path:Path) -> dict:
     "token -> id of tokenizer.json's model (BPE, WordPiece and WordLevel: a dict; Unigram: a list of [piece, score])"
     d = _json(path)
@@ -46,16 +48,18 @@ def _model_vocab(path:Path) -> dict:
     if not isinstance(v, dict): raise SerializationError("has no model.vocab", path=path)
     return v, {int(e['id']): e for e in d.get('added_tokens') or []}
 
+# %% ../nbs/03d_vocab.ipynb #a31ed21a
 def _sentencepiece_vocab(path:Path) -> dict:
     try: import sentencepiece as spm
-    except ImportError: raise MergeError(f"reading {path} needs sentencepiece (pip install entrenar[tokenizer])") from None
+    except ImportError:
+        raise MergeError(f"reading {path} needs sentencepiece (pip install entrenar[tokenizer])") from None
     with reraise_as(SerializationError, path=path, what='reading the SentencePiece model'):
         sp = spm.SentencePieceProcessor(model_file=str(path))
         return {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
 
-# %% ../nbs/03d_vocab.ipynb #1c063e81
+# %% ../nbs/03d_vocab.ipynb #ad914f74
 def read_vocabulary(folder, # a checkpoint or tokenizer folder
-                    size:int|None=None, # the model's vocab_size: tokens with higher ids are dropped, as mergekit does
+                    size:int|None=None, # the model's vocab_size: higher ids are dropped, as mergekit does
                    ) -> Vocabulary:
     "The vocabulary of the tokenizer in `folder`"
     folder = Path(folder)
@@ -63,7 +67,8 @@ def read_vocabulary(folder, # a checkpoint or tokenizer folder
     elif (folder / 'tokenizer.model').is_file():
         tokens, added = _sentencepiece_vocab(folder / 'tokenizer.model'), {}
         if (folder / 'added_tokens.json').is_file():
-            added.update({int(i): dict(id=int(i), content=t, special=False) for t, i in _json(folder / 'added_tokens.json').items()})
+            added.update({int(i): dict(id=int(i), content=t, special=False)
+                          for t, i in _json(folder / 'added_tokens.json').items()})
     else: raise IoError("has no tokenizer (tokenizer.json or tokenizer.model)", path=folder)
     if (folder / 'tokenizer_config.json').is_file():
         dec = _json(folder / 'tokenizer_config.json').get('added_tokens_decoder') or {}
@@ -84,6 +89,7 @@ class TokenSource:
     token: str|None = None
     force: bool = False # also in models that have the token
 
+# %% ../nbs/03d_vocab.ipynb #b89aa9f0
 @dataclass
 class TokenizerRecipe:
     "A recipe's tokenizer choice"
@@ -95,26 +101,33 @@ class TokenizerRecipe:
         "The references the recipe names outside its models: the tokenizer source's"
         return [] if self.source in ('base', 'union') else [self.source]
 
-# %% ../nbs/03d_vocab.ipynb #89d4df58
+# %% ../nbs/03d_vocab.ipynb #9c33c2d0
 def _token_source(tok, e):
     where = f"tokenizer.tokens[{tok!r}]"
-    if not isinstance(e, dict) or set(e) - {'source', 'force'}: raise MergeError(f"{where} takes source and force, got {short_repr(e)}")
+    if not isinstance(e, dict) or set(e) - {'source', 'force'}:
+        raise MergeError(f"{where} takes source and force, got {short_repr(e)}")
     src, force = e.get('source'), e.get('force', False)
     if not isinstance(force, bool): raise MergeError(f"{where}.force must be true or false, got {short_repr(force)}")
     if isinstance(src, str) and src: return TokenSource('model', src, force=force)
-    if isinstance(src, dict) and src.get('kind') == 'zero' and set(src) == {'kind'}: return TokenSource('zero', force=force)
-    if isinstance(src, dict) and src.get('kind') == 'model_token' and isinstance(src.get('model'), str) and set(src) <= {'kind', 'model', 'token_id', 'token'}:
+    if isinstance(src, dict) and src.get('kind') == 'zero' and set(src) == {'kind'}:
+        return TokenSource('zero', force=force)
+    if (isinstance(src, dict) and src.get('kind') == 'model_token' and isinstance(src.get('model'), str)
+            and set(src) <= {'kind', 'model', 'token_id', 'token'}):
         tid, t = src.get('token_id'), src.get('token')
-        if (tid is None) == (t is None) or (tid is not None and (isinstance(tid, bool) or not isinstance(tid, int) or tid < 0)):
+        if (tid is None) == (t is None) or (tid is not None and (isinstance(tid, bool) or not isinstance(tid, int)
+                                                                 or tid < 0)):
             raise MergeError(f"{where}: model_token takes one of token_id (a row number) or token")
         return TokenSource('model_token', src['model'], tid, None if t is None else str(t), force)
-    raise MergeError(f"{where}.source must be a model, {{kind: zero}} or {{kind: model_token, model, token_id|token}}, got {short_repr(src)}")
+    raise MergeError(f"{where}.source must be a model, {{kind: zero}} or {{kind: model_token, model, token_id|token}}, "
+                     f"got {short_repr(src)}")
 
+# %% ../nbs/03d_vocab.ipynb #b294c8e3
 def parse_tokenizer(tokenizer_source=None, # the recipe's `tokenizer_source`
                     tokenizer=None, # the recipe's `tokenizer` mapping
                    ) -> TokenizerRecipe|None:
     "A `TokenizerRecipe` from a recipe's fields (None when it has neither)"
-    if tokenizer_source is not None and tokenizer is not None: raise MergeError("give tokenizer_source or tokenizer, not both")
+    if tokenizer_source is not None and tokenizer is not None:
+        raise MergeError("give tokenizer_source or tokenizer, not both")
     if tokenizer is not None:
         if not isinstance(tokenizer, dict) or set(tokenizer) - {'source', 'tokens', 'pad_to_multiple_of'}:
             raise MergeError(f"tokenizer takes source, tokens and pad_to_multiple_of, got {short_repr(tokenizer)}")
@@ -142,15 +155,18 @@ class VocabPlan:
     fills: dict # output id -> (kind 'row' or 'zero', model reference, row, force), from `tokens:` entries
     source: Path # the folder whose tokenizer files the output gets
     added: list # added-token entries appended to the source's tokenizer (union, `tokens:`)
-    def __repr__(self): return f"VocabPlan({len(self.tokens)} tokens in {self.size} rows, {len(self.added)} added, from {self.source})"
+    def __repr__(self):
+        return f"VocabPlan({len(self.tokens)} tokens in {self.size} rows, {len(self.added)} added, from {self.source})"
 
 # %% ../nbs/03d_vocab.ipynb #5509e790
 def _added_entry(tok, i, like=None):
-    "A tokenizer.json added-token entry, as transformers' `add_tokens` makes for a plain string (or with `like`'s settings)"
+    ("A tokenizer.json added-token entry, as transformers' `add_tokens` makes for a plain string "
+     "(or with `like`'s settings)")
     e = dict(single_word=False, lstrip=False, rstrip=False, normalized=True, special=False)
     e.update({k: v for k, v in (like or {}).items() if k in e})
     return dict(id=i, content=tok, **e)
 
+# %% ../nbs/03d_vocab.ipynb #996cf5a4
 def _union(base:Vocabulary, others:list) -> tuple:
     "mergekit's union: the base's tokens, then the others' new plain tokens, then their new added tokens"
     tokens, plain, added = dict(base.tokens), [], {}
@@ -165,11 +181,12 @@ def _union(base:Vocabulary, others:list) -> tuple:
         new.append(_added_entry(t, i, added.get(t)))
     return tokens, new
 
-# %% ../nbs/03d_vocab.ipynb #e185d429
+# %% ../nbs/03d_vocab.ipynb #b4615759
 def _fill(ts:TokenSource, tok, i, rows, vocabs):
     "A `tokens:` entry as (kind, model, row, force)"
     if ts.kind == 'zero': return ('zero', None, -1, ts.force)
-    if ts.model not in rows: raise MergeError(f"tokenizer.tokens[{tok!r}] names {ts.model}, which is not one of the merged models")
+    if ts.model not in rows:
+        raise MergeError(f"tokenizer.tokens[{tok!r}] names {ts.model}, which is not one of the merged models")
     if ts.kind == 'model':
         if rows[ts.model][i] < 0: raise MergeError(f"tokenizer.tokens[{tok!r}]: {ts.model} has no such token")
         return ('row', ts.model, int(rows[ts.model][i]), ts.force)
@@ -177,6 +194,7 @@ def _fill(ts:TokenSource, tok, i, rows, vocabs):
     if row < 0: raise MergeError(f"tokenizer.tokens[{tok!r}]: {ts.model} has no token {ts.token!r}")
     return ('row', ts.model, int(row), ts.force)
 
+# %% ../nbs/03d_vocab.ipynb #f37b4022
 def plan_vocabulary(spec:TokenizerRecipe, # the recipe's choice
                     folders:dict, # merged model reference -> its folder (None: no files)
                     base:str|None, # the recipe's base model, if any
@@ -187,21 +205,29 @@ def plan_vocabulary(spec:TokenizerRecipe, # the recipe's choice
     first = base or next(iter(folders))
     sizes = dict(sizes or {})
     for r, f in folders.items():
-        if r not in sizes and f is not None and (Path(f) / 'config.json').is_file(): sizes[r] = _json(Path(f) / 'config.json').get('vocab_size')
-    if not has_tokenizer(folders[first]): raise MergeError(f"the base model has no tokenizer files (tokenizer.json or tokenizer.model), which tokenizer_source needs", path=folders[first] or first)
+        if r not in sizes and f is not None and (Path(f) / 'config.json').is_file():
+            sizes[r] = _json(Path(f) / 'config.json').get('vocab_size')
+    if not has_tokenizer(folders[first]):
+        raise MergeError(f"the base model has no tokenizer files (tokenizer.json or tokenizer.model), "
+                         f"which tokenizer_source needs", path=folders[first] or first)
     vocabs = {r: read_vocabulary(f, sizes.get(r)) for r, f in folders.items() if has_tokenizer(f)}
     vb = vocabs[first]
     if spec.source == 'base': tokens, added, src = dict(vb.tokens), [], vb.folder
-    elif spec.source == 'union': (tokens, added), src = _union(vb, [v for r, v in vocabs.items() if r != first]), vb.folder
+    elif spec.source == 'union':
+        (tokens, added), src = _union(vb, [v for r, v in vocabs.items() if r != first]), vb.folder
     else:
         folder = source_folder if source_folder is not None else folders.get(spec.source)
-        if not has_tokenizer(folder): raise MergeError("the tokenizer_source model has no tokenizer files (tokenizer.json or tokenizer.model)", path=folder or spec.source)
+        if not has_tokenizer(folder):
+            raise MergeError("the tokenizer_source model has no tokenizer files (tokenizer.json or tokenizer.model)",
+                             path=folder or spec.source)
         vs = read_vocabulary(folder)
         tokens, added, src = dict(vs.tokens), [], vs.folder
     for t in spec.tokens:   # tokens: entries are added when missing, as mergekit does
         if t not in tokens: tokens[t] = i = max(tokens.values(), default=-1) + 1; added.append(_added_entry(t, i))
     n, order = max(tokens.values(), default=-1) + 1, sorted(tokens, key=tokens.get)
-    if len(tokens) != n: raise MergeError(f"the output vocabulary's ids are not contiguous (0..{n - 1} with {len(tokens)} tokens)", path=src)
+    if len(tokens) != n:
+        raise MergeError(f"the output vocabulary's ids are not contiguous (0..{n - 1} with {len(tokens)} tokens)",
+                         path=src)
     own = {r: vocabs.get(r, vb) for r in folders}   # a model without tokenizer files: the base's, as mergekit assumes
     rows = {r: np.array([own[r].tokens.get(t, -1) for t in order], np.int32) for r in folders}
     fills = {tokens[t]: _fill(ts, t, tokens[t], rows, own) for t, ts in spec.tokens.items()}
@@ -211,12 +237,14 @@ def plan_vocabulary(spec:TokenizerRecipe, # the recipe's choice
 # %% ../nbs/03d_vocab.ipynb #82eb7cc3
 VOCAB_TENSORS = frozenset({
     'model.embed_tokens.weight', 'lm_head.weight', 'embed_tokens.weight', 'model.language_model.embed_tokens.weight',
-    'transformer.wte.weight', 'transformer.word_embeddings.weight', 'transformer.embd.wte.weight', 'model.tok_embeddings.weight',
-    'output.weight', 'embed_out.weight', 'gpt_neox.embed_in.weight', 'lm_head.bias', 'lm_head.linear.weight', 'lm_head.linear.bias',
-    'lm_head.decoder.weight', 'transformer.embedding.word_embeddings.weight', 'transformer.output_layer.weight', 'shared.weight',
-    'encoder.embed_tokens.weight', 'decoder.embed_tokens.weight', 'embeddings.word_embeddings.weight', 'backbone.embeddings.weight',
-    'bert.embeddings.word_embeddings.weight', 'roberta.embeddings.word_embeddings.weight', 'cls.predictions.decoder.weight',
-    'cls.predictions.bias', 'distilbert.embeddings.word_embeddings.weight', 'vocab_projector.weight', 'vocab_projector.bias'})
+    'transformer.wte.weight', 'transformer.word_embeddings.weight', 'transformer.embd.wte.weight',
+    'model.tok_embeddings.weight', 'output.weight', 'embed_out.weight', 'gpt_neox.embed_in.weight', 'lm_head.bias',
+    'lm_head.linear.weight', 'lm_head.linear.bias', 'lm_head.decoder.weight',
+    'transformer.embedding.word_embeddings.weight', 'transformer.output_layer.weight', 'shared.weight',
+    'encoder.embed_tokens.weight', 'decoder.embed_tokens.weight', 'embeddings.word_embeddings.weight',
+    'backbone.embeddings.weight', 'bert.embeddings.word_embeddings.weight', 'roberta.embeddings.word_embeddings.weight',
+    'cls.predictions.decoder.weight', 'cls.predictions.bias', 'distilbert.embeddings.word_embeddings.weight',
+    'vocab_projector.weight', 'vocab_projector.bias'})
 
 def vocab_shape(plan:VocabPlan, # the merge's vocabulary plan
                 shapes:dict, # model reference -> the tensor's shape in that model
@@ -225,9 +253,12 @@ def vocab_shape(plan:VocabPlan, # the merge's vocabulary plan
     "The output shape of vocabulary tensor `name`, once each model's shape is checked against its tokens"
     s0 = next(iter(shapes.values()))
     for r, s in shapes.items():
-        if tuple(s[1:]) != tuple(s0[1:]): raise MergeError(f"shape {list(s)} in {r} but {list(s0)} in {next(iter(shapes))} (beyond the vocabulary axis)", tensor=name)
+        if tuple(s[1:]) != tuple(s0[1:]):
+            raise MergeError(f"shape {list(s)} in {r} but {list(s0)} in {next(iter(shapes))} "
+                             f"(beyond the vocabulary axis)", tensor=name)
         top = int(plan.rows[r].max(initial=-1))
-        if top >= s[0]: raise MergeError(f"{r}'s tokenizer has token id {top} but the tensor has {s[0]} rows", tensor=name)
+        if top >= s[0]:
+            raise MergeError(f"{r}'s tokenizer has token id {top} but the tensor has {s[0]} rows", tensor=name)
     return (plan.size, *s0[1:])
 
 # %% ../nbs/03d_vocab.ipynb #946bec07
@@ -241,7 +272,8 @@ def _default_rows(plan, refs, xs, present, need):
         if (f := plan.fills.get(int(i))) is None: continue
         done[k] = True
         if f[0] == 'row':
-            if f[1] not in refs: raise MergeError(f"a tokens: entry takes a row from {f[1]}, which has no such tensor here")
+            if f[1] not in refs:
+                raise MergeError(f"a tokens: entry takes a row from {f[1]}, which has no such tensor here")
             out[k] = xs[refs.index(f[1])][f[2]]
     one, bi = ~done & (count == 1), (refs.index(plan.base) if plan.base in refs else None)
     from_base = ~done & ~one & (count > 0) & (present[bi, need] if bi is not None else False)
@@ -255,7 +287,8 @@ def _default_rows(plan, refs, xs, present, need):
         for j in range(len(refs)):
             has = present[j, need[mean]]
             if has.any(): acc[xp.asarray(np.flatnonzero(has))] += xs[j][xp.asarray(plan.rows[refs[j]][need[mean][has]])]
-        out[xp.asarray(np.flatnonzero(mean))] = acc / xp.asarray(count[mean], out.dtype).reshape(-1, *[1] * (acc.ndim - 1))
+        out[xp.asarray(np.flatnonzero(mean))] = acc / xp.asarray(count[mean], out.dtype).reshape(
+            -1, *[1] * (acc.ndim - 1))
     return out
 
 # %% ../nbs/03d_vocab.ipynb #6d074812
@@ -283,6 +316,7 @@ def align_rows(plan:VocabPlan, # the merge's vocabulary plan
 # %% ../nbs/03d_vocab.ipynb #427a92f6
 def _dump(d): return json.dumps(d, indent=2, ensure_ascii=False) + '\n'
 
+# %% ../nbs/03d_vocab.ipynb #e0c21b27
 def tokenizer_files(plan:VocabPlan) -> dict:
     "The output's tokenizer files: file name -> contents"
     src, files = plan.source, {}
@@ -299,6 +333,8 @@ def tokenizer_files(plan:VocabPlan) -> dict:
     if 'tokenizer_config.json' in files:
         cfg = _json(src / 'tokenizer_config.json')
         if 'added_tokens_decoder' in cfg or 'tokenizer.json' not in files:
-            cfg['added_tokens_decoder'] = {**cfg.get('added_tokens_decoder', {}), **{str(e['id']): {k: v for k, v in e.items() if k != 'id'} for e in plan.added}}
+            cfg['added_tokens_decoder'] = {**cfg.get('added_tokens_decoder', {}),
+                                           **{str(e['id']): {k: v for k, v in e.items() if k != 'id'}
+                                              for e in plan.added}}
             files['tokenizer_config.json'] = _dump(cfg)
     return files

@@ -6,13 +6,15 @@ Docs: https://entrenar.github.io/entrenar/io.html.md"""
 
 # %% ../nbs/02_io.ipynb #65e5df8f
 from __future__ import annotations
-import contextlib, copy, ctypes, dataclasses, enum, errno, gzip, hashlib, itertools, json, math, mmap, os, re, shutil, socket, struct, tempfile, threading, weakref, zlib
+import contextlib, copy, ctypes, dataclasses, enum, errno, gzip, hashlib, itertools, json, math, mmap, os, re, shutil
+import socket, struct, tempfile, threading, weakref, zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, ml_dtypes, orjson, yaml
 from .errors import *
 from .backend import to_numpy
+from fastcore.basics import patch
 from .numtext import parse_numbers, read_numbers
 
 # %% auto #0
@@ -177,40 +179,88 @@ class Parameters(Sequence):
     def __iter__(self): return ((n, self.model.get_parameter(n)) for n in self.model.names)
     def __repr__(self): return f"Parameters({self.model.names})"
 
-def _model_methods():
-    def get_parameter(self, name:str):
-        "The tensor called `name` (read from disk now if the model is lazy)"
-        try: value = self._store[name]
-        except KeyError:
-            raise TensorNotFoundError(f"no tensor called '{name}' in this model ({len(self._store)} tensors)", path=self.path, tensor=name) from None
-        return value.load() if isinstance(value, _Lazy) else value
-    def spec(self, name:str) -> TensorSpec:
-        "Name, dtype and shape of tensor `name`, without reading it"
-        if name not in self._store: self.get_parameter(name)
-        v = self._store[name]
-        return v.spec if isinstance(v, _Lazy) else TensorSpec.of(name, v)
-    return dict(get_parameter=get_parameter, spec=spec,
-        names=property(lambda self: list(self._store), doc="Tensor names, in order"),
-        specs=property(lambda self: [self.spec(n) for n in self._store], doc="Specs of every tensor, in order"),
-        parameters=property(lambda self: Parameters(self), doc="The `(name, array)` pairs"),
-        is_lazy=property(lambda self: any(isinstance(v, _Lazy) for v in self._store.values()), doc="True if some tensors are still on disk"),
-        nbytes=property(lambda self: sum(s.nbytes for s in self.specs), doc="Bytes of tensor data"),
-        num_parameters=property(lambda self: sum(s.size for s in self.specs), doc="Number of scalar parameters"),
-        __len__=lambda self: len(self._store), __contains__=lambda self, n: n in self._store,
-        __iter__=lambda self: iter(self.parameters), __getitem__=lambda self, n: self.get_parameter(n))
-for k, v in _model_methods().items(): setattr(Model, k, v)
+# %% ../nbs/02_io.ipynb #c7bcd452
+@patch
+def get_parameter(self:Model, name:str):
+    "The tensor called `name` (read from disk now if the model is lazy)"
+    try: value = self._store[name]
+    except KeyError:
+        raise TensorNotFoundError(f"no tensor called '{name}' in this model ({len(self._store)} tensors)",
+                                  path=self.path, tensor=name) from None
+    return value.load() if isinstance(value, _Lazy) else value
+
+# %% ../nbs/02_io.ipynb #cf52e7ba
+@patch
+def spec(self:Model, name:str) -> TensorSpec:
+    "Name, dtype and shape of tensor `name`, without reading it"
+    if name not in self._store: self.get_parameter(name)
+    v = self._store[name]
+    return v.spec if isinstance(v, _Lazy) else TensorSpec.of(name, v)
 
 # %% ../nbs/02_io.ipynb #f0569a85
+@patch(as_prop=True)
+def names(self:Model):
+    "Tensor names, in order"
+    return list(self._store)
+
+# %% ../nbs/02_io.ipynb #46a59671
+@patch(as_prop=True)
+def specs(self:Model):
+    "Specs of every tensor, in order"
+    return [self.spec(n) for n in self._store]
+
+# %% ../nbs/02_io.ipynb #2ee7712f
+@patch(as_prop=True)
+def parameters(self:Model):
+    "The `(name, array)` pairs"
+    return Parameters(self)
+
+# %% ../nbs/02_io.ipynb #734ea733
+@patch(as_prop=True)
+def is_lazy(self:Model):
+    "True if some tensors are still on disk"
+    return any(isinstance(v, _Lazy) for v in self._store.values())
+
+# %% ../nbs/02_io.ipynb #2e9e1424
+@patch(as_prop=True)
+def nbytes(self:Model):
+    "Bytes of tensor data"
+    return sum(s.nbytes for s in self.specs)
+
+# %% ../nbs/02_io.ipynb #27fc1689
+@patch(as_prop=True)
+def num_parameters(self:Model):
+    "Number of scalar parameters"
+    return sum(s.size for s in self.specs)
+
+# %% ../nbs/02_io.ipynb #7ce29831
+@patch
+def __len__(self:Model): return len(self._store)
+
+# %% ../nbs/02_io.ipynb #9d0968f6
+@patch
+def __contains__(self:Model, n): return n in self._store
+
+# %% ../nbs/02_io.ipynb #7746ceb1
+@patch
+def __iter__(self:Model): return iter(self.parameters)
+
+# %% ../nbs/02_io.ipynb #8285be3d
+@patch
+def __getitem__(self:Model, n): return self.get_parameter(n)
+
+# %% ../nbs/02_io.ipynb #36117d52
 def _fmt_count(n):
     for unit, k in (('B', 10**9), ('M', 10**6), ('K', 10**3)):
         if n >= k: return f"{n/k:.2f}{unit}"
     return str(n)
 
-def _model_repr(self):
+@patch
+def __repr__(self:Model):
     return (f"Model({self.metadata.name!r}, {self.metadata.architecture!r}, {len(self)} tensors, "
             f"{_fmt_count(self.num_parameters)} parameters{', lazy' if self.is_lazy else ''})")
-Model.__repr__ = _model_repr
 
+# %% ../nbs/02_io.ipynb #ea67372f
 def summary(self:Model) -> dict:
     "Name, architecture, version, counts and bytes by dtype of a model, without reading its tensors"
     by_dtype = {}
@@ -218,7 +268,7 @@ def summary(self:Model) -> dict:
     m = self.metadata
     return dict(name=m.name, architecture=m.architecture, version=m.version, tensors=len(self),
                 parameters=self.num_parameters, bytes=self.nbytes, bytes_by_dtype=by_dtype, custom=m.custom)
-Model.summary = summary
+patch(summary)
 
 # %% ../nbs/02_io.ipynb #94aa4efb
 _HOST = hashlib.blake2s(socket.gethostname().encode(), digest_size=3).hexdigest()
@@ -762,62 +812,79 @@ class ModelWriter:
             self.part_of.update({s.name: part for s in group})
 
 # %% ../nbs/02_io.ipynb #cc768e34
-def _writer_methods():
-    def __enter__(self):
-        try:
-            with reraise_as(IoError, path=self.path, what='creating'): self._open()
-        except BaseException: self.abort(); raise
-        return self
-    def write(self, name:str, # a tensor named in the specs
-              array): # its data: numpy or CuPy, of the spec's shape and dtype
-        "Write tensor `name`"
-        spec = self.by_name.get(name)
-        if spec is None: raise EntrenarError("is not one of the tensors this writer expects", path=self.path, tensor=name)
-        a = to_numpy(array)
-        if not a.flags.c_contiguous: a = a.copy(order='C')  # safetensors-style writers corrupt strided arrays
-        if a.dtype != spec.dtype or tuple(a.shape) != spec.shape:
-            raise EntrenarError(f"got {a.dtype}{list(a.shape)}, expected {spec.dtype}{list(spec.shape)}", path=self.path, tensor=name)
-        part = self.part_of[name]
-        with reraise_as(IoError, path=part.path, tensor=name, what='writing'):
-            if isinstance(part, _TextPart):
-                with self._lock: part.write(name, a)
-            else: part.write(name, a)
-        with self._lock:
-            if name in self.written: raise EntrenarError("written twice", path=self.path, tensor=name)
-            self.written.add(name)
-    def close(self):
-        "Check that every tensor was written, then move the files into place"
-        missing = [s.name for s in self.specs if s.name not in self.written]
-        if missing: raise EntrenarError(f"{len(missing)} tensors were never written, e.g. '{missing[0]}'; nothing was saved", path=self.path)
-        with reraise_as(IoError, path=self.path, what='finishing'):
-            for part in self.parts: part.finish()
-            idx_tmp = None
-            if self.index_path is not None:
-                idx_tmp = _tmp_name(self.index_path); idx_tmp.write_text(self.index_text()); _fsync(idx_tmp)
-            for part in self.parts: os.replace(part.tmp, part.path)
-            if idx_tmp is not None: os.replace(idx_tmp, self.index_path)
-            if self.staging is not None:
-                for name, data in self.files.items():
-                    with open(self.staging / name, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
-                publish_dir(self.staging, self.path, self.replaced)
-    def index_text(self) -> str:
-        "The index of a sharded output (total size, metadata, the file of each tensor) as the JSON text `close` writes"
-        where = {s.name: f.name for f, group in self.layout()[0] for s in group}
-        idx = dict(metadata=dict(total_size=sum(s.nbytes for s in self.specs), **_metadata_to_strings(self.metadata)),
-                   weight_map={s.name: where[s.name] for s in self.specs})
-        return json.dumps(idx, indent=2) + '\n'
-    def abort(self):
-        "Remove every temporary file; nothing appears at the target"
-        for part in self.parts: part.abort()
-        if self.staging is not None: shutil.rmtree(self.staging, ignore_errors=True)
-        d = self.path if self._created_dir is True else self._created_dir or None
-        if d is not None and d.exists() and not any(d.iterdir()): d.rmdir()
-    def __exit__(self, typ, exc, tb):
-        if typ is not None: self.abort(); return False
-        try: self.close()
-        except BaseException: self.abort(); raise
-    return locals()
-for k, v in _writer_methods().items(): setattr(ModelWriter, k, v)
+@patch
+def __enter__(self:ModelWriter):
+    try:
+        with reraise_as(IoError, path=self.path, what='creating'): self._open()
+    except BaseException: self.abort(); raise
+    return self
+
+# %% ../nbs/02_io.ipynb #62b84af9
+@patch
+def write(self:ModelWriter,
+          name:str, # a tensor named in the specs
+          array): # its data: numpy or CuPy, of the spec's shape and dtype
+    "Write tensor `name`"
+    spec = self.by_name.get(name)
+    if spec is None: raise EntrenarError("is not one of the tensors this writer expects", path=self.path, tensor=name)
+    a = to_numpy(array)
+    if not a.flags.c_contiguous: a = a.copy(order='C')  # safetensors-style writers corrupt strided arrays
+    if a.dtype != spec.dtype or tuple(a.shape) != spec.shape:
+        raise EntrenarError(f"got {a.dtype}{list(a.shape)}, expected {spec.dtype}{list(spec.shape)}",
+                            path=self.path, tensor=name)
+    part = self.part_of[name]
+    with reraise_as(IoError, path=part.path, tensor=name, what='writing'):
+        if isinstance(part, _TextPart):
+            with self._lock: part.write(name, a)
+        else: part.write(name, a)
+    with self._lock:
+        if name in self.written: raise EntrenarError("written twice", path=self.path, tensor=name)
+        self.written.add(name)
+
+# %% ../nbs/02_io.ipynb #d0e0f816
+@patch
+def close(self:ModelWriter):
+    "Check that every tensor was written, then move the files into place"
+    missing = [s.name for s in self.specs if s.name not in self.written]
+    if missing:
+        raise EntrenarError(f"{len(missing)} tensors were never written, e.g. '{missing[0]}'; nothing was saved",
+                            path=self.path)
+    with reraise_as(IoError, path=self.path, what='finishing'):
+        for part in self.parts: part.finish()
+        idx_tmp = None
+        if self.index_path is not None:
+            idx_tmp = _tmp_name(self.index_path); idx_tmp.write_text(self.index_text()); _fsync(idx_tmp)
+        for part in self.parts: os.replace(part.tmp, part.path)
+        if idx_tmp is not None: os.replace(idx_tmp, self.index_path)
+        if self.staging is not None:
+            for name, data in self.files.items():
+                with open(self.staging / name, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
+            publish_dir(self.staging, self.path, self.replaced)
+
+# %% ../nbs/02_io.ipynb #f937afdb
+@patch
+def index_text(self:ModelWriter) -> str:
+    "The index of a sharded output (total size, metadata, the file of each tensor) as the JSON text `close` writes"
+    where = {s.name: f.name for f, group in self.layout()[0] for s in group}
+    idx = dict(metadata=dict(total_size=sum(s.nbytes for s in self.specs), **_metadata_to_strings(self.metadata)),
+               weight_map={s.name: where[s.name] for s in self.specs})
+    return json.dumps(idx, indent=2) + '\n'
+
+# %% ../nbs/02_io.ipynb #2aa6c9af
+@patch
+def abort(self:ModelWriter):
+    "Remove every temporary file; nothing appears at the target"
+    for part in self.parts: part.abort()
+    if self.staging is not None: shutil.rmtree(self.staging, ignore_errors=True)
+    d = self.path if self._created_dir is True else self._created_dir or None
+    if d is not None and d.exists() and not any(d.iterdir()): d.rmdir()
+
+# %% ../nbs/02_io.ipynb #c770938b
+@patch
+def __exit__(self:ModelWriter, typ, exc, tb):
+    if typ is not None: self.abort(); return False
+    try: self.close()
+    except BaseException: self.abort(); raise
 
 # %% ../nbs/02_io.ipynb #7bff5d2f
 def _cast_values(vals, spec, path):

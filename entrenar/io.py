@@ -796,54 +796,62 @@ class ModelWriter:
         self._lock, self.written, self.parts, self.index_path = threading.Lock(), set(), [], None
         self._created_dir, self.staging, self.files = False, None, {}
 
-    def add_file(self, name:str, # a file name in the output folder, e.g. 'config.json'
-                 data:bytes|str): # its contents
-        "Have a folder output hold one more file, published with the tensors (before `close`)"
-        if not self.is_dir: raise EntrenarError(f"{name} goes into a folder output; this one is a file", path=self.path)
-        if '/' in name or name in ('', '.', '..'): raise EntrenarError(f"{name!r} is not a file name", path=self.path)
-        self.files[name] = data.encode() if isinstance(data, str) else bytes(data)
+# %% ../nbs/02_io.ipynb #c0d6d320
+@patch
+def add_file(self:ModelWriter, name:str, # a file name in the output folder, e.g. 'config.json'
+             data:bytes|str): # its contents
+    "Have a folder output hold one more file, published with the tensors (before `close`)"
+    if not self.is_dir: raise EntrenarError(f"{name} goes into a folder output; this one is a file", path=self.path)
+    if '/' in name or name in ('', '.', '..'): raise EntrenarError(f"{name!r} is not a file name", path=self.path)
+    self.files[name] = data.encode() if isinstance(data, str) else bytes(data)
 
-    def replaced(self, name:str) -> bool:
-        "True for the files of a model saved in this folder before (model.safetensors, its shards and index, model.json …)"
-        return self.is_dir and re.fullmatch(
-            r"model(-\d{5}-of-\d{5})?\.(safetensors|json|yaml)(\.gz)?|model\.safetensors\.index\.json",
-            name) is not None
+# %% ../nbs/02_io.ipynb #9837dc52
+@patch
+def replaced(self:ModelWriter, name:str) -> bool:
+    "True for the files of a model saved in this folder before (model.safetensors, its shards and index, model.json …)"
+    return self.is_dir and re.fullmatch(
+        r"model(-\d{5}-of-\d{5})?\.(safetensors|json|yaml)(\.gz)?|model\.safetensors\.index\.json",
+        name) is not None
 
-    def layout(self) -> tuple:
-        "The files this writer makes, as `(path, specs)` pairs, and the index's path (None unless sharded); creates nothing"
-        p, cfg = self.path, self.config
-        base = (p / ('model' + ('.safetensors' if self.fmt == ModelFormat.SafeTensors
-                                else '.' + self.fmt.value + ('.gz' if cfg.compress else '')))
-                if self.is_dir else p)
-        if self.fmt != ModelFormat.SafeTensors: return [(base, self.specs)], None
-        shards = _plan_shards(self.specs, cfg.shard_size)
-        if len(shards) == 1: return [(base, shards[0])], None
-        stem = base.name[:-len('.safetensors')] if base.name.lower().endswith('.safetensors') else base.name
-        return ([(base.with_name(f"{stem}-{i+1:05d}-of-{len(shards):05d}.safetensors"), g)
-                 for i, g in enumerate(shards)],
-                base.with_name(f"{stem}.safetensors.index.json"))
+# %% ../nbs/02_io.ipynb #a9e3107c
+@patch
+def layout(self:ModelWriter) -> tuple:
+    "The files this writer makes, as `(path, specs)` pairs, and the index's path (None unless sharded); creates nothing"
+    p, cfg = self.path, self.config
+    base = (p / ('model' + ('.safetensors' if self.fmt == ModelFormat.SafeTensors
+                            else '.' + self.fmt.value + ('.gz' if cfg.compress else '')))
+            if self.is_dir else p)
+    if self.fmt != ModelFormat.SafeTensors: return [(base, self.specs)], None
+    shards = _plan_shards(self.specs, cfg.shard_size)
+    if len(shards) == 1: return [(base, shards[0])], None
+    stem = base.name[:-len('.safetensors')] if base.name.lower().endswith('.safetensors') else base.name
+    return ([(base.with_name(f"{stem}-{i+1:05d}-of-{len(shards):05d}.safetensors"), g)
+             for i, g in enumerate(shards)],
+            base.with_name(f"{stem}.safetensors.index.json"))
 
-    def _open(self):
-        p, cfg = self.path, self.config
-        if self.is_dir:   # built in a folder beside the target, published at once by `close`
-            if p.exists() and not p.is_dir(): raise IoError("is a file, not a folder", path=p)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self.staging = _tmp_name(p); self.staging.mkdir()
-        elif p.parent and not p.parent.exists(): p.parent.mkdir(parents=True); self._created_dir = p.parent
-        files, self.index_path = self.layout()
-        if self.staging is not None:
-            files = [(self.staging / f.name, g) for f, g in files]
-            if self.index_path is not None: self.index_path = self.staging / self.index_path.name
-        if self.fmt != ModelFormat.SafeTensors:
-            base = files[0][0]
-            self.parts = [_TextPart(base, self.specs, self.metadata, self.fmt, cfg.pretty,
-                                    cfg.compress or base.name.lower().endswith('.gz'))]
-            self.part_of = {s.name: self.parts[0] for s in self.specs}
-            return
-        strings, self.part_of = _metadata_to_strings(self.metadata), {}
-        for fname, group in files:
-            part = _SafeTensorsPart(fname, group, strings); self.parts.append(part)
-            self.part_of.update({s.name: part for s in group})
+# %% ../nbs/02_io.ipynb #94a8d101
+@patch
+def _open(self:ModelWriter):
+    p, cfg = self.path, self.config
+    if self.is_dir:   # built in a folder beside the target, published at once by `close`
+        if p.exists() and not p.is_dir(): raise IoError("is a file, not a folder", path=p)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = _tmp_name(p); self.staging.mkdir()
+    elif p.parent and not p.parent.exists(): p.parent.mkdir(parents=True); self._created_dir = p.parent
+    files, self.index_path = self.layout()
+    if self.staging is not None:
+        files = [(self.staging / f.name, g) for f, g in files]
+        if self.index_path is not None: self.index_path = self.staging / self.index_path.name
+    if self.fmt != ModelFormat.SafeTensors:
+        base = files[0][0]
+        self.parts = [_TextPart(base, self.specs, self.metadata, self.fmt, cfg.pretty,
+                                cfg.compress or base.name.lower().endswith('.gz'))]
+        self.part_of = {s.name: self.parts[0] for s in self.specs}
+        return
+    strings, self.part_of = _metadata_to_strings(self.metadata), {}
+    for fname, group in files:
+        part = _SafeTensorsPart(fname, group, strings); self.parts.append(part)
+        self.part_of.update({s.name: part for s in group})
 
 # %% ../nbs/02_io.ipynb #cc768e34
 @patch

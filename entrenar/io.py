@@ -44,11 +44,13 @@ def dtype_from_code(code:str, # a SafeTensors dtype code such as 'F32' or 'bf16'
     if dt is None: raise SerializationError(f"unknown or unsupported dtype {code!r}", path=path, tensor=tensor)
     return dt
 
+# %% ../nbs/02_io.ipynb #0a2fb6fe
 def dtype_code(dtype) -> str:
     "The SafeTensors code ('F32', 'BF16', …) of a numpy dtype"
     try: return _CODES[np.dtype(dtype)]
     except (KeyError, TypeError): raise SerializationError(f"dtype {dtype} cannot be stored in a checkpoint") from None
 
+# %% ../nbs/02_io.ipynb #53a58753
 def is_float_dtype(dtype) -> bool:
     "True for floating-point dtypes, the ML ones (bfloat16, float8) included"
     dtype = DTYPES.get(dtype.upper()) or np.dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
@@ -125,6 +127,7 @@ def parse_size(size) -> int:
         raise EntrenarError(f"cannot read the size {size!r}: use a number of bytes or e.g. 500MB, 5GB, 2GiB")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
+# %% ../nbs/02_io.ipynb #5afd2993
 @dataclass
 class SaveConfig:
     "How to save a model: format, pretty-printing, compression, shard size"

@@ -6,13 +6,15 @@ Docs: https://entrenar.github.io/entrenar/io.html.md"""
 
 # %% ../nbs/02_io.ipynb #65e5df8f
 from __future__ import annotations
-import contextlib, copy, ctypes, dataclasses, enum, errno, gzip, hashlib, itertools, json, math, mmap, os, re, shutil, socket, struct, tempfile, threading, weakref, zlib
+import contextlib, copy, ctypes, dataclasses, enum, errno, gzip, hashlib, itertools, json, math, mmap, os, re, shutil
+import socket, struct, tempfile, threading, weakref, zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, ml_dtypes, orjson, yaml
 from .errors import *
 from .backend import to_numpy
+from fastcore.basics import patch
 from .numtext import parse_numbers, read_numbers
 
 # %% auto #0
@@ -42,11 +44,13 @@ def dtype_from_code(code:str, # a SafeTensors dtype code such as 'F32' or 'bf16'
     if dt is None: raise SerializationError(f"unknown or unsupported dtype {code!r}", path=path, tensor=tensor)
     return dt
 
+# %% ../nbs/02_io.ipynb #0a2fb6fe
 def dtype_code(dtype) -> str:
     "The SafeTensors code ('F32', 'BF16', …) of a numpy dtype"
     try: return _CODES[np.dtype(dtype)]
     except (KeyError, TypeError): raise SerializationError(f"dtype {dtype} cannot be stored in a checkpoint") from None
 
+# %% ../nbs/02_io.ipynb #53a58753
 def is_float_dtype(dtype) -> bool:
     "True for floating-point dtypes, the ML ones (bfloat16, float8) included"
     dtype = DTYPES.get(dtype.upper()) or np.dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
@@ -106,11 +110,14 @@ class ModelFormat(enum.Enum):
         if name.endswith('.gz'): name = name[:-3]
         ext = name.rsplit('.', 1)[-1] if '.' in name else ''
         fmt = {'safetensors': cls.SafeTensors, 'json': cls.Json, 'yaml': cls.Yaml, 'yml': cls.Yaml}.get(ext)
-        if fmt is None: raise SerializationError(f"cannot tell the format from the extension (use .safetensors, .json or .yaml)", path=path)
+        if fmt is None:
+            raise SerializationError(f"cannot tell the format from the extension (use .safetensors, .json or .yaml)",
+                                     path=path)
         return fmt
 
 # %% ../nbs/02_io.ipynb #bb34da09
-_UNITS = {'': 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12, 'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30, 'TIB': 2**40}
+_UNITS = {'': 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12,
+          'KIB': 2**10, 'MIB': 2**20, 'GIB': 2**30, 'TIB': 2**40}
 
 def parse_size(size) -> int:
     "Bytes in a size such as 5GB, 500MiB or 1000000"
@@ -120,6 +127,7 @@ def parse_size(size) -> int:
         raise EntrenarError(f"cannot read the size {size!r}: use a number of bytes or e.g. 500MB, 5GB, 2GiB")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
+# %% ../nbs/02_io.ipynb #5afd2993
 @dataclass
 class SaveConfig:
     "How to save a model: format, pretty-printing, compression, shard size"
@@ -129,7 +137,8 @@ class SaveConfig:
     shard_size: int|None = None
     def with_pretty(self, pretty:bool=True): return dataclasses.replace(self, pretty=pretty)
     def with_compress(self, compress:bool=True): return dataclasses.replace(self, compress=compress)
-    def with_shard_size(self, size): return dataclasses.replace(self, shard_size=None if size is None else parse_size(size))
+    def with_shard_size(self, size):
+        return dataclasses.replace(self, shard_size=None if size is None else parse_size(size))
 
 # %% ../nbs/02_io.ipynb #406c6026
 class _Lazy:
@@ -147,9 +156,11 @@ class Model:
         self.metadata, self.path, self._store = metadata or ModelMetadata(), path, {}
         items = params.items() if isinstance(params, Mapping) else (params or [])
         for name, value in items:
-            if not isinstance(name, str) or not name: raise EntrenarError(f"tensor names must be non-empty strings, got {name!r}")
+            if not isinstance(name, str) or not name:
+                raise EntrenarError(f"tensor names must be non-empty strings, got {name!r}")
             if name in self._store: raise EntrenarError("the tensor name appears twice", tensor=name)
-            if not isinstance(value, _Lazy) and not hasattr(value, '__array_namespace__') and not hasattr(value, 'dtype'):
+            if (not isinstance(value, _Lazy) and not hasattr(value, '__array_namespace__')
+                    and not hasattr(value, 'dtype')):
                 value = np.asarray(value)
             self._store[name] = value
 
@@ -177,40 +188,88 @@ class Parameters(Sequence):
     def __iter__(self): return ((n, self.model.get_parameter(n)) for n in self.model.names)
     def __repr__(self): return f"Parameters({self.model.names})"
 
-def _model_methods():
-    def get_parameter(self, name:str):
-        "The tensor called `name` (read from disk now if the model is lazy)"
-        try: value = self._store[name]
-        except KeyError:
-            raise TensorNotFoundError(f"no tensor called '{name}' in this model ({len(self._store)} tensors)", path=self.path, tensor=name) from None
-        return value.load() if isinstance(value, _Lazy) else value
-    def spec(self, name:str) -> TensorSpec:
-        "Name, dtype and shape of tensor `name`, without reading it"
-        if name not in self._store: self.get_parameter(name)
-        v = self._store[name]
-        return v.spec if isinstance(v, _Lazy) else TensorSpec.of(name, v)
-    return dict(get_parameter=get_parameter, spec=spec,
-        names=property(lambda self: list(self._store), doc="Tensor names, in order"),
-        specs=property(lambda self: [self.spec(n) for n in self._store], doc="Specs of every tensor, in order"),
-        parameters=property(lambda self: Parameters(self), doc="The `(name, array)` pairs"),
-        is_lazy=property(lambda self: any(isinstance(v, _Lazy) for v in self._store.values()), doc="True if some tensors are still on disk"),
-        nbytes=property(lambda self: sum(s.nbytes for s in self.specs), doc="Bytes of tensor data"),
-        num_parameters=property(lambda self: sum(s.size for s in self.specs), doc="Number of scalar parameters"),
-        __len__=lambda self: len(self._store), __contains__=lambda self, n: n in self._store,
-        __iter__=lambda self: iter(self.parameters), __getitem__=lambda self, n: self.get_parameter(n))
-for k, v in _model_methods().items(): setattr(Model, k, v)
+# %% ../nbs/02_io.ipynb #c7bcd452
+@patch
+def get_parameter(self:Model, name:str):
+    "The tensor called `name` (read from disk now if the model is lazy)"
+    try: value = self._store[name]
+    except KeyError:
+        raise TensorNotFoundError(f"no tensor called '{name}' in this model ({len(self._store)} tensors)",
+                                  path=self.path, tensor=name) from None
+    return value.load() if isinstance(value, _Lazy) else value
+
+# %% ../nbs/02_io.ipynb #cf52e7ba
+@patch
+def spec(self:Model, name:str) -> TensorSpec:
+    "Name, dtype and shape of tensor `name`, without reading it"
+    if name not in self._store: self.get_parameter(name)
+    v = self._store[name]
+    return v.spec if isinstance(v, _Lazy) else TensorSpec.of(name, v)
 
 # %% ../nbs/02_io.ipynb #f0569a85
+@patch(as_prop=True)
+def names(self:Model):
+    "Tensor names, in order"
+    return list(self._store)
+
+# %% ../nbs/02_io.ipynb #46a59671
+@patch(as_prop=True)
+def specs(self:Model):
+    "Specs of every tensor, in order"
+    return [self.spec(n) for n in self._store]
+
+# %% ../nbs/02_io.ipynb #2ee7712f
+@patch(as_prop=True)
+def parameters(self:Model):
+    "The `(name, array)` pairs"
+    return Parameters(self)
+
+# %% ../nbs/02_io.ipynb #734ea733
+@patch(as_prop=True)
+def is_lazy(self:Model):
+    "True if some tensors are still on disk"
+    return any(isinstance(v, _Lazy) for v in self._store.values())
+
+# %% ../nbs/02_io.ipynb #2e9e1424
+@patch(as_prop=True)
+def nbytes(self:Model):
+    "Bytes of tensor data"
+    return sum(s.nbytes for s in self.specs)
+
+# %% ../nbs/02_io.ipynb #27fc1689
+@patch(as_prop=True)
+def num_parameters(self:Model):
+    "Number of scalar parameters"
+    return sum(s.size for s in self.specs)
+
+# %% ../nbs/02_io.ipynb #7ce29831
+@patch
+def __len__(self:Model): return len(self._store)
+
+# %% ../nbs/02_io.ipynb #9d0968f6
+@patch
+def __contains__(self:Model, n): return n in self._store
+
+# %% ../nbs/02_io.ipynb #7746ceb1
+@patch
+def __iter__(self:Model): return iter(self.parameters)
+
+# %% ../nbs/02_io.ipynb #8285be3d
+@patch
+def __getitem__(self:Model, n): return self.get_parameter(n)
+
+# %% ../nbs/02_io.ipynb #36117d52
 def _fmt_count(n):
     for unit, k in (('B', 10**9), ('M', 10**6), ('K', 10**3)):
         if n >= k: return f"{n/k:.2f}{unit}"
     return str(n)
 
-def _model_repr(self):
+@patch
+def __repr__(self:Model):
     return (f"Model({self.metadata.name!r}, {self.metadata.architecture!r}, {len(self)} tensors, "
             f"{_fmt_count(self.num_parameters)} parameters{', lazy' if self.is_lazy else ''})")
-Model.__repr__ = _model_repr
 
+# %% ../nbs/02_io.ipynb #ea67372f
 def summary(self:Model) -> dict:
     "Name, architecture, version, counts and bytes by dtype of a model, without reading its tensors"
     by_dtype = {}
@@ -218,7 +277,7 @@ def summary(self:Model) -> dict:
     m = self.metadata
     return dict(name=m.name, architecture=m.architecture, version=m.version, tensors=len(self),
                 parameters=self.num_parameters, bytes=self.nbytes, bytes_by_dtype=by_dtype, custom=m.custom)
-Model.summary = summary
+patch(summary)
 
 # %% ../nbs/02_io.ipynb #94aa4efb
 _HOST = hashlib.blake2s(socket.gethostname().encode(), digest_size=3).hexdigest()
@@ -226,7 +285,8 @@ _HOST = hashlib.blake2s(socket.gethostname().encode(), digest_size=3).hexdigest(
 def _pid_alive(pid:int) -> bool:
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
-    except (PermissionError, OverflowError, ValueError): return True   # another user's process, or not a pid: keep its file
+    except (PermissionError, OverflowError, ValueError):
+        return True   # another user's process, or not a pid: keep its file
     return True
 
 def _remove_stale_temps(path:Path):
@@ -348,8 +408,10 @@ def check_shape(shape, # a shape read from a file: a list of dimensions
                 tensor:str|None=None, # the tensor, named in the error
                ) -> tuple:
     "`shape` as a tuple if numpy can make an array of it; else a `SerializationError` naming `path` and `tensor`"
-    if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-        raise SerializationError(f"shape {short_repr(shape)} is not a list of non-negative integers", path=path, tensor=tensor)
+    if (not isinstance(shape, (list, tuple))
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
+        raise SerializationError(f"shape {short_repr(shape)} is not a list of non-negative integers",
+                                 path=path, tensor=tensor)
     if math.prod(s for s in shape if s) * np.dtype(dtype).itemsize > np.iinfo(np.intp).max:
         raise SerializationError(f"shape {short_repr(shape)} is too large for an array", path=path, tensor=tensor)
     return tuple(shape)
@@ -371,11 +433,15 @@ def _read_header(f, path, size):
     "Parse and check a SafeTensors header: (data start, metadata, list of (name, dtype, shape, begin, end))"
     if size < 8: raise SerializationError(f"file is {size} bytes, too short for a SafeTensors header", path=path)
     (n,) = struct.unpack('<Q', f.read(8))
-    if n > size - 8: raise SerializationError(f"header length {n} runs past the end of the file ({size} bytes): truncated or not SafeTensors", path=path)
-    if n > MAX_HEADER: raise SerializationError(f"header length {n} is larger than the {MAX_HEADER} bytes allowed", path=path)
+    if n > size - 8:
+        raise SerializationError(f"header length {n} runs past the end of the file ({size} bytes): truncated or not SafeTensors",
+                                 path=path)
+    if n > MAX_HEADER:
+        raise SerializationError(f"header length {n} is larger than the {MAX_HEADER} bytes allowed", path=path)
     raw = f.read(n)
     try: text = raw.decode('utf-8')
-    except UnicodeDecodeError as e: raise SerializationError(f"header is not valid UTF-8 (byte {e.start})", path=path) from None
+    except UnicodeDecodeError as e:
+        raise SerializationError(f"header is not valid UTF-8 (byte {e.start})", path=path) from None
     if not text.startswith('{'): raise SerializationError("header does not start with '{'", path=path)
     with reraise_as(SerializationError, path=path, what='header'):
         header = json.loads(text, object_pairs_hook=_no_duplicates(path, ' in the header'))
@@ -396,21 +462,28 @@ def _check_entry(name, info, path):
     dtype = dtype_from_code(info['dtype'], path=path, tensor=name)
     shape, offs = check_shape(info['shape'], dtype, path, name), info['data_offsets']
     if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs) and 0 <= offs[0] <= offs[1]):
-        raise SerializationError(f"data_offsets {offs!r} are not two increasing non-negative integers", path=path, tensor=name)
+        raise SerializationError(f"data_offsets {offs!r} are not two increasing non-negative integers",
+                                 path=path, tensor=name)
     need = math.prod(shape) * dtype.itemsize
     if offs[1] - offs[0] != need:
-        raise SerializationError(f"data_offsets {offs} span {offs[1]-offs[0]} bytes but shape {list(shape)} of {info['dtype']} needs {need}", path=path, tensor=name)
+        raise SerializationError(f"data_offsets {offs} span {offs[1]-offs[0]} bytes but shape {list(shape)} of {info['dtype']} needs {need}",
+                                 path=path, tensor=name)
     return name, dtype, shape, offs[0], offs[1]
 
 def _check_layout(entries, data_len, path):
     "The tensors' byte ranges must tile the data section exactly: no gap, no overlap, nothing past the end"
     pos = 0
     for name, _, _, begin, end in sorted(entries, key=lambda e: (e[3], e[4])):
-        if begin < pos: raise SerializationError(f"data_offsets [{begin}, {end}] overlap the previous tensor", path=path, tensor=name)
-        if begin > pos: raise SerializationError(f"data_offsets [{begin}, {end}] leave a gap of {begin-pos} bytes before the tensor", path=path, tensor=name)
+        if begin < pos:
+            raise SerializationError(f"data_offsets [{begin}, {end}] overlap the previous tensor",
+                                     path=path, tensor=name)
+        if begin > pos:
+            raise SerializationError(f"data_offsets [{begin}, {end}] leave a gap of {begin-pos} bytes before the tensor",
+                                     path=path, tensor=name)
         pos = end
     if pos != data_len:
-        raise SerializationError(f"the tensors cover {pos} bytes but the data section holds {data_len}: the file is truncated or has trailing bytes", path=path)
+        raise SerializationError(f"the tensors cover {pos} bytes but the data section holds {data_len}: the file is truncated or has trailing bytes",
+                                 path=path)
 
 # %% ../nbs/02_io.ipynb #1e95cecd
 class SafeTensorsReader:
@@ -450,7 +523,8 @@ class SafeTensorsReader:
                 buf, pos = memoryview(a.reshape(-1).view(np.uint8)), self.data_start + begin
                 while len(buf):
                     n = os.preadv(self._fd, [buf], pos)
-                    if not n: raise SerializationError("file ended inside the tensor's data", path=self.path, tensor=name)
+                    if not n:
+                        raise SerializationError("file ended inside the tensor's data", path=self.path, tensor=name)
                     buf, pos = buf[n:], pos + n
                 out[name] = a
         return out
@@ -460,7 +534,8 @@ def _release(data, lo, hi):
     "Drop the pages of a mapped file's `[lo, hi)` from this process's memory (the page cache keeps them)"
     if isinstance(data, mmap.mmap) and hi > lo and hasattr(mmap, 'MADV_DONTNEED'):
         start = lo - lo % mmap.PAGESIZE
-        with contextlib.suppress(OSError, ValueError): data.madvise(mmap.MADV_DONTNEED, start, min(hi, len(data)) - start)
+        with contextlib.suppress(OSError, ValueError):
+            data.madvise(mmap.MADV_DONTNEED, start, min(hi, len(data)) - start)
 
 def _mapping_of(a):
     "The `mmap` an array's memory belongs to, or None"
@@ -499,7 +574,8 @@ def prefetch_pages(model, # a `Model`: its lazily read SafeTensors tensors are p
     if not isinstance(r, SafeTensorsReader) or not hasattr(os, 'posix_fadvise'): return 0
     _, _, _, begin, end = r.entries[name]
     with contextlib.suppress(OSError):
-        if end > begin: os.posix_fadvise(r._fd, r.data_start + begin, end - begin, os.POSIX_FADV_WILLNEED); return end - begin
+        if end > begin:
+            os.posix_fadvise(r._fd, r.data_start + begin, end - begin, os.POSIX_FADV_WILLNEED); return end - begin
     return 0
 
 # %% ../nbs/02_io.ipynb #38ff3ca8
@@ -545,7 +621,8 @@ def _config_architecture(path):
     except (OSError, ValueError): return None
     if not isinstance(c, dict): return None
     archs = c.get('architectures')
-    return archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else c.get('model_type') if isinstance(c.get('model_type'), str) else None
+    return (archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str)
+            else c.get('model_type') if isinstance(c.get('model_type'), str) else None)
 
 # %% ../nbs/02_io.ipynb #02c2ded7
 def _plan_shards(specs, shard_size):
@@ -634,7 +711,8 @@ def _number_chunks(a, fmt):
 
 # %% ../nbs/02_io.ipynb #c93772ce
 def _parameters_table(specs):
-    return [dict(name=s.name, shape=list(s.shape), dtype=dtype_code(s.dtype).lower(), requires_grad=bool(is_float_dtype(s.dtype)))
+    return [dict(name=s.name, shape=list(s.shape), dtype=dtype_code(s.dtype).lower(),
+                 requires_grad=bool(is_float_dtype(s.dtype)))
             for s in specs]
 
 def _metadata_dict(meta:ModelMetadata) -> dict:
@@ -672,13 +750,15 @@ class _TextPart:
         self.path, self.tmp, self.fmt, self.pretty = Path(path), _tmp_name(Path(path)), fmt, pretty
         self.order, self.next, self.pending, self.first = [s.name for s in specs], 0, {}, True
         self.f = gzip.open(self.tmp, 'wb', compresslevel=3) if compress else open(self.tmp, 'wb', buffering=1 << 20)
-        self.behind = _WriteBehind(self.f.fileobj if compress else self.f)   # a save of gigabytes neither fills the page cache nor waits at fsync
+        # a save of gigabytes neither fills the page cache nor waits at fsync
+        self.behind = _WriteBehind(self.f.fileobj if compress else self.f)
         head = dict(metadata=_metadata_dict(meta), parameters=_parameters_table(specs))
         if fmt == ModelFormat.Json:
             text = json.dumps(head, indent=2 if pretty else None, ensure_ascii=False, allow_nan=False)
             self.f.write(text[:-1].rstrip().encode() + (b',\n  "data": [' if pretty else b',"data":['))
         else:
-            self.f.write(yaml.safe_dump(head, sort_keys=False, allow_unicode=False, width=1 << 30).encode() + b'data: [')
+            self.f.write(yaml.safe_dump(head, sort_keys=False, allow_unicode=False, width=1 << 30).encode()
+                         + b'data: [')
 
     def write(self, name, arr):
         self.pending[name] = arr
@@ -714,110 +794,142 @@ class ModelWriter:
         self.by_name = {s.name: s for s in self.specs}
         if len(self.by_name) != len(self.specs): raise EntrenarError("duplicate tensor names in the output", path=path)
         if self.fmt == ModelFormat.SafeTensors and '__metadata__' in self.by_name:
-            raise EntrenarError("is a name SafeTensors reserves for its metadata: rename the tensor", path=path, tensor='__metadata__')
+            raise EntrenarError("is a name SafeTensors reserves for its metadata: rename the tensor",
+                                path=path, tensor='__metadata__')
         self._lock, self.written, self.parts, self.index_path = threading.Lock(), set(), [], None
         self._created_dir, self.staging, self.files = False, None, {}
 
-    def add_file(self, name:str, # a file name in the output folder, e.g. 'config.json'
-                 data:bytes|str): # its contents
-        "Have a folder output hold one more file, published with the tensors (before `close`)"
-        if not self.is_dir: raise EntrenarError(f"{name} goes into a folder output; this one is a file", path=self.path)
-        if '/' in name or name in ('', '.', '..'): raise EntrenarError(f"{name!r} is not a file name", path=self.path)
-        self.files[name] = data.encode() if isinstance(data, str) else bytes(data)
+# %% ../nbs/02_io.ipynb #c0d6d320
+@patch
+def add_file(self:ModelWriter, name:str, # a file name in the output folder, e.g. 'config.json'
+             data:bytes|str): # its contents
+    "Have a folder output hold one more file, published with the tensors (before `close`)"
+    if not self.is_dir: raise EntrenarError(f"{name} goes into a folder output; this one is a file", path=self.path)
+    if '/' in name or name in ('', '.', '..'): raise EntrenarError(f"{name!r} is not a file name", path=self.path)
+    self.files[name] = data.encode() if isinstance(data, str) else bytes(data)
 
-    def replaced(self, name:str) -> bool:
-        "True for the files of a model saved in this folder before (model.safetensors, its shards and index, model.json …)"
-        return self.is_dir and re.fullmatch(r"model(-\d{5}-of-\d{5})?\.(safetensors|json|yaml)(\.gz)?|model\.safetensors\.index\.json", name) is not None
+# %% ../nbs/02_io.ipynb #9837dc52
+@patch
+def replaced(self:ModelWriter, name:str) -> bool:
+    "True for the files of a model saved in this folder before (model.safetensors, its shards and index, model.json …)"
+    return self.is_dir and re.fullmatch(
+        r"model(-\d{5}-of-\d{5})?\.(safetensors|json|yaml)(\.gz)?|model\.safetensors\.index\.json",
+        name) is not None
 
-    def layout(self) -> tuple:
-        "The files this writer makes, as `(path, specs)` pairs, and the index's path (None unless sharded); creates nothing"
-        p, cfg = self.path, self.config
-        base = p / ('model' + ('.safetensors' if self.fmt == ModelFormat.SafeTensors else '.' + self.fmt.value + ('.gz' if cfg.compress else ''))) if self.is_dir else p
-        if self.fmt != ModelFormat.SafeTensors: return [(base, self.specs)], None
-        shards = _plan_shards(self.specs, cfg.shard_size)
-        if len(shards) == 1: return [(base, shards[0])], None
-        stem = base.name[:-len('.safetensors')] if base.name.lower().endswith('.safetensors') else base.name
-        return ([(base.with_name(f"{stem}-{i+1:05d}-of-{len(shards):05d}.safetensors"), g) for i, g in enumerate(shards)],
-                base.with_name(f"{stem}.safetensors.index.json"))
+# %% ../nbs/02_io.ipynb #a9e3107c
+@patch
+def layout(self:ModelWriter) -> tuple:
+    "The files this writer makes, as `(path, specs)` pairs, and the index's path (None unless sharded); creates nothing"
+    p, cfg = self.path, self.config
+    base = (p / ('model' + ('.safetensors' if self.fmt == ModelFormat.SafeTensors
+                            else '.' + self.fmt.value + ('.gz' if cfg.compress else '')))
+            if self.is_dir else p)
+    if self.fmt != ModelFormat.SafeTensors: return [(base, self.specs)], None
+    shards = _plan_shards(self.specs, cfg.shard_size)
+    if len(shards) == 1: return [(base, shards[0])], None
+    stem = base.name[:-len('.safetensors')] if base.name.lower().endswith('.safetensors') else base.name
+    return ([(base.with_name(f"{stem}-{i+1:05d}-of-{len(shards):05d}.safetensors"), g)
+             for i, g in enumerate(shards)],
+            base.with_name(f"{stem}.safetensors.index.json"))
 
-    def _open(self):
-        p, cfg = self.path, self.config
-        if self.is_dir:   # built in a folder beside the target, published at once by `close`
-            if p.exists() and not p.is_dir(): raise IoError("is a file, not a folder", path=p)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self.staging = _tmp_name(p); self.staging.mkdir()
-        elif p.parent and not p.parent.exists(): p.parent.mkdir(parents=True); self._created_dir = p.parent
-        files, self.index_path = self.layout()
-        if self.staging is not None:
-            files = [(self.staging / f.name, g) for f, g in files]
-            if self.index_path is not None: self.index_path = self.staging / self.index_path.name
-        if self.fmt != ModelFormat.SafeTensors:
-            base = files[0][0]
-            self.parts = [_TextPart(base, self.specs, self.metadata, self.fmt, cfg.pretty, cfg.compress or base.name.lower().endswith('.gz'))]
-            self.part_of = {s.name: self.parts[0] for s in self.specs}
-            return
-        strings, self.part_of = _metadata_to_strings(self.metadata), {}
-        for fname, group in files:
-            part = _SafeTensorsPart(fname, group, strings); self.parts.append(part)
-            self.part_of.update({s.name: part for s in group})
+# %% ../nbs/02_io.ipynb #94a8d101
+@patch
+def _open(self:ModelWriter):
+    p, cfg = self.path, self.config
+    if self.is_dir:   # built in a folder beside the target, published at once by `close`
+        if p.exists() and not p.is_dir(): raise IoError("is a file, not a folder", path=p)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self.staging = _tmp_name(p); self.staging.mkdir()
+    elif p.parent and not p.parent.exists(): p.parent.mkdir(parents=True); self._created_dir = p.parent
+    files, self.index_path = self.layout()
+    if self.staging is not None:
+        files = [(self.staging / f.name, g) for f, g in files]
+        if self.index_path is not None: self.index_path = self.staging / self.index_path.name
+    if self.fmt != ModelFormat.SafeTensors:
+        base = files[0][0]
+        self.parts = [_TextPart(base, self.specs, self.metadata, self.fmt, cfg.pretty,
+                                cfg.compress or base.name.lower().endswith('.gz'))]
+        self.part_of = {s.name: self.parts[0] for s in self.specs}
+        return
+    strings, self.part_of = _metadata_to_strings(self.metadata), {}
+    for fname, group in files:
+        part = _SafeTensorsPart(fname, group, strings); self.parts.append(part)
+        self.part_of.update({s.name: part for s in group})
 
 # %% ../nbs/02_io.ipynb #cc768e34
-def _writer_methods():
-    def __enter__(self):
-        try:
-            with reraise_as(IoError, path=self.path, what='creating'): self._open()
-        except BaseException: self.abort(); raise
-        return self
-    def write(self, name:str, # a tensor named in the specs
-              array): # its data: numpy or CuPy, of the spec's shape and dtype
-        "Write tensor `name`"
-        spec = self.by_name.get(name)
-        if spec is None: raise EntrenarError("is not one of the tensors this writer expects", path=self.path, tensor=name)
-        a = to_numpy(array)
-        if not a.flags.c_contiguous: a = a.copy(order='C')  # safetensors-style writers corrupt strided arrays
-        if a.dtype != spec.dtype or tuple(a.shape) != spec.shape:
-            raise EntrenarError(f"got {a.dtype}{list(a.shape)}, expected {spec.dtype}{list(spec.shape)}", path=self.path, tensor=name)
-        part = self.part_of[name]
-        with reraise_as(IoError, path=part.path, tensor=name, what='writing'):
-            if isinstance(part, _TextPart):
-                with self._lock: part.write(name, a)
-            else: part.write(name, a)
-        with self._lock:
-            if name in self.written: raise EntrenarError("written twice", path=self.path, tensor=name)
-            self.written.add(name)
-    def close(self):
-        "Check that every tensor was written, then move the files into place"
-        missing = [s.name for s in self.specs if s.name not in self.written]
-        if missing: raise EntrenarError(f"{len(missing)} tensors were never written, e.g. '{missing[0]}'; nothing was saved", path=self.path)
-        with reraise_as(IoError, path=self.path, what='finishing'):
-            for part in self.parts: part.finish()
-            idx_tmp = None
-            if self.index_path is not None:
-                idx_tmp = _tmp_name(self.index_path); idx_tmp.write_text(self.index_text()); _fsync(idx_tmp)
-            for part in self.parts: os.replace(part.tmp, part.path)
-            if idx_tmp is not None: os.replace(idx_tmp, self.index_path)
-            if self.staging is not None:
-                for name, data in self.files.items():
-                    with open(self.staging / name, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
-                publish_dir(self.staging, self.path, self.replaced)
-    def index_text(self) -> str:
-        "The index of a sharded output (total size, metadata, the file of each tensor) as the JSON text `close` writes"
-        where = {s.name: f.name for f, group in self.layout()[0] for s in group}
-        idx = dict(metadata=dict(total_size=sum(s.nbytes for s in self.specs), **_metadata_to_strings(self.metadata)),
-                   weight_map={s.name: where[s.name] for s in self.specs})
-        return json.dumps(idx, indent=2) + '\n'
-    def abort(self):
-        "Remove every temporary file; nothing appears at the target"
-        for part in self.parts: part.abort()
-        if self.staging is not None: shutil.rmtree(self.staging, ignore_errors=True)
-        d = self.path if self._created_dir is True else self._created_dir or None
-        if d is not None and d.exists() and not any(d.iterdir()): d.rmdir()
-    def __exit__(self, typ, exc, tb):
-        if typ is not None: self.abort(); return False
-        try: self.close()
-        except BaseException: self.abort(); raise
-    return locals()
-for k, v in _writer_methods().items(): setattr(ModelWriter, k, v)
+@patch
+def __enter__(self:ModelWriter):
+    try:
+        with reraise_as(IoError, path=self.path, what='creating'): self._open()
+    except BaseException: self.abort(); raise
+    return self
+
+# %% ../nbs/02_io.ipynb #62b84af9
+@patch
+def write(self:ModelWriter,
+          name:str, # a tensor named in the specs
+          array): # its data: numpy or CuPy, of the spec's shape and dtype
+    "Write tensor `name`"
+    spec = self.by_name.get(name)
+    if spec is None: raise EntrenarError("is not one of the tensors this writer expects", path=self.path, tensor=name)
+    a = to_numpy(array)
+    if not a.flags.c_contiguous: a = a.copy(order='C')  # safetensors-style writers corrupt strided arrays
+    if a.dtype != spec.dtype or tuple(a.shape) != spec.shape:
+        raise EntrenarError(f"got {a.dtype}{list(a.shape)}, expected {spec.dtype}{list(spec.shape)}",
+                            path=self.path, tensor=name)
+    part = self.part_of[name]
+    with reraise_as(IoError, path=part.path, tensor=name, what='writing'):
+        if isinstance(part, _TextPart):
+            with self._lock: part.write(name, a)
+        else: part.write(name, a)
+    with self._lock:
+        if name in self.written: raise EntrenarError("written twice", path=self.path, tensor=name)
+        self.written.add(name)
+
+# %% ../nbs/02_io.ipynb #d0e0f816
+@patch
+def close(self:ModelWriter):
+    "Check that every tensor was written, then move the files into place"
+    missing = [s.name for s in self.specs if s.name not in self.written]
+    if missing:
+        raise EntrenarError(f"{len(missing)} tensors were never written, e.g. '{missing[0]}'; nothing was saved",
+                            path=self.path)
+    with reraise_as(IoError, path=self.path, what='finishing'):
+        for part in self.parts: part.finish()
+        idx_tmp = None
+        if self.index_path is not None:
+            idx_tmp = _tmp_name(self.index_path); idx_tmp.write_text(self.index_text()); _fsync(idx_tmp)
+        for part in self.parts: os.replace(part.tmp, part.path)
+        if idx_tmp is not None: os.replace(idx_tmp, self.index_path)
+        if self.staging is not None:
+            for name, data in self.files.items():
+                with open(self.staging / name, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
+            publish_dir(self.staging, self.path, self.replaced)
+
+# %% ../nbs/02_io.ipynb #f937afdb
+@patch
+def index_text(self:ModelWriter) -> str:
+    "The index of a sharded output (total size, metadata, the file of each tensor) as the JSON text `close` writes"
+    where = {s.name: f.name for f, group in self.layout()[0] for s in group}
+    idx = dict(metadata=dict(total_size=sum(s.nbytes for s in self.specs), **_metadata_to_strings(self.metadata)),
+               weight_map={s.name: where[s.name] for s in self.specs})
+    return json.dumps(idx, indent=2) + '\n'
+
+# %% ../nbs/02_io.ipynb #2aa6c9af
+@patch
+def abort(self:ModelWriter):
+    "Remove every temporary file; nothing appears at the target"
+    for part in self.parts: part.abort()
+    if self.staging is not None: shutil.rmtree(self.staging, ignore_errors=True)
+    d = self.path if self._created_dir is True else self._created_dir or None
+    if d is not None and d.exists() and not any(d.iterdir()): d.rmdir()
+
+# %% ../nbs/02_io.ipynb #c770938b
+@patch
+def __exit__(self:ModelWriter, typ, exc, tb):
+    if typ is not None: self.abort(); return False
+    try: self.close()
+    except BaseException: self.abort(); raise
 
 # %% ../nbs/02_io.ipynb #7bff5d2f
 def _cast_values(vals, spec, path):
@@ -825,12 +937,15 @@ def _cast_values(vals, spec, path):
     dt = spec.dtype
     if dt == np.complex64: return vals.astype(np.float32, copy=False).view(np.complex64)
     if dt == np.bool_:
-        if not np.isin(vals, (0, 1)).all(): raise SerializationError("bool tensor holds values other than 0 and 1", path=path, tensor=spec.name)
+        if not np.isin(vals, (0, 1)).all():
+            raise SerializationError("bool tensor holds values other than 0 and 1", path=path, tensor=spec.name)
         return vals.astype(np.bool_)
     if dt.kind in 'iu':
         info = np.iinfo(dt)
-        if not (np.isfinite(vals).all() and (vals == np.round(vals)).all() and (vals >= info.min).all() and (vals <= info.max).all()):
-            raise SerializationError(f"{dtype_code(dt).lower()} tensor holds a value that is not an integer in its range", path=path, tensor=spec.name)
+        if not (np.isfinite(vals).all() and (vals == np.round(vals)).all()
+                and (vals >= info.min).all() and (vals <= info.max).all()):
+            raise SerializationError(f"{dtype_code(dt).lower()} tensor holds a value that is not an integer in its range",
+                                     path=path, tensor=spec.name)
         return vals.astype(dt)
     with np.errstate(over='ignore'): return vals.astype(dt, copy=False)
 
@@ -869,20 +984,26 @@ def _to_int(t):
 def _parse_tensor(values, spec, path):
     "One tensor from a list of parsed JSON/YAML values, or a 64-bit integer tensor from its slice `(data, lo, hi)` of the text"
     n, dt = _values_count(spec), spec.dtype
-    if dt in (np.dtype(np.int64), np.dtype(np.uint64)):  # floats are exact only to 2**53: read 64-bit integers as integers
+    # floats are exact only to 2**53: read 64-bit integers as integers
+    if dt in (np.dtype(np.int64), np.dtype(np.uint64)):
         toks = values if isinstance(values, list) else bytes(memoryview(values[0])[values[1]:values[2]]).split(b',')
         if n == 0: toks = []
-        if len(toks) != n: raise SerializationError(f"data: expected {n} numbers, found {len(toks)}", path=path, tensor=spec.name)
+        if len(toks) != n:
+            raise SerializationError(f"data: expected {n} numbers, found {len(toks)}", path=path, tensor=spec.name)
         try: ints = [_to_int(t) for t in toks]
-        except (ValueError, TypeError, OverflowError) as e: raise SerializationError(f"data: {e}", path=path, tensor=spec.name) from None
+        except (ValueError, TypeError, OverflowError) as e:
+            raise SerializationError(f"data: {e}", path=path, tensor=spec.name) from None
         info = np.iinfo(dt)
         if ints and not (info.min <= min(ints) and max(ints) <= info.max):
-            raise SerializationError(f"{dtype_code(dt).lower()} tensor holds a value outside its range", path=path, tensor=spec.name)
+            raise SerializationError(f"{dtype_code(dt).lower()} tensor holds a value outside its range",
+                                     path=path, tensor=spec.name)
         return np.array(ints, dtype=dt).reshape(spec.shape)
     try:
-        vals = np.array([float(v) if not isinstance(v, str) else parse_numbers(v.encode())[0] for v in values], np.float64)
+        vals = np.array([float(v) if not isinstance(v, str) else parse_numbers(v.encode())[0] for v in values],
+                        np.float64)
         if len(vals) != n: raise ValueError(f"expected {n} numbers, found {len(vals)}")
-    except (ValueError, TypeError, IndexError) as e: raise SerializationError(f"data: {e}", path=path, tensor=spec.name) from None
+    except (ValueError, TypeError, IndexError) as e:
+        raise SerializationError(f"data: {e}", path=path, tensor=spec.name) from None
     return _cast_values(vals, spec, path).reshape(spec.shape)
 
 # %% ../nbs/02_io.ipynb #bf523aec
@@ -909,9 +1030,12 @@ def _read_tensor(a, data, pos, hi, spec, path, last):
 def _parse_data(data, lo, hi, specs, path):
     "{name: tensor} from the text of the data array, `data[lo:hi]`"
     need = sum(_values_count(s) for s in specs)
-    if need > (hi - lo) // 2 + 1: raise SerializationError(f"the parameters' shapes need {need} values but data holds at most {(hi - lo) // 2 + 1}", path=path)
+    if need > (hi - lo) // 2 + 1:
+        raise SerializationError(f"the parameters' shapes need {need} values but data holds at most {(hi - lo) // 2 + 1}",
+                                 path=path)
     last = max([i for i, s in enumerate(specs) if _values_count(s)], default=None)
-    if last is None and bytes(data[lo:hi]).strip(): raise SerializationError("data holds values but the parameters need none", path=path)
+    if last is None and bytes(data[lo:hi]).strip():
+        raise SerializationError("data holds values but the parameters need none", path=path)
     a, params, pos = np.frombuffer(data, np.uint8), {}, lo
     for i, s in enumerate(specs): params[s.name], pos = _read_tensor(a, data, pos, hi, s, path, i == last)
     return params
@@ -936,7 +1060,8 @@ class _UniqueKeysLoader(_yaml_loader()):
         return super().construct_mapping(node, deep)
 
 # %% ../nbs/02_io.ipynb #30087d3a
-YAML_MAX = 4 << 20   # characters of YAML parsed whole: a recipe, or a model file's header (its data array is read apart)
+# characters of YAML parsed whole: a recipe, or a model file's header (its data array is read apart)
+YAML_MAX = 4 << 20
 
 def parse_yaml(text:str, # YAML text
                path=None, # the file it came from, named in errors
@@ -948,7 +1073,8 @@ def parse_yaml(text:str, # YAML text
         raise error(f"{what}: {len(text):,} characters of YAML to parse whole, over the {YAML_MAX:,} allowed "
                     "(PyYAML holds about 260 bytes per character)", path=path)
     with reraise_as(error, path=path, what=what):
-        events = yaml.parse(text, Loader=_yaml_loader()) if '&' in text or '*' in text else ()   # no & or *: no anchor, no alias
+        # no & or *: no anchor, no alias
+        events = yaml.parse(text, Loader=_yaml_loader()) if '&' in text or '*' in text else ()
         for ev in events:
             if isinstance(ev, yaml.AliasEvent) or getattr(ev, 'anchor', None):
                 raise error("YAML anchors and aliases are not allowed", path=path)
@@ -1007,7 +1133,8 @@ def _find_data(buf, fmt, path):
         except (SerializationError, UnicodeDecodeError): continue
         if isinstance(head, dict) and 'data' in head and head['data'] is None: return head, span
     try: text = buf[:].decode('utf-8')
-    except UnicodeDecodeError as e: raise SerializationError(f"file is not valid UTF-8 (byte {e.start})", path=path) from None
+    except UnicodeDecodeError as e:
+        raise SerializationError(f"file is not valid UTF-8 (byte {e.start})", path=path) from None
     return _parse_head(text, fmt, path), None
 
 # %% ../nbs/02_io.ipynb #a43c6ca8
@@ -1017,11 +1144,13 @@ def _parse_specs(head, path):
     if not isinstance(params, list): raise SerializationError("'parameters' is missing or not a list", path=path)
     specs, seen = [], set()
     for i, p in enumerate(params):
-        if not isinstance(p, dict) or not isinstance(p.get('name'), str): raise SerializationError(f"parameter {i} has no name", path=path)
+        if not isinstance(p, dict) or not isinstance(p.get('name'), str):
+            raise SerializationError(f"parameter {i} has no name", path=path)
         name, shape, rg = p['name'], p.get('shape'), p.get('requires_grad', True)
         if name in seen: raise SerializationError("the tensor name appears twice", path=path, tensor=name)
         seen.add(name)
-        if rg not in (True, False, 'true', 'false'): raise SerializationError(f"requires_grad {rg!r} is not a bool", path=path, tensor=name)
+        if rg not in (True, False, 'true', 'false'):
+            raise SerializationError(f"requires_grad {rg!r} is not a bool", path=path, tensor=name)
         dtype = dtype_from_code(p.get('dtype', 'f32'), path=path, tensor=name)
         specs.append(TensorSpec(name, dtype, check_shape(shape, dtype, path, name)))
     return specs
@@ -1030,10 +1159,13 @@ def _parse_metadata(head, path):
     m = head.get('metadata') or {}
     if not isinstance(m, dict): raise SerializationError("'metadata' is not a mapping", path=path)
     custom, extra, tc = m.get('custom') or {}, m.get('extra') or {}, m.get('training_config')
-    if not isinstance(custom, dict) or not isinstance(extra, dict): raise SerializationError("'custom' metadata is not a mapping", path=path)
-    if tc is not None and not isinstance(tc, dict): raise SerializationError("'training_config' is not a mapping", path=path)
-    return ModelMetadata(str(m.get('name', _default_name(path))), str(m.get('architecture', 'unknown')), str(m.get('version', '0.1.0')),
-                         tc, {str(k): _check_json(v, k) for k, v in custom.items()}, {str(k): str(v) for k, v in extra.items()})
+    if not isinstance(custom, dict) or not isinstance(extra, dict):
+        raise SerializationError("'custom' metadata is not a mapping", path=path)
+    if tc is not None and not isinstance(tc, dict):
+        raise SerializationError("'training_config' is not a mapping", path=path)
+    return ModelMetadata(str(m.get('name', _default_name(path))), str(m.get('architecture', 'unknown')),
+                         str(m.get('version', '0.1.0')), tc, {str(k): _check_json(v, k) for k, v in custom.items()},
+                         {str(k): str(v) for k, v in extra.items()})
 
 # %% ../nbs/02_io.ipynb #7cdd03c4
 GZIP_FREE = 64 << 20         # decompressed bytes any .gz model may reach before its parameters table must justify more
@@ -1042,12 +1174,14 @@ GZIP_BYTES_PER_VALUE = 64    # the most text one number (with its comma and inde
 def _gzip_limit(out, fmt, path):
     "How far the text of a .gz model may decompress: what its `parameters` table (read from the text before `data`) can need"
     def refuse(why):
-        return SerializationError(f"decompresses past {GZIP_FREE:,} bytes {why}: refused as a possible gzip bomb", path=path)
+        return SerializationError(f"decompresses past {GZIP_FREE:,} bytes {why}: refused as a possible gzip bomb",
+                                  path=path)
     start = next((c[0] for c in _data_candidates(out, fmt)), None)
     if start is None: raise refuse("without reaching its data array")
     key = b'"data": null}' if fmt == ModelFormat.Json else b'\ndata: null\n'
     try: head = _parse_head(bytes(out[:start] + key).decode('utf-8'), fmt, path)
-    except SerializationError as e: raise refuse(f"and the text before its data array is no header ({e.message})") from None
+    except SerializationError as e:
+        raise refuse(f"and the text before its data array is no header ({e.message})") from None
     except UnicodeDecodeError: raise refuse("and the text before its data array is not UTF-8") from None
     if not isinstance(head, dict) or not isinstance(head.get('parameters'), list):
         raise refuse("and its parameters table does not come before its data array")
@@ -1086,9 +1220,11 @@ def _read_text(path, fmt=ModelFormat.Json):
 def _load_text(path, fmt):
     "Load a JSON or YAML model file"
     buf = _read_text(path, fmt)
-    if fmt == ModelFormat.Json and not buf[:1 << 16].lstrip()[:1] == b'{': raise SerializationError("not a JSON object", path=path)
+    if fmt == ModelFormat.Json and not buf[:1 << 16].lstrip()[:1] == b'{':
+        raise SerializationError("not a JSON object", path=path)
     head, span = _find_data(buf, fmt, path)
-    if not isinstance(head, dict): raise SerializationError("the document is not a mapping with metadata, parameters and data", path=path)
+    if not isinstance(head, dict):
+        raise SerializationError("the document is not a mapping with metadata, parameters and data", path=path)
     specs, meta = _parse_specs(head, path), _parse_metadata(head, path)
     if span is not None:
         data, lo, hi = span
@@ -1097,7 +1233,8 @@ def _load_text(path, fmt):
         data = head.get('data')
         if not isinstance(data, list): raise SerializationError("'data' is missing or not a list", path=path)
         need = sum(_values_count(s) for s in specs)
-        if need != len(data): raise SerializationError(f"data holds {len(data)} values but the parameters' shapes need {need}", path=path)
+        if need != len(data):
+            raise SerializationError(f"data holds {len(data)} values but the parameters' shapes need {need}", path=path)
         params, pos = {}, 0
         for s in specs:
             n = _values_count(s)
@@ -1111,7 +1248,9 @@ def _find_in_folder(folder):
                 'model.json', 'model.json.gz', 'model.yaml', 'model.yaml.gz', 'model.yml'):
         found = sorted(folder.glob(pat))
         if len(found) == 1: return found[0]
-        if len(found) > 1: raise SerializationError(f"holds several candidates ({', '.join(f.name for f in found[:3])}): name the file to load", path=folder)
+        if len(found) > 1:
+            raise SerializationError(f"holds several candidates ({', '.join(f.name for f in found[:3])}): name the file to load",
+                                     path=folder)
     raise SerializationError("holds no model file (.safetensors, index .json, model.json or model.yaml)", path=folder)
 
 def _load_index(path, lazy, tries:int=5):
@@ -1128,7 +1267,8 @@ def _load_index(path, lazy, tries:int=5):
     first = next(iter(readers.values()), None)
     meta = _metadata_from_strings(first.metadata if first else {}, path)
     loaded = {s: (r.read_all() if not lazy else None) for s, r in readers.items()}
-    params = [(n, _Lazy(TensorSpec(n, *readers[s].entries[n][1:3]), readers[s]) if lazy else loaded[s][n]) for n, s in wm.items()]
+    params = [(n, _Lazy(TensorSpec(n, *readers[s].entries[n][1:3]), readers[s]) if lazy else loaded[s][n])
+              for n, s in wm.items()]
     return Model(meta, params, path=Path(path))
 
 def _same(folder, inode) -> bool:
@@ -1145,11 +1285,13 @@ def _open_shards(path) -> tuple:
     readers = {}
     for shard in dict.fromkeys(wm.values()):
         p = Path(path).parent / shard
-        if Path(shard).is_absolute() or '..' in Path(shard).parts: raise SerializationError(f"shard {shard!r} points outside the checkpoint folder", path=path)
+        if Path(shard).is_absolute() or '..' in Path(shard).parts:
+            raise SerializationError(f"shard {shard!r} points outside the checkpoint folder", path=path)
         if not p.exists(): raise IoError(f"shard {shard} named by the index does not exist", path=path)
         readers[shard] = SafeTensorsReader(p)
     for name, shard in wm.items():
-        if name not in readers[shard].entries: raise SerializationError(f"the index puts it in {shard}, which does not hold it", path=path, tensor=name)
+        if name not in readers[shard].entries:
+            raise SerializationError(f"the index puts it in {shard}, which does not hold it", path=path, tensor=name)
     return readers, wm
 
 def _load_safetensors(path, lazy):
@@ -1169,13 +1311,16 @@ class UrlSafeTensorsReader:
     "A checked SafeTensors file read through fsspec: the header once, then one ranged read per tensor"
     def __init__(self, url:str):
         try: import fsspec
-        except ImportError: raise IoError("reading a URL needs fsspec: pip install fsspec (and the package of its storage)", path=url) from None
+        except ImportError:
+            raise IoError("reading a URL needs fsspec: pip install fsspec (and the package of its storage)",
+                          path=url) from None
         self.path, self._lock = url, threading.Lock()
         with reraise_as(IoError, path=url, what='opening'):
             self._f = fsspec.open(url, 'rb').open()
             self.size = self._f.size if isinstance(getattr(self._f, 'size', None), int) else self._f.seek(0, 2)
             self._f.seek(0)
-        with reraise_as(SerializationError, path=url, what='reading'): self.data_start, self.metadata, entries = _read_header(self._f, url, self.size)
+        with reraise_as(SerializationError, path=url, what='reading'):
+            self.data_start, self.metadata, entries = _read_header(self._f, url, self.size)
         _check_layout(entries, self.size - self.data_start, url)
         self.entries = {e[0]: e for e in sorted(entries, key=lambda e: e[3])}
         self.specs = [TensorSpec(n, dt, shape) for n, dt, shape, _, _ in self.entries.values()]
@@ -1184,7 +1329,8 @@ class UrlSafeTensorsReader:
         _, dtype, shape, begin, end = self.entries[name]
         with self._lock, reraise_as(IoError, path=self.path, tensor=name, what='reading'):
             self._f.seek(self.data_start + begin); data = self._f.read(end - begin)
-        if len(data) != end - begin: raise SerializationError("file ended inside the tensor's data", path=self.path, tensor=name)
+        if len(data) != end - begin:
+            raise SerializationError("file ended inside the tensor's data", path=self.path, tensor=name)
         return np.frombuffer(data, dtype=dtype, count=math.prod(shape)).reshape(shape)
     def read_all(self) -> dict: return {n: self.read(n).copy() for n in self.entries}
 
@@ -1224,11 +1370,13 @@ def load_model(path, # a model file, a checkpoint folder, an index .json, hf://o
 # %% ../nbs/02_io.ipynb #d3df3079
 _GGUF_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}   # value type -> bytes
 _GGUF_STRING, _GGUF_ARRAY, _GGUF_NESTING = 8, 9, 4    # types of strings and arrays; arrays of arrays this deep at most
-GGUF_MAX_ITEMS = 1 << 21   # metadata items GGUFReader may be handed (a key or tensor counts 4): ~2x the largest tokenizer
+# metadata items GGUFReader may be handed (a key or tensor counts 4): ~2x the largest tokenizer
+GGUF_MAX_ITEMS = 1 << 21
 
 class _GgufCursor:
     "Reads GGUF header fields in order, refusing any count or length that runs past the end of the file"
-    def __init__(self, buf, path, order='<'): self.buf, self.path, self.order, self.pos, self.items = buf, path, order, 0, 0
+    def __init__(self, buf, path, order='<'):
+        self.buf, self.path, self.order, self.pos, self.items = buf, path, order, 0, 0
     def count(self, n, what):
         "Add `n` items to the header's count (`GGUFReader` keeps about 0.7-3.6 KB for each), refusing more than `GGUF_MAX_ITEMS`"
         self.items += n
@@ -1263,7 +1411,8 @@ def _gguf_value(c, vtype, what, depth=0):
     itype, count = c.uint(4, f"the item type of {what}"), c.uint(8, f"the length of {what}")
     items = f"{what} ({count:,} items)"
     if itype in _GGUF_SCALARS: c.skip(count * _GGUF_SCALARS[itype], items); return c.count(count, items)
-    if itype not in (_GGUF_STRING, _GGUF_ARRAY): raise SerializationError(f"{what}: unknown item type {itype}", path=c.path)
+    if itype not in (_GGUF_STRING, _GGUF_ARRAY):
+        raise SerializationError(f"{what}: unknown item type {itype}", path=c.path)
     c.need(count * (8 if itype == _GGUF_STRING else 12), items)    # the smallest string, the smallest array
     c.count(count, items)
     if itype == _GGUF_STRING:
@@ -1296,13 +1445,15 @@ def _check_gguf_data(tensors, data_offset, alignment, size, path):
     sizes = _ggml_sizes()
     for name, dims, ttype, offset in tensors:
         if offset % alignment:
-            raise SerializationError(f"data offset {offset:,} is not a multiple of the alignment ({alignment})", path=path, tensor=name)
+            raise SerializationError(f"data offset {offset:,} is not a multiple of the alignment ({alignment})",
+                                     path=path, tensor=name)
         check_shape(dims, np.float64, path, name)
         if sizes is None: continue
         if ttype not in sizes: raise SerializationError(f"unknown tensor type {ttype}", path=path, tensor=name)
         block, block_bytes = sizes[ttype]
         if dims and dims[0] % block:
-            raise SerializationError(f"rows of {dims[0]:,} values are not whole blocks of {block}", path=path, tensor=name)
+            raise SerializationError(f"rows of {dims[0]:,} values are not whole blocks of {block}",
+                                     path=path, tensor=name)
         nbytes, start = math.prod(dims) // block * block_bytes, data_offset + offset
         if start + nbytes > size:
             raise SerializationError(f"its {nbytes:,} bytes at offset {start:,} run past the end of the file ({size:,} bytes)",
@@ -1314,7 +1465,8 @@ def _walk_gguf(buf, path):
     order = '<' if struct.unpack_from('<I', buf, 4)[0] & 0xFFFF else '>'   # as GGUFReader tells a big-endian file
     c = _GgufCursor(buf, path, order); c.pos = 4
     version = c.uint(4, 'the version')
-    if version not in (2, 3): raise SerializationError(f"GGUF version {version} is not supported (2 and 3 are)", path=path)
+    if version not in (2, 3):
+        raise SerializationError(f"GGUF version {version} is not supported (2 and 3 are)", path=path)
     n_tensors, n_keys = c.uint(8, 'the tensor count'), c.uint(8, 'the key count')
     c.need(13 * n_keys + 24 * n_tensors, f"{n_keys:,} keys and {n_tensors:,} tensors")    # their smallest sizes
     c.count(4 * (n_keys + n_tensors), f"{n_keys:,} keys and {n_tensors:,} tensors")
@@ -1354,7 +1506,8 @@ def open_gguf(path, # a .gguf file
     "A `gguf.GGUFReader` of `path`, its header walked by `check_gguf` first, both reading one open file"
     import gguf
     path = Path(path)
-    with reraise_as(IoError, path=path, what='reading'), (open(path, 'rb') if file is None else contextlib.nullcontext(file)) as f:
+    with (reraise_as(IoError, path=path, what='reading'),
+          (open(path, 'rb') if file is None else contextlib.nullcontext(file)) as f):
         _check_gguf_file(f, path)
         with reraise_as(SerializationError, path=path, what='reading the GGUF header'):
             return gguf.GGUFReader(f)   # numpy maps this open file, not the path

@@ -13,14 +13,16 @@ from pathlib import Path
 import numpy as np
 import orjson
 from tqdm.auto import tqdm
-from .errors import QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError, reraise_as
+from fastcore.basics import patch
+from .errors import (QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError,
+                             reraise_as)
 from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend, CPU_THREADS
 from .cuda import download, upload
 from .cuda_blocks import dequantize_blocks, quantize_blocks
 from .cuda_kquants import quantize_kquant
 from .cuda_weighted import quantize_weighted_rows
-from .io import (check_output_is_not_input, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
-                         dtype_code, dtype_from_code, is_float_dtype, check_shape, open_gguf, release_pages)
+from .io import (check_output_is_not_input, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model,
+                         atomic_path, dtype_code, dtype_from_code, is_float_dtype, check_shape, open_gguf, release_pages)
 from .kquants import K_QUANTS, quantize_weighted, weighted_levels
 from .runner import DictSink, Plan, Sources, executor, run_plan
 
@@ -129,21 +131,23 @@ def _for_chunks(xp, n_blocks:int, work, size:int=CHUNK_BLOCKS):
     else:
         with ThreadPoolExecutor(THREADS) as ex: list(ex.map(work, starts))
 
-def _quantize(cls, x, # any float array whose last axis is a multiple of the block size
-              imatrix=None, # importance of each column (one float per value of a row): ggml's weighted search
-             ):
+# %% ../nbs/04_quantize.ipynb #d45ca44c
+@patch(cls_method=True)
+def quantize(cls:BlockFormat, x, # any float array whose last axis is a multiple of the block size
+             imatrix=None, # importance of each column (one float per value of a row): ggml's weighted search
+            ):
     "Quantize `x` to packed blocks of ggml's byte shape `(..., row_bytes)` (uint8)"
     xp = get_array_module(x)
     _check_rows(cls, x.shape, cls.block_size, 'values')
     if imatrix is not None and cls.name != 'q8_0': return _quantize_weighted(cls, x, imatrix)   # ggml's Q8_0 ignores it
-    if xp is not np:   # on a GPU: the kernels of entrenar.cuda_blocks and entrenar.cuda_kquants, one pass over the tensor
+    if xp is not np:   # on a GPU: the kernels of entrenar.cuda_blocks and entrenar.cuda_kquants, one pass
         flat = xp.ascontiguousarray(x, dtype=np.float32).reshape(-1)
         data = quantize_kquant(cls.name, flat) if cls.block_size == 256 else quantize_blocks(cls.name, flat)
         return data.reshape(*x.shape[:-1], x.shape[-1] // cls.block_size * cls.type_size)
     blocks, n = x.reshape(-1, cls.block_size), cls.chunk_blocks
     out = xp.empty((blocks.shape[0], cls.type_size), np.uint8)
     def work(s):
-        with np.errstate(over='ignore', invalid='ignore'):  # scales beyond float16 become inf, as in ggml: see `scale_overflow`
+        with np.errstate(over='ignore', invalid='ignore'):  # scales beyond float16 become inf, as in ggml
             chunk, o = xp.ascontiguousarray(blocks[s:s + n], dtype=np.float32), out[s:s + n]
             if cls.quantize_chunk is not None: o[...] = cls.quantize_chunk(chunk); return
             d, minimum = cls.scales(chunk, *_block_max_min(chunk))
@@ -153,6 +157,7 @@ def _quantize(cls, x, # any float array whose last axis is a multiple of the blo
     _for_chunks(xp, blocks.shape[0], work, n)
     return out.reshape(*x.shape[:-1], x.shape[-1] // cls.block_size * cls.type_size)
 
+# %% ../nbs/04_quantize.ipynb #bad0dad4
 def _quantize_weighted(cls, x, imatrix):
     "ggml's importance-weighted quantization of whole rows (some statistics span a row), chunk by chunk"
     xp = get_array_module(x)
@@ -175,8 +180,10 @@ def _quantize_weighted(cls, x, imatrix):
     _for_chunks(xp, rows.shape[0], work, n)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
-def _dequantize(cls, data, # packed blocks, `(..., row_bytes)` uint8
-               ):
+# %% ../nbs/04_quantize.ipynb #1af63625
+@patch(cls_method=True)
+def dequantize(cls:BlockFormat, data, # packed blocks, `(..., row_bytes)` uint8
+              ):
     "Unpack blocks back to float32, of shape `(..., row_values)`"
     xp = get_array_module(data)
     _check_rows(cls, data.shape, cls.type_size, 'bytes')
@@ -191,10 +198,6 @@ def _dequantize(cls, data, # packed blocks, `(..., row_bytes)` uint8
         else: cls.decode(chunk, o)
     _for_chunks(xp, blocks.shape[0], work, n)
     return out.reshape(*data.shape[:-1], data.shape[-1] // cls.type_size * cls.block_size)
-
-BlockFormat.quantize, BlockFormat.dequantize = classmethod(_quantize), classmethod(_dequantize)
-BlockFormat.quantize_blocks = classmethod(lambda cls, blocks: cls.quantize(blocks))
-BlockFormat.dequantize_blocks = classmethod(lambda cls, data: cls.dequantize(data))
 
 # %% ../nbs/04_quantize.ipynb #ab82d41b
 class Q8_0(BlockFormat, ggml_type=8, type_size=34, bits=8, symmetric=True):
@@ -211,6 +214,18 @@ class Q8_0(BlockFormat, ggml_type=8, type_size=34, bits=8, symmetric=True):
     @staticmethod
     def decode(data, out):
         get_array_module(data).multiply(data[:, 2:].view(np.int8), _get_f16(data, 0), out=out)
+
+# %% ../nbs/04_quantize.ipynb #86980377
+@patch(cls_method=True)
+def quantize_blocks(cls:BlockFormat, blocks): # rows of whole blocks
+    "`quantize` without an importance matrix"
+    return cls.quantize(blocks)
+
+# %% ../nbs/04_quantize.ipynb #715faaaf
+@patch(cls_method=True)
+def dequantize_blocks(cls:BlockFormat, data): # packed blocks
+    "`dequantize`, by its block-level name"
+    return cls.dequantize(data)
 
 # %% ../nbs/04_quantize.ipynb #bcb06102
 class Q4_0(BlockFormat, ggml_type=2, type_size=18, bits=4, symmetric=True):
@@ -482,11 +497,13 @@ def quantize_tensor(x, # a float array, numpy or CuPy
     codes, scale, zero_point = linear_quantize(x, bits, symmetric, per_channel)
     return QuantizedTensor(name, shape, dtype, scheme, pack_codes(codes, bits), scale, zero_point)
 
+# %% ../nbs/04_quantize.ipynb #f6b911fe
 _DEVICE_FLOATS = ('float16', 'float32', 'float64')   # CuPy has no bfloat16 or float8
 
-def _dequantize_tensor(self:QuantizedTensor,
-                       dtype=None, # default: the original dtype
-                      ):
+@patch
+def dequantize(self:QuantizedTensor,
+               dtype=None, # default: the original dtype
+              ):
     "The tensor's values in its original shape and dtype (or `dtype`)"
     dtype = np.dtype(dtype or self.dtype)
     if self.scheme == 'none': y = self.data
@@ -497,7 +514,6 @@ def _dequantize_tensor(self:QuantizedTensor,
         y = linear_dequantize(codes, self.scale, self.zero_point, bits, per_channel)
     if is_device_array(y) and dtype.name not in _DEVICE_FLOATS: y = to_numpy(y)
     return y.reshape(self.shape).astype(dtype, copy=False)
-QuantizedTensor.dequantize = _dequantize_tensor
 
 # %% ../nbs/04_quantize.ipynb #4dfe3f91
 def tensor_error(x, # the original tensor

@@ -329,6 +329,7 @@ def scale_overflow(data, # packed blocks
         bad |= (xp.ascontiguousarray(blocks[:, off:off + 2]).view(np.uint16)[:, 0] & 0x7C00) == 0x7C00
     return int(bad.sum())
 
+# %% ../nbs/04_quantize.ipynb #e3948cf6
 def get_block_format(fmt) -> type:
     "The `BlockFormat` class for a name such as 'q4_0' (or the class itself)"
     if isinstance(fmt, type) and issubclass(fmt, BlockFormat): return fmt
@@ -388,6 +389,7 @@ def linear_quantize(x, # a float array (numpy or CuPy)
         codes[r, c] = (q - lo) if symmetric else q   # symmetric codes are offset to be unsigned
     return codes.reshape(x.shape), scale, zero_point
 
+# %% ../nbs/04_quantize.ipynb #e9f8ec22
 def linear_dequantize(codes, # unsigned codes, the tensor's shape
                       scale, # float32, one per row
                       zero_point=None, # int64 per row (asymmetric) or None (symmetric)
@@ -413,6 +415,7 @@ def pack_codes(codes, # unsigned codes, any shape
     if flat.size % 2: flat = xp.concatenate([flat, xp.zeros(1, np.uint8)])
     return flat[0::2] | (flat[1::2] << np.uint8(4))
 
+# %% ../nbs/04_quantize.ipynb #d26d1ba5
 def unpack_codes(data, bits:int, count:int):
     "The first `count` codes stored by `pack_codes`"
     xp = get_array_module(data)
@@ -474,6 +477,7 @@ def scheme_bits(scheme:str) -> float:
     if scheme in BLOCK_FORMATS: f = BLOCK_FORMATS[scheme]; return 8 * f.type_size / f.block_size
     return float('nan') if scheme == 'none' else float(_linear_params(scheme)[0])
 
+# %% ../nbs/04_quantize.ipynb #1c3fbd9c
 @dataclass
 class QuantizedTensor:
     "One tensor as a file stores it: scheme, packed bytes, scales; or the original array with a reason"
@@ -554,6 +558,7 @@ def plan_tensor(spec:TensorSpec, # name, dtype and shape of the tensor
         return f"rows of {spec.shape[-1]} values (not a multiple of {n})"
     return None
 
+# %% ../nbs/04_quantize.ipynb #f76d414a
 def _no_bar(quiet):
     "tqdm's `disable`: off when quiet, else automatic (a widget in notebooks, a bar on terminals, none in pipes)"
     return True if quiet else None
@@ -632,6 +637,7 @@ def quantized_format(path) -> str:
                             "use .json, .safetensors or .gguf", path=path)
     return ext[1:]
 
+# %% ../nbs/04_quantize.ipynb #79ca6fde
 def _b64(a) -> str:
     return base64.b64encode(np.ascontiguousarray(to_numpy(a)).reshape(-1).view(np.uint8)).decode('ascii')
 def _unb64(s, dtype, shape): return np.frombuffer(base64.b64decode(s), dtype).reshape(shape)   # little-endian hosts
@@ -657,6 +663,9 @@ def _parts(entry:dict) -> list:
     parts = [('', np.dtype(np.uint8), ((n + 1) // 2 if bits <= 4 else n,)), ('::scale', np.dtype(np.float32), (rows,))]
     return parts + ([] if symmetric else [('::zero_point', np.dtype(np.int64), (rows,))])
 
+
+
+# %% ../nbs/04_quantize.ipynb #382db6c9
 def _arrays(qt:QuantizedTensor) -> list: return [a for a in (qt.data, qt.scale, qt.zero_point) if a is not None]
 
 def _tensor_from_parts(entry:dict, arrays:list, path=None) -> QuantizedTensor:
@@ -715,6 +724,7 @@ class _JsonSink(_AtomicSink):
     def _close(self):
         if getattr(self, 'f', None) is not None: self.f.close()
 
+# %% ../nbs/04_quantize.ipynb #e7fb9930
 def _check_table(entries, path) -> list:
     "The quantization table, each entry checked: a name, a shape numpy can make, a dtype and a scheme it fits"
     if not isinstance(entries, list):
@@ -737,6 +747,7 @@ def _check_table(entries, path) -> list:
             except SerializationError as err: raise SerializationError(err.message, path=path, tensor=name) from None
     return entries
 
+# %% ../nbs/04_quantize.ipynb #a886c9ca
 def _load_json(path) -> QuantizedModel:
     with reraise_as(SerializationError, path=path, what='reading the JSON'): d = orjson.loads(Path(path).read_bytes())
     if not isinstance(d, dict) or d.get('format') != FORMAT_TAG:
@@ -794,6 +805,7 @@ def gguf_name(name:str) -> str:
     if len(name.encode()) < 64: return name
     return name.encode()[:40].decode(errors='ignore') + '~' + hashlib.sha1(name.encode()).hexdigest()[:12]
 
+# %% ../nbs/04_quantize.ipynb #c03bd980
 def _gguf_type(entry):
     "(GGMLQuantizationType name, numpy dtype written) for a table entry"
     if entry['scheme'] in BLOCK_FORMATS: return entry['scheme'].upper(), np.dtype(np.uint8)
@@ -907,7 +919,7 @@ class QuantizeReport:
         return dict(scheme=self.settings['scheme'], tensors_quantized=len(q), tensors_kept=len(self.rows) - len(q),
                     bytes_before=before, bytes_after=after, ratio=before / after if after else math.inf)
 
-# %% ../nbs/04_quantize.ipynb #da5cd2dd
+# %% ../nbs/04_quantize.ipynb #7d647710
 def _settings(scheme, bits, method, granularity, include_1d, allow_nonfinite):
     if scheme in BLOCK_FORMATS:
         f = BLOCK_FORMATS[scheme]
@@ -920,6 +932,7 @@ def _settings(scheme, bits, method, granularity, include_1d, allow_nonfinite):
     return dict(scheme=scheme, bits=bits, method=method, granularity=granularity, block_size=block_size,
                 include_1d=include_1d, allow_nonfinite=allow_nonfinite)
 
+# %% ../nbs/04_quantize.ipynb #c75feb32
 def _plan_entry(src, spec, scheme, include_1d, allow_nonfinite):
     "The table entry of one tensor: what it becomes, and why if it is kept"
     reason = plan_tensor(spec, scheme, include_1d)
@@ -1029,6 +1042,7 @@ def summary_text(report:QuantizeReport) -> str:
         text += f"\nimatrix: {n} entries" + (f"; quantized without one: {', '.join(unweighted)}" if unweighted else '')
     return text
 
+# %% ../nbs/04_quantize.ipynb #b8bf3193
 def report_table(report:QuantizeReport) -> str:
     "A per-tensor table: scheme, bytes, RMSE, relative RMSE, SQNR (dB), max abs error or the reason for keeping"
     w = max([len(r['name']) for r in report.rows] + [6])

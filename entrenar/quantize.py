@@ -246,6 +246,7 @@ class Q4_0(BlockFormat, ggml_type=2, type_size=18, bits=4, symmetric=True):
         q = _unpack_nibbles(data[:, 2:]); q -= np.uint8(8)
         get_array_module(data).multiply(q.view(np.int8), _get_f16(data, 0), out=out)
 
+# %% ../nbs/04_quantize.ipynb #1244d3e2
 class Q5_0(BlockFormat, ggml_type=6, type_size=22, bits=5, symmetric=True):
     "5-bit symmetric blocks: d f16, qh u32, 16 bytes of nibbles"
     @staticmethod
@@ -275,6 +276,7 @@ class Q4_1(BlockFormat, ggml_type=3, type_size=20, bits=4, symmetric=False):
         xp = get_array_module(data)
         xp.multiply(_unpack_nibbles(data[:, 4:]), _get_f16(data, 0), out=out); out += _get_f16(data, 2)
 
+# %% ../nbs/04_quantize.ipynb #17580746
 class Q5_1(BlockFormat, ggml_type=7, type_size=24, bits=5, symmetric=False):
     "5-bit asymmetric blocks: d f16, m f16, qh u32, 16 bytes of nibbles"
     @staticmethod
@@ -987,6 +989,7 @@ def quantize_model(model, # a `Model`, or a path that `load_model` reads (lazily
     result = QuantizedModel(src.metadata, settings, dict(out)) if sink is None else None
     return QuantizeReport(settings, rows, result, None if output is None else Path(output))
 
+# %% ../nbs/04_quantize.ipynb #9e1b3c5a
 def check_task(sources, name:str, scheme:str, include_1d:bool, allow_nonfinite:bool) -> tuple:
     "Runner work: the quantization table entry of tensor `name` of `sources['m']` (no outputs)"
     src = sources['m']
@@ -1069,6 +1072,7 @@ def quantize_command(args):
     if args.report: print(report_table(rep) + '\n')
     if not args.quiet or args.report: print(summary_text(rep) + f"\nwrote {args.output}")
 
+# %% ../nbs/04_quantize.ipynb #5d113c1a
 def dequantize_command(args):
     "`entrenar dequantize`: turn a quantized file back into an ordinary model"
     check_output_is_not_input(args.output, [args.model])

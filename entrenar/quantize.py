@@ -298,21 +298,25 @@ class Q2_K(BlockFormat, ggml_type=10, type_size=84, bits=2, symmetric=False, f16
     block_size, chunk_blocks = 256, 256
     quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q2_k'][2]), staticmethod(K_QUANTS['q2_k'][3])
 
+# %% ../nbs/04_quantize.ipynb #a02d6d55
 class Q3_K(BlockFormat, ggml_type=11, type_size=110, bits=3, symmetric=True, f16_fields=(108,)):
     "3-bit symmetric super-blocks of 256: 6-bit sub-scales, d f16"
     block_size, chunk_blocks = 256, 1024   # its refinement loops over the 16 values of a sub-block: longer rows pay
     quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q3_k'][2]), staticmethod(K_QUANTS['q3_k'][3])
 
+# %% ../nbs/04_quantize.ipynb #37ce169a
 class Q4_K(BlockFormat, ggml_type=12, type_size=144, bits=4, symmetric=False, f16_fields=(0, 2)):
     "4-bit asymmetric super-blocks of 256: 6-bit sub-scales and mins, d and dmin f16"
     block_size, chunk_blocks = 256, 256
     quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q4_k'][2]), staticmethod(K_QUANTS['q4_k'][3])
 
+# %% ../nbs/04_quantize.ipynb #94d50e83
 class Q5_K(BlockFormat, ggml_type=13, type_size=176, bits=5, symmetric=False, f16_fields=(0, 2)):
     "5-bit asymmetric super-blocks of 256: 6-bit sub-scales and mins, d and dmin f16"
     block_size, chunk_blocks = 256, 256
     quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q5_k'][2]), staticmethod(K_QUANTS['q5_k'][3])
 
+# %% ../nbs/04_quantize.ipynb #ba3fcc11
 class Q6_K(BlockFormat, ggml_type=14, type_size=210, bits=6, symmetric=True, f16_fields=(208,)):
     "6-bit symmetric super-blocks of 256: int8 sub-scales, d f16"
     block_size, chunk_blocks = 256, 256

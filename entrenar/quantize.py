@@ -13,14 +13,16 @@ from pathlib import Path
 import numpy as np
 import orjson
 from tqdm.auto import tqdm
-from .errors import QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError, reraise_as
+from fastcore.basics import patch
+from entrenar.errors import (QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError,
+    reraise_as)
 from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend, CPU_THREADS
 from .cuda import download, upload
 from .cuda_blocks import dequantize_blocks, quantize_blocks
 from .cuda_kquants import quantize_kquant
 from .cuda_weighted import quantize_weighted_rows
-from .io import (check_output_is_not_input, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path,
-                         dtype_code, dtype_from_code, is_float_dtype, check_shape, open_gguf, release_pages)
+from .io import (check_output_is_not_input, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter,
+    load_model, atomic_path, dtype_code, dtype_from_code, is_float_dtype, check_shape, open_gguf, release_pages)
 from .kquants import K_QUANTS, quantize_weighted, weighted_levels
 from .runner import DictSink, Plan, Sources, executor, run_plan
 
@@ -64,7 +66,8 @@ def _inverse_scale(d):
 # %% ../nbs/04_quantize.ipynb #2496c236
 def _put_f16(out, offset, values):
     "Store `values` as float16 in bytes `offset:offset+2` of each block of the contiguous `out`"
-    out.view(np.uint16)[:, offset // 2] = values.astype(np.float16).view(np.uint16)   # blocks are an even number of bytes
+    # blocks are an even number of bytes, so the field is one uint16 column
+    out.view(np.uint16)[:, offset // 2] = values.astype(np.float16).view(np.uint16)
 
 def _get_f16(data, offset):
     "The float16 field at `offset` of each block of the contiguous `data`, as an `(n, 1)` float32 column"
@@ -111,8 +114,10 @@ class BlockFormat:
     quantize_chunk = decode_chunk = None   # K-quants: whole-chunk functions from `entrenar.kquants`
     def __init_subclass__(cls, ggml_type:int, type_size:int, bits:int, symmetric:bool, f16_fields=None, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls.name, cls.ggml_type, cls.type_size, cls.bits, cls.symmetric = cls.__name__.lower(), ggml_type, type_size, bits, symmetric
-        cls.f16_fields = f16_fields or ((0,) if symmetric else (0, 2))   # byte offsets of the float16 scale (and minimum)
+        cls.name, cls.ggml_type, cls.type_size = cls.__name__.lower(), ggml_type, type_size
+        cls.bits, cls.symmetric = bits, symmetric
+        # byte offsets of the float16 scale (and minimum)
+        cls.f16_fields = f16_fields or ((0,) if symmetric else (0, 2))
         BLOCK_FORMATS[cls.name] = cls
     def __repr__(self): return self.name
 
@@ -122,28 +127,31 @@ def _check_rows(cls, shape, unit:int, what:str):
         raise QuantizeError(f"{cls.name.upper()} needs rows of a multiple of {unit} {what}, got shape {tuple(shape)}")
 
 def _for_chunks(xp, n_blocks:int, work, size:int=CHUNK_BLOCKS):
-    "Call `work(start)` for each chunk of `size` blocks; on numpy, `THREADS` threads share them (each writes its own slice)"
+    "Call `work(start)` for each chunk of `size` blocks; on numpy, `THREADS` threads share them"
+    # each call writes its own slice of the output
     starts = range(0, n_blocks, size)
     if xp is not np or THREADS < 2 or len(starts) < 4:
         for s in starts: work(s)
     else:
         with ThreadPoolExecutor(THREADS) as ex: list(ex.map(work, starts))
 
-def _quantize(cls, x, # any float array whose last axis is a multiple of the block size
-              imatrix=None, # importance of each column (one float per value of a row): ggml's weighted search
-             ):
+# %% ../nbs/04_quantize.ipynb #d45ca44c
+@patch(cls_method=True)
+def quantize(cls:BlockFormat, x, # any float array whose last axis is a multiple of the block size
+             imatrix=None, # importance of each column (one float per value of a row): ggml's weighted search
+            ):
     "Quantize `x` to packed blocks of ggml's byte shape `(..., row_bytes)` (uint8)"
     xp = get_array_module(x)
     _check_rows(cls, x.shape, cls.block_size, 'values')
     if imatrix is not None and cls.name != 'q8_0': return _quantize_weighted(cls, x, imatrix)   # ggml's Q8_0 ignores it
-    if xp is not np:   # on a GPU: the kernels of entrenar.cuda_blocks and entrenar.cuda_kquants, one pass over the tensor
+    if xp is not np:   # on a GPU: the kernels of entrenar.cuda_blocks and entrenar.cuda_kquants, one pass
         flat = xp.ascontiguousarray(x, dtype=np.float32).reshape(-1)
         data = quantize_kquant(cls.name, flat) if cls.block_size == 256 else quantize_blocks(cls.name, flat)
         return data.reshape(*x.shape[:-1], x.shape[-1] // cls.block_size * cls.type_size)
     blocks, n = x.reshape(-1, cls.block_size), cls.chunk_blocks
     out = xp.empty((blocks.shape[0], cls.type_size), np.uint8)
     def work(s):
-        with np.errstate(over='ignore', invalid='ignore'):  # scales beyond float16 become inf, as in ggml: see `scale_overflow`
+        with np.errstate(over='ignore', invalid='ignore'):  # scales beyond float16 become inf, as in ggml
             chunk, o = xp.ascontiguousarray(blocks[s:s + n], dtype=np.float32), out[s:s + n]
             if cls.quantize_chunk is not None: o[...] = cls.quantize_chunk(chunk); return
             d, minimum = cls.scales(chunk, *_block_max_min(chunk))
@@ -153,6 +161,7 @@ def _quantize(cls, x, # any float array whose last axis is a multiple of the blo
     _for_chunks(xp, blocks.shape[0], work, n)
     return out.reshape(*x.shape[:-1], x.shape[-1] // cls.block_size * cls.type_size)
 
+# %% ../nbs/04_quantize.ipynb #bad0dad4
 def _quantize_weighted(cls, x, imatrix):
     "ggml's importance-weighted quantization of whole rows (some statistics span a row), chunk by chunk"
     xp = get_array_module(x)
@@ -175,8 +184,10 @@ def _quantize_weighted(cls, x, imatrix):
     _for_chunks(xp, rows.shape[0], work, n)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
-def _dequantize(cls, data, # packed blocks, `(..., row_bytes)` uint8
-               ):
+# %% ../nbs/04_quantize.ipynb #1af63625
+@patch(cls_method=True)
+def dequantize(cls:BlockFormat, data, # packed blocks, `(..., row_bytes)` uint8
+              ):
     "Unpack blocks back to float32, of shape `(..., row_values)`"
     xp = get_array_module(data)
     _check_rows(cls, data.shape, cls.type_size, 'bytes')
@@ -191,10 +202,6 @@ def _dequantize(cls, data, # packed blocks, `(..., row_bytes)` uint8
         else: cls.decode(chunk, o)
     _for_chunks(xp, blocks.shape[0], work, n)
     return out.reshape(*data.shape[:-1], data.shape[-1] // cls.type_size * cls.block_size)
-
-BlockFormat.quantize, BlockFormat.dequantize = classmethod(_quantize), classmethod(_dequantize)
-BlockFormat.quantize_blocks = classmethod(lambda cls, blocks: cls.quantize(blocks))
-BlockFormat.dequantize_blocks = classmethod(lambda cls, data: cls.dequantize(data))
 
 # %% ../nbs/04_quantize.ipynb #ab82d41b
 class Q8_0(BlockFormat, ggml_type=8, type_size=34, bits=8, symmetric=True):
@@ -212,6 +219,18 @@ class Q8_0(BlockFormat, ggml_type=8, type_size=34, bits=8, symmetric=True):
     def decode(data, out):
         get_array_module(data).multiply(data[:, 2:].view(np.int8), _get_f16(data, 0), out=out)
 
+# %% ../nbs/04_quantize.ipynb #86980377
+@patch(cls_method=True)
+def quantize_blocks(cls:BlockFormat, blocks): # rows of whole blocks
+    "`quantize` without an importance matrix"
+    return cls.quantize(blocks)
+
+# %% ../nbs/04_quantize.ipynb #715faaaf
+@patch(cls_method=True)
+def dequantize_blocks(cls:BlockFormat, data): # packed blocks
+    "`dequantize`, by its block-level name"
+    return cls.dequantize(data)
+
 # %% ../nbs/04_quantize.ipynb #bcb06102
 class Q4_0(BlockFormat, ggml_type=2, type_size=18, bits=4, symmetric=True):
     "4-bit symmetric blocks: d f16, 16 bytes of nibbles"
@@ -227,6 +246,7 @@ class Q4_0(BlockFormat, ggml_type=2, type_size=18, bits=4, symmetric=True):
         q = _unpack_nibbles(data[:, 2:]); q -= np.uint8(8)
         get_array_module(data).multiply(q.view(np.int8), _get_f16(data, 0), out=out)
 
+# %% ../nbs/04_quantize.ipynb #1244d3e2
 class Q5_0(BlockFormat, ggml_type=6, type_size=22, bits=5, symmetric=True):
     "5-bit symmetric blocks: d f16, qh u32, 16 bytes of nibbles"
     @staticmethod
@@ -256,6 +276,7 @@ class Q4_1(BlockFormat, ggml_type=3, type_size=20, bits=4, symmetric=False):
         xp = get_array_module(data)
         xp.multiply(_unpack_nibbles(data[:, 4:]), _get_f16(data, 0), out=out); out += _get_f16(data, 2)
 
+# %% ../nbs/04_quantize.ipynb #17580746
 class Q5_1(BlockFormat, ggml_type=7, type_size=24, bits=5, symmetric=False):
     "5-bit asymmetric blocks: d f16, m f16, qh u32, 16 bytes of nibbles"
     @staticmethod
@@ -277,21 +298,25 @@ class Q2_K(BlockFormat, ggml_type=10, type_size=84, bits=2, symmetric=False, f16
     block_size, chunk_blocks = 256, 256
     quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q2_k'][2]), staticmethod(K_QUANTS['q2_k'][3])
 
+# %% ../nbs/04_quantize.ipynb #a02d6d55
 class Q3_K(BlockFormat, ggml_type=11, type_size=110, bits=3, symmetric=True, f16_fields=(108,)):
     "3-bit symmetric super-blocks of 256: 6-bit sub-scales, d f16"
     block_size, chunk_blocks = 256, 1024   # its refinement loops over the 16 values of a sub-block: longer rows pay
     quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q3_k'][2]), staticmethod(K_QUANTS['q3_k'][3])
 
+# %% ../nbs/04_quantize.ipynb #37ce169a
 class Q4_K(BlockFormat, ggml_type=12, type_size=144, bits=4, symmetric=False, f16_fields=(0, 2)):
     "4-bit asymmetric super-blocks of 256: 6-bit sub-scales and mins, d and dmin f16"
     block_size, chunk_blocks = 256, 256
     quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q4_k'][2]), staticmethod(K_QUANTS['q4_k'][3])
 
+# %% ../nbs/04_quantize.ipynb #94d50e83
 class Q5_K(BlockFormat, ggml_type=13, type_size=176, bits=5, symmetric=False, f16_fields=(0, 2)):
     "5-bit asymmetric super-blocks of 256: 6-bit sub-scales and mins, d and dmin f16"
     block_size, chunk_blocks = 256, 256
     quantize_chunk, decode_chunk = staticmethod(K_QUANTS['q5_k'][2]), staticmethod(K_QUANTS['q5_k'][3])
 
+# %% ../nbs/04_quantize.ipynb #ba3fcc11
 class Q6_K(BlockFormat, ggml_type=14, type_size=210, bits=6, symmetric=True, f16_fields=(208,)):
     "6-bit symmetric super-blocks of 256: int8 sub-scales, d f16"
     block_size, chunk_blocks = 256, 256
@@ -310,6 +335,7 @@ def scale_overflow(data, # packed blocks
         bad |= (xp.ascontiguousarray(blocks[:, off:off + 2]).view(np.uint16)[:, 0] & 0x7C00) == 0x7C00
     return int(bad.sum())
 
+# %% ../nbs/04_quantize.ipynb #e3948cf6
 def get_block_format(fmt) -> type:
     "The `BlockFormat` class for a name such as 'q4_0' (or the class itself)"
     if isinstance(fmt, type) and issubclass(fmt, BlockFormat): return fmt
@@ -369,12 +395,13 @@ def linear_quantize(x, # a float array (numpy or CuPy)
         codes[r, c] = (q - lo) if symmetric else q   # symmetric codes are offset to be unsigned
     return codes.reshape(x.shape), scale, zero_point
 
+# %% ../nbs/04_quantize.ipynb #e9f8ec22
 def linear_dequantize(codes, # unsigned codes, the tensor's shape
                       scale, # float32, one per row
                       zero_point=None, # int64 per row (asymmetric) or None (symmetric)
                       bits:int=8, per_channel:bool=True,
                      ):
-    "float32 values `(code − zero_point)·scale` of `linear_quantize`'s codes (symmetric codes carry an offset of `2^(b−1) − 1`)"
+    "float32 values `(code − zero_point)·scale` of `linear_quantize`'s codes (symmetric: offset `2^(b−1) − 1`)"
     xp = get_array_module(codes)
     rows = _as_rows(codes, per_channel)
     shift = zero_point if zero_point is not None else xp.full(len(scale), 2 ** (bits - 1) - 1, np.int64)
@@ -394,6 +421,7 @@ def pack_codes(codes, # unsigned codes, any shape
     if flat.size % 2: flat = xp.concatenate([flat, xp.zeros(1, np.uint8)])
     return flat[0::2] | (flat[1::2] << np.uint8(4))
 
+# %% ../nbs/04_quantize.ipynb #d26d1ba5
 def unpack_codes(data, bits:int, count:int):
     "The first `count` codes stored by `pack_codes`"
     xp = get_array_module(data)
@@ -416,26 +444,32 @@ def resolve_scheme(bits:int|None=None, # 2..8; None with `format`
     "The scheme name for a quantization request, or a `QuantizeError` saying what to ask instead"
     if method is not None and method not in METHODS:
         raise QuantizeError(f"unknown method {method!r}: choose symmetric or asymmetric")
-    if granularity not in GRANULARITIES: raise QuantizeError(f"unknown granularity {granularity!r}: choose {', '.join(GRANULARITIES)}")
+    if granularity not in GRANULARITIES:
+        raise QuantizeError(f"unknown granularity {granularity!r}: choose {', '.join(GRANULARITIES)}")
     if format is not None: return _resolve_format(format, bits, method, granularity, block_size)
     if bits is None: raise QuantizeError("say how many bits (e.g. --bits 4) or name a block format (--format q4_0)")
     bits, symmetric = _check_bits(bits), method != 'asymmetric'
     if granularity != 'block': return f"int{bits}_{'sym' if symmetric else 'asym'}_{granularity}"
-    if block_size not in (None, 32): raise QuantizeError(f"block size {block_size} is not a ggml layout for --bits: ggml's blocks hold 32 values "
-                                                         "(or name a K-quant, e.g. --format q4_k, for 256; or use --per-channel)")
+    if block_size not in (None, 32):
+        raise QuantizeError(f"block size {block_size} is not a ggml layout for --bits: ggml's blocks hold 32 values "
+                            "(or name a K-quant, e.g. --format q4_k, for 256; or use --per-channel)")
     scheme = _BLOCK_SCHEMES.get((bits, symmetric))
     if scheme is None:
-        raise QuantizeError(f"no ggml block format holds {bits}-bit {method or 'symmetric'} values (blocks: 4, 5 or 8 bits symmetric, 4 or 5 asymmetric); "
+        raise QuantizeError(f"no ggml block format holds {bits}-bit {method or 'symmetric'} values "
+                            "(blocks: 4, 5 or 8 bits symmetric, 4 or 5 asymmetric); "
                             f"use --per-channel or --per-tensor for any width from 2 to 8")
     return scheme
 
 def _resolve_format(format, bits, method, granularity, block_size):
     fmt = get_block_format(format)
-    if granularity != 'block': raise QuantizeError(f"--format {fmt.name} is a block format: drop --per-channel/--per-tensor")
-    if bits is not None and bits != fmt.bits: raise QuantizeError(f"--format {fmt.name} holds {fmt.bits}-bit values, not {bits}")
+    if granularity != 'block':
+        raise QuantizeError(f"--format {fmt.name} is a block format: drop --per-channel/--per-tensor")
+    if bits is not None and bits != fmt.bits:
+        raise QuantizeError(f"--format {fmt.name} holds {fmt.bits}-bit values, not {bits}")
     if method is not None and (method == 'symmetric') != fmt.symmetric:
         raise QuantizeError(f"--format {fmt.name} is {'symmetric' if fmt.symmetric else 'asymmetric'}, not {method}")
-    if block_size not in (None, fmt.block_size): raise QuantizeError(f"--format {fmt.name} has blocks of {fmt.block_size}, not {block_size}")
+    if block_size not in (None, fmt.block_size):
+        raise QuantizeError(f"--format {fmt.name} has blocks of {fmt.block_size}, not {block_size}")
     return fmt.name
 
 # %% ../nbs/04_quantize.ipynb #192176c6
@@ -449,6 +483,7 @@ def scheme_bits(scheme:str) -> float:
     if scheme in BLOCK_FORMATS: f = BLOCK_FORMATS[scheme]; return 8 * f.type_size / f.block_size
     return float('nan') if scheme == 'none' else float(_linear_params(scheme)[0])
 
+# %% ../nbs/04_quantize.ipynb #1c3fbd9c
 @dataclass
 class QuantizedTensor:
     "One tensor as a file stores it: scheme, packed bytes, scales; or the original array with a reason"
@@ -482,11 +517,13 @@ def quantize_tensor(x, # a float array, numpy or CuPy
     codes, scale, zero_point = linear_quantize(x, bits, symmetric, per_channel)
     return QuantizedTensor(name, shape, dtype, scheme, pack_codes(codes, bits), scale, zero_point)
 
+# %% ../nbs/04_quantize.ipynb #f6b911fe
 _DEVICE_FLOATS = ('float16', 'float32', 'float64')   # CuPy has no bfloat16 or float8
 
-def _dequantize_tensor(self:QuantizedTensor,
-                       dtype=None, # default: the original dtype
-                      ):
+@patch
+def dequantize(self:QuantizedTensor,
+               dtype=None, # default: the original dtype
+              ):
     "The tensor's values in its original shape and dtype (or `dtype`)"
     dtype = np.dtype(dtype or self.dtype)
     if self.scheme == 'none': y = self.data
@@ -497,7 +534,6 @@ def _dequantize_tensor(self:QuantizedTensor,
         y = linear_dequantize(codes, self.scale, self.zero_point, bits, per_channel)
     if is_device_array(y) and dtype.name not in _DEVICE_FLOATS: y = to_numpy(y)
     return y.reshape(self.shape).astype(dtype, copy=False)
-QuantizedTensor.dequantize = _dequantize_tensor
 
 # %% ../nbs/04_quantize.ipynb #4dfe3f91
 def tensor_error(x, # the original tensor
@@ -528,6 +564,7 @@ def plan_tensor(spec:TensorSpec, # name, dtype and shape of the tensor
         return f"rows of {spec.shape[-1]} values (not a multiple of {n})"
     return None
 
+# %% ../nbs/04_quantize.ipynb #f76d414a
 def _no_bar(quiet):
     "tqdm's `disable`: off when quiet, else automatic (a widget in notebooks, a bar on terminals, none in pipes)"
     return True if quiet else None
@@ -551,7 +588,8 @@ def check_values(x, # the tensor's data
     if not (math.isfinite(lo) and math.isfinite(hi)):
         if allow_nonfinite: return "non-finite values (NaN or inf)"
         n = int((~xp.isfinite(x.astype(np.float32))).sum())
-        raise QuantizeError(f"{n} NaN or inf values: refusing to quantize (pass --allow-nonfinite to keep such tensors as they are)", tensor=name)
+        raise QuantizeError(f"{n} NaN or inf values: refusing to quantize "
+                            "(pass --allow-nonfinite to keep such tensors as they are)", tensor=name)
     if scheme in BLOCK_FORMATS and max(abs(lo), abs(hi)) >= 65504:   # only then can a float16 scale overflow
         n = scale_overflow(BLOCK_FORMATS[scheme].quantize(x), scheme)
         if n: return f"{n} block scales beyond float16 (max |x| = {max(abs(lo), abs(hi)):.3g})"
@@ -570,7 +608,8 @@ class QuantizedModel:
     def __contains__(self, name): return name in self._tensors
     def __getitem__(self, name) -> QuantizedTensor:
         t = self._tensors.get(name)
-        if t is None: raise TensorNotFoundError(f"no tensor called '{name}' in this quantized model", path=self.path, tensor=name)
+        if t is None:
+            raise TensorNotFoundError(f"no tensor called '{name}' in this quantized model", path=self.path, tensor=name)
         if isinstance(t, QuantizedTensor): return t
         with reraise_as(SerializationError, path=self.path, tensor=name, what='reading'): return t()
     def __iter__(self): return (self[n] for n in self.names)
@@ -599,14 +638,19 @@ def quantized_format(path) -> str:
     "'json', 'safetensors' or 'gguf' from the extension of `path` (a folder or an index of shards is 'safetensors')"
     ext = Path(path).suffix.lower()
     if ext == '' or str(path).lower().endswith('.safetensors.index.json'): return 'safetensors'
-    if ext not in SUFFIXES: raise QuantizeError(f"cannot tell the quantized format from {Path(path).name!r}: use .json, .safetensors or .gguf", path=path)
+    if ext not in SUFFIXES:
+        raise QuantizeError(f"cannot tell the quantized format from {Path(path).name!r}: "
+                            "use .json, .safetensors or .gguf", path=path)
     return ext[1:]
 
-def _b64(a) -> str: return base64.b64encode(np.ascontiguousarray(to_numpy(a)).reshape(-1).view(np.uint8)).decode('ascii')
+# %% ../nbs/04_quantize.ipynb #79ca6fde
+def _b64(a) -> str:
+    return base64.b64encode(np.ascontiguousarray(to_numpy(a)).reshape(-1).view(np.uint8)).decode('ascii')
 def _unb64(s, dtype, shape): return np.frombuffer(base64.b64decode(s), dtype).reshape(shape)   # little-endian hosts
 
 def _meta_dict(m:ModelMetadata) -> dict:
-    return dict(name=m.name, architecture=m.architecture, version=m.version, training_config=m.training_config, custom=m.custom, extra=m.extra)
+    return dict(name=m.name, architecture=m.architecture, version=m.version, training_config=m.training_config,
+                custom=m.custom, extra=m.extra)
 
 def _meta_from(d:dict) -> ModelMetadata:
     return ModelMetadata(d.get('name', 'model'), d.get('architecture', 'unknown'), d.get('version', '0.1.0'),
@@ -625,10 +669,13 @@ def _parts(entry:dict) -> list:
     parts = [('', np.dtype(np.uint8), ((n + 1) // 2 if bits <= 4 else n,)), ('::scale', np.dtype(np.float32), (rows,))]
     return parts + ([] if symmetric else [('::zero_point', np.dtype(np.int64), (rows,))])
 
+
+
+# %% ../nbs/04_quantize.ipynb #382db6c9
 def _arrays(qt:QuantizedTensor) -> list: return [a for a in (qt.data, qt.scale, qt.zero_point) if a is not None]
 
 def _tensor_from_parts(entry:dict, arrays:list, path=None) -> QuantizedTensor:
-    "A `QuantizedTensor` from a table entry and the arrays `_parts` describes, each checked to hold the bytes the entry needs"
+    "A `QuantizedTensor` from a table entry and the arrays `_parts` describes, each checked for the bytes it needs"
     dtype, shape = dtype_from_code(entry['dtype']), tuple(entry['shape'])
     for (suffix, dt, shp), a in zip(_parts(entry), arrays):
         if a.nbytes != math.prod(shp) * dt.itemsize:
@@ -641,7 +688,8 @@ def _tensor_from_parts(entry:dict, arrays:list, path=None) -> QuantizedTensor:
 
 # %% ../nbs/04_quantize.ipynb #54bdf947
 class _AtomicSink:
-    "A quantized file written through `atomic_path`; subclasses define `_open(tmp)`, `write(name, qt)`, `_finish()`, `_close()`"
+    "A quantized file written through `atomic_path`"
+    # subclasses define `_open(tmp)`, `write(name, qt)`, `_finish()` and `_close()`
     def __enter__(self):
         self._atomic = atomic_path(self.path); tmp = self._atomic.__enter__()
         try:
@@ -664,7 +712,8 @@ class _AtomicSink:
 # %% ../nbs/04_quantize.ipynb #20fc6543
 class _JsonSink(_AtomicSink):
     "Write the quantized JSON file tensor by tensor"
-    def __init__(self, path, entries, metadata, settings): self.path, self.metadata, self.settings = Path(path), metadata, settings
+    def __init__(self, path, entries, metadata, settings):
+        self.path, self.metadata, self.settings = Path(path), metadata, settings
     def _open(self, tmp):
         self.f = open(tmp, 'wb')
         head = dict(format=FORMAT_TAG, format_version=FORMAT_VERSION, metadata=_meta_dict(self.metadata),
@@ -681,37 +730,47 @@ class _JsonSink(_AtomicSink):
     def _close(self):
         if getattr(self, 'f', None) is not None: self.f.close()
 
+# %% ../nbs/04_quantize.ipynb #e7fb9930
 def _check_table(entries, path) -> list:
     "The quantization table, each entry checked: a name, a shape numpy can make, a dtype and a scheme it fits"
-    if not isinstance(entries, list): raise SerializationError("the quantization table ('tensors') is not a list", path=path)
+    if not isinstance(entries, list):
+        raise SerializationError("the quantization table ('tensors') is not a list", path=path)
     for i, e in enumerate(entries):
         name = e.get('name') if isinstance(e, dict) else None
-        if not isinstance(name, str): raise SerializationError(f"entry {i} of the quantization table has no name", path=path)
+        if not isinstance(name, str):
+            raise SerializationError(f"entry {i} of the quantization table has no name", path=path)
         missing = [k for k in ('shape', 'dtype', 'scheme') if k not in e]
-        if missing: raise SerializationError(f"the quantization table gives no {' or '.join(missing)}", path=path, tensor=name)
-        shape, scheme = check_shape(e['shape'], dtype_from_code(e['dtype'], path=path, tensor=name), path, name), e['scheme']
+        if missing:
+            raise SerializationError(f"the quantization table gives no {' or '.join(missing)}", path=path, tensor=name)
+        dtype = dtype_from_code(e['dtype'], path=path, tensor=name)
+        shape, scheme = check_shape(e['shape'], dtype, path, name), e['scheme']
         if scheme in BLOCK_FORMATS:
             if not shape or shape[-1] % BLOCK_FORMATS[scheme].block_size:
-                raise SerializationError(f"shape {list(shape)} is not rows of whole {scheme} blocks", path=path, tensor=name)
+                raise SerializationError(f"shape {list(shape)} is not rows of whole {scheme} blocks",
+                                         path=path, tensor=name)
         elif scheme != 'none':
             try: _linear_params(str(scheme))
             except SerializationError as err: raise SerializationError(err.message, path=path, tensor=name) from None
     return entries
 
+# %% ../nbs/04_quantize.ipynb #a886c9ca
 def _load_json(path) -> QuantizedModel:
     with reraise_as(SerializationError, path=path, what='reading the JSON'): d = orjson.loads(Path(path).read_bytes())
     if not isinstance(d, dict) or d.get('format') != FORMAT_TAG:
-        raise SerializationError(f"not a quantized model (no \"format\": \"{FORMAT_TAG}\"; load an ordinary model with load_model)", path=path)
+        raise SerializationError(f"not a quantized model (no \"format\": \"{FORMAT_TAG}\"; "
+                                 "load an ordinary model with load_model)", path=path)
     _check_table(d.get('tensors'), path)
     entries = [{k: v for k, v in t.items() if k not in ('data', 'scale', 'zero_point')} for t in d['tensors']]
     def loader(t, e):
         def load():
             with reraise_as(SerializationError, path=path, tensor=e['name'], what='decoding'):
-                arrays = [_unb64(t[k], dt, shp) for (suf, dt, shp), k in zip(_parts(e), ('data', 'scale', 'zero_point'))]
+                arrays = [_unb64(t[k], dt, shp)
+                          for (suf, dt, shp), k in zip(_parts(e), ('data', 'scale', 'zero_point'))]
                 return _tensor_from_parts(e, arrays, path)
         return load
     settings = {**d.get('quantization', {}), 'tensors': entries}
-    return QuantizedModel(_meta_from(d.get('metadata', {})), settings, {e['name']: loader(t, e) for t, e in zip(d['tensors'], entries)}, path)
+    tensors = {e['name']: loader(t, e) for t, e in zip(d['tensors'], entries)}
+    return QuantizedModel(_meta_from(d.get('metadata', {})), settings, tensors, path)
 
 # %% ../nbs/04_quantize.ipynb #229d8985
 class _SafeTensorsSink:
@@ -721,11 +780,13 @@ class _SafeTensorsSink:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
-            raise QuantizeError("a scale tensor's name collides with a model tensor; write .json or .gguf instead", tensor=dup)
+            raise QuantizeError("a scale tensor's name collides with a model tensor; write .json or .gguf instead",
+                                tensor=dup)
         self.writer = ModelWriter(path, specs, metadata.with_custom('quantization', settings), config)
     def __enter__(self): self.writer.__enter__(); return self
     def write(self, name:str, qt:QuantizedTensor):
-        for (suf, _, _), a in zip(_parts(dict(name=qt.name, shape=qt.shape, dtype=dtype_code(qt.dtype), scheme=qt.scheme)), _arrays(qt)):
+        entry = dict(name=qt.name, shape=qt.shape, dtype=dtype_code(qt.dtype), scheme=qt.scheme)
+        for (suf, _, _), a in zip(_parts(entry), _arrays(qt)):
             self.writer.write(qt.name + suf, a)
     def __exit__(self, *exc): return self.writer.__exit__(*exc)
 
@@ -733,13 +794,16 @@ def _load_safetensors(path) -> QuantizedModel:
     m = load_model(path, lazy=True)
     settings = m.metadata.custom.get('quantization')
     if not isinstance(settings, dict) or 'tensors' not in settings:
-        raise SerializationError("not a quantized model (no 'quantization' metadata); load it with load_model", path=path)
+        raise SerializationError("not a quantized model (no 'quantization' metadata); load it with load_model",
+                                 path=path)
     meta = dataclasses.replace(m.metadata, custom={k: v for k, v in m.metadata.custom.items() if k != 'quantization'})
-    def loader(e): return lambda: _tensor_from_parts(e, [m.get_parameter(e['name'] + suf) for suf, _, _ in _parts(e)], path)
+    def loader(e):
+        return lambda: _tensor_from_parts(e, [m.get_parameter(e['name'] + suf) for suf, _, _ in _parts(e)], path)
     return QuantizedModel(meta, settings, {e['name']: loader(e) for e in _check_table(settings['tensors'], path)}, path)
 
 # %% ../nbs/04_quantize.ipynb #2f54e0a5
-_GGUF_KEEP = {'BOOL': 'I8', 'U8': 'I8', 'U16': 'I16', 'U32': 'I32', 'U64': 'I64'}   # stored as the signed type of their width
+# stored as the signed type of their width
+_GGUF_KEEP = {'BOOL': 'I8', 'U8': 'I8', 'U16': 'I16', 'U32': 'I32', 'U64': 'I64'}
 _GGUF_TYPES = ('F32', 'F16', 'F64', 'BF16', 'I8', 'I16', 'I32', 'I64')
 
 def gguf_name(name:str) -> str:
@@ -747,18 +811,24 @@ def gguf_name(name:str) -> str:
     if len(name.encode()) < 64: return name
     return name.encode()[:40].decode(errors='ignore') + '~' + hashlib.sha1(name.encode()).hexdigest()[:12]
 
+# %% ../nbs/04_quantize.ipynb #c03bd980
 def _gguf_type(entry):
     "(GGMLQuantizationType name, numpy dtype written) for a table entry"
     if entry['scheme'] in BLOCK_FORMATS: return entry['scheme'].upper(), np.dtype(np.uint8)
-    if entry['scheme'] != 'none': raise QuantizeError(f"GGUF holds ggml block formats only, not {entry['scheme']}: write .json or .safetensors", tensor=entry['name'])
+    if entry['scheme'] != 'none':
+        raise QuantizeError(f"GGUF holds ggml block formats only, not {entry['scheme']}: write .json or .safetensors",
+                            tensor=entry['name'])
     code = _GGUF_KEEP.get(entry['dtype'], entry['dtype'])
-    if code not in _GGUF_TYPES: raise QuantizeError(f"GGUF cannot hold a {entry['dtype']} tensor: write .json or .safetensors", tensor=entry['name'])
+    if code not in _GGUF_TYPES:
+        raise QuantizeError(f"GGUF cannot hold a {entry['dtype']} tensor: write .json or .safetensors",
+                            tensor=entry['name'])
     return code, (np.dtype(np.uint8) if code == 'BF16' else dtype_from_code(code))
 
 # %% ../nbs/04_quantize.ipynb #dc14c16a
 class _WrittenByFile(np.ndarray):
     "An array whose `tofile` writes through the file object: a failed write raises the OS error with its errno"
-    def tofile(self, fid, *args, **kwargs): fid.write(memoryview(np.ascontiguousarray(self.view(np.ndarray)).reshape(-1).view(np.uint8)))
+    def tofile(self, fid, *args, **kwargs):
+        fid.write(memoryview(np.ascontiguousarray(self.view(np.ndarray)).reshape(-1).view(np.uint8)))
 
 def write_gguf_tensor(writer, # a `gguf.GGUFWriter` whose header and tensor table are written
                       data:np.ndarray, # the next tensor's bytes (or values), as the table declares them
@@ -772,7 +842,8 @@ class _GgufSink(_AtomicSink):
     def __init__(self, path, entries, metadata, settings):
         self.path, self.entries, self.metadata, self.settings = Path(path), entries, metadata, settings
         for e in entries: e['gguf_name'] = gguf_name(e['name']); _gguf_type(e)
-        if len({e['gguf_name'] for e in entries}) != len(entries): raise QuantizeError("two tensor names map to one GGUF name", path=path)
+        if len({e['gguf_name'] for e in entries}) != len(entries):
+            raise QuantizeError("two tensor names map to one GGUF name", path=path)
     def _open(self, tmp):
         import gguf
         w = self.w = gguf.GGUFWriter(tmp, arch=self.metadata.architecture or 'unknown')
@@ -783,7 +854,8 @@ class _GgufSink(_AtomicSink):
             (_, dtype, shape), (code, wdtype) = _parts(e)[0], _gguf_type(e)
             shape = shape or (1,)
             if code == 'BF16': shape = (*shape[:-1], shape[-1] * 2)
-            w.add_tensor_info(e['gguf_name'], shape, wdtype, math.prod(shape) * wdtype.itemsize, raw_dtype=getattr(gguf.GGMLQuantizationType, code))
+            w.add_tensor_info(e['gguf_name'], shape, wdtype, math.prod(shape) * wdtype.itemsize,
+                              raw_dtype=getattr(gguf.GGMLQuantizationType, code))
         w.write_header_to_file(tmp); w.write_kv_data_to_file(); w.write_ti_data_to_file()
     def write(self, name:str, qt:QuantizedTensor):
         a = np.ascontiguousarray(to_numpy(qt.data)).reshape(-1).view(np.uint8)   # the header already holds the type
@@ -818,8 +890,10 @@ def _foreign_entry(t) -> dict:
     "A table entry for a tensor of a GGUF file written by another tool"
     kind, shape = t.tensor_type.name, [int(s) for s in reversed(t.shape.tolist())]
     if kind.lower() in BLOCK_FORMATS: return dict(name=t.name, shape=shape, dtype='F32', scheme=kind.lower())
-    if kind in _GGUF_TYPES: return dict(name=t.name, shape=shape, dtype=kind, scheme='none', reason='stored unquantized')
-    raise SerializationError(f"GGUF tensor type {kind} is not supported here (only {', '.join(sorted(BLOCK_FORMATS))} and plain types)", tensor=t.name)
+    if kind in _GGUF_TYPES:
+        return dict(name=t.name, shape=shape, dtype=kind, scheme='none', reason='stored unquantized')
+    raise SerializationError(f"GGUF tensor type {kind} is not supported here "
+                             f"(only {', '.join(sorted(BLOCK_FORMATS))} and plain types)", tensor=t.name)
 
 # %% ../nbs/04_quantize.ipynb #0f9441b4
 _SINKS = dict(json=_JsonSink, safetensors=_SafeTensorsSink, gguf=_GgufSink)
@@ -839,7 +913,8 @@ class QuantizeReport:
     "What `quantize_model` did: one row per tensor, the settings, and the result"
     settings: dict
     rows: list
-    model: QuantizedModel|None = None   # the quantized model when kept in memory (no output); else read it with `load_quantized(path)`
+    # the quantized model when kept in memory (no output); else read it with `load_quantized(path)`
+    model: QuantizedModel|None = None
     path: Path|None = None
 
     @property
@@ -850,28 +925,33 @@ class QuantizeReport:
         return dict(scheme=self.settings['scheme'], tensors_quantized=len(q), tensors_kept=len(self.rows) - len(q),
                     bytes_before=before, bytes_after=after, ratio=before / after if after else math.inf)
 
-# %% ../nbs/04_quantize.ipynb #da5cd2dd
+# %% ../nbs/04_quantize.ipynb #7d647710
 def _settings(scheme, bits, method, granularity, include_1d, allow_nonfinite):
     if scheme in BLOCK_FORMATS:
         f = BLOCK_FORMATS[scheme]
-        bits, method, granularity, block_size = f.bits, 'symmetric' if f.symmetric else 'asymmetric', 'block', f.block_size
+        method = 'symmetric' if f.symmetric else 'asymmetric'
+        bits, granularity, block_size = f.bits, 'block', f.block_size
     else:
         b, sym, pc = _linear_params(scheme)
-        bits, method, granularity, block_size = b, 'symmetric' if sym else 'asymmetric', 'channel' if pc else 'tensor', None
+        method, granularity = 'symmetric' if sym else 'asymmetric', 'channel' if pc else 'tensor'
+        bits, block_size = b, None
     return dict(scheme=scheme, bits=bits, method=method, granularity=granularity, block_size=block_size,
                 include_1d=include_1d, allow_nonfinite=allow_nonfinite)
 
+# %% ../nbs/04_quantize.ipynb #c75feb32
 def _plan_entry(src, spec, scheme, include_1d, allow_nonfinite):
     "The table entry of one tensor: what it becomes, and why if it is kept"
     reason = plan_tensor(spec, scheme, include_1d)
     if reason is None: reason = check_values(src.get_parameter(spec.name), scheme, spec.name, allow_nonfinite)
-    e = dict(name=spec.name, shape=list(spec.shape), dtype=dtype_code(spec.dtype), scheme=scheme if reason is None else 'none')
+    e = dict(name=spec.name, shape=list(spec.shape), dtype=dtype_code(spec.dtype),
+             scheme=scheme if reason is None else 'none')
     return {**e, 'reason': reason} if reason else e
 
 def _quantize_entry(src, e, scheme):
     "(the original array, its `QuantizedTensor`) for one table entry"
     x = src.get_parameter(e['name'])
-    if e['scheme'] == 'none': return x, QuantizedTensor(e['name'], tuple(e['shape']), np.dtype(x.dtype), 'none', x, reason=e.get('reason'))
+    if e['scheme'] == 'none':
+        return x, QuantizedTensor(e['name'], tuple(e['shape']), np.dtype(x.dtype), 'none', x, reason=e.get('reason'))
     return x, dataclasses.replace(quantize_tensor(_to_backend(x), scheme, e['name']), dtype=np.dtype(x.dtype))
 
 # %% ../nbs/04_quantize.ipynb #ee937be4
@@ -881,31 +961,39 @@ def quantize_model(model, # a `Model`, or a path that `load_model` reads (lazily
                    method:str|None=None, # 'symmetric' (default) or 'asymmetric'
                    granularity:str='block', # 'block', 'channel' or 'tensor'
                    block_size:int|None=None, # ggml's block size: 32, or 256 for the K-quants (None: the format's)
-                   format:str|None=None, # a block format by name: 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q8_0', 'q2_k' ... 'q6_k'
+                   format:str|None=None, # a block format by name: 'q4_0', 'q4_1', … 'q8_0', 'q2_k' … 'q6_k'
                    include_1d:bool=False, # quantize 1-d tensors (norms, biases) too
                    allow_nonfinite:bool=False, # keep tensors holding NaN/inf unquantized instead of refusing
                    report:bool=True, # measure each tensor's error (costs a dequantization)
                    quiet:bool=True, # no progress bar
                    shard_size=None, # SafeTensors output: shards of at most this size (e.g. '5GB') plus an index
-                   client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': the tensors are quantized on its workers
+                   client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': quantize on its workers
                   ) -> QuantizeReport:
     "Quantize every tensor that can be, keep the others, and write the result to `output`"
     scheme = resolve_scheme(bits, method, granularity, block_size, format)
     sink = _SINKS[quantized_format(output)] if output is not None else None
-    if sink is _GgufSink and scheme not in BLOCK_FORMATS: raise QuantizeError(f"GGUF holds ggml block formats only, not {scheme}: write .json or .safetensors", path=output)
-    if shard_size and sink is not _SafeTensorsSink: raise QuantizeError("shards (--shard-size) are written as SafeTensors: give a .safetensors file or a folder", path=output)
+    if sink is _GgufSink and scheme not in BLOCK_FORMATS:
+        raise QuantizeError(f"GGUF holds ggml block formats only, not {scheme}: write .json or .safetensors",
+                            path=output)
+    if shard_size and sink is not _SafeTensorsSink:
+        raise QuantizeError("shards (--shard-size) are written as SafeTensors: give a .safetensors file or a folder",
+                            path=output)
     if shard_size: sink = functools.partial(_SafeTensorsSink, config=SaveConfig().with_shard_size(shard_size))
     src = model if isinstance(model, Model) else load_model(model, lazy=True)
     settings = _settings(scheme, bits, method, granularity, include_1d, allow_nonfinite)
     sources, sizes, bar = Sources({'m': src}), [s.nbytes for s in src.specs], False if quiet else None
     with executor(1, client, QuantizeError) as ex:
-        checks = Plan(check_task, [s.name for s in src.specs], sources, (scheme, include_1d, allow_nonfinite), sizes, 'check', QuantizeError, lambda name: [('m', name)])
+        checks = Plan(check_task, [s.name for s in src.specs], sources, (scheme, include_1d, allow_nonfinite), sizes,
+                      'check', QuantizeError, lambda name: [('m', name)])
         entries = settings['tensors'] = run_plan(checks, None, ex, bar)
         out = sink(output, entries, src.metadata, settings) if sink else DictSink()
-        rows = run_plan(Plan(quantize_task, entries, sources, (scheme, report), sizes, 'quantize', QuantizeError, lambda e: [('m', e['name'])]), out, ex, bar)
+        work = Plan(quantize_task, entries, sources, (scheme, report), sizes, 'quantize', QuantizeError,
+                    lambda e: [('m', e['name'])])
+        rows = run_plan(work, out, ex, bar)
     result = QuantizedModel(src.metadata, settings, dict(out)) if sink is None else None
     return QuantizeReport(settings, rows, result, None if output is None else Path(output))
 
+# %% ../nbs/04_quantize.ipynb #9e1b3c5a
 def check_task(sources, name:str, scheme:str, include_1d:bool, allow_nonfinite:bool) -> tuple:
     "Runner work: the quantization table entry of tensor `name` of `sources['m']` (no outputs)"
     src = sources['m']
@@ -917,7 +1005,8 @@ def quantize_task(sources, entry:dict, scheme:str, report:bool) -> tuple:
     "Runner work: quantize one table entry of `sources['m']`: `([(name, QuantizedTensor)], report row)`"
     x, qt = _quantize_entry(sources['m'], entry, scheme)
     row = _report_row(entry, x, qt, report)
-    if entry['scheme'] != 'none': release_pages(x)   # quantized: the input's pages leave memory (a tensor kept is written from them)
+    # quantized: the input's pages leave memory (a tensor kept is written from them)
+    if entry['scheme'] != 'none': release_pages(x)
     return [(entry['name'], _on_host(qt))], row
 
 # %% ../nbs/04_quantize.ipynb #b911df4d
@@ -928,7 +1017,8 @@ def _to_backend(x):
     return upload(x, widen=False)
 
 def _on_host(qt:QuantizedTensor) -> QuantizedTensor:
-    return dataclasses.replace(qt, **{k: download(getattr(qt, k)) for k in ('data', 'scale', 'zero_point') if getattr(qt, k) is not None})
+    arrays = {k: download(getattr(qt, k)) for k in ('data', 'scale', 'zero_point') if getattr(qt, k) is not None}
+    return dataclasses.replace(qt, **arrays)
 
 def _report_row(entry, x, qt, measure):
     row = dict(name=entry['name'], scheme=qt.scheme, shape=tuple(entry['shape']), dtype=entry['dtype'],
@@ -948,23 +1038,28 @@ def summary_text(report:QuantizeReport) -> str:
     s = report.summary
     text = (f"quantized {s['tensors_quantized']} tensors to {s['scheme']}, kept {s['tensors_kept']}\n"
             f"bytes: {_fmt_bytes(s['bytes_before'])} -> {_fmt_bytes(s['bytes_after'])} ({s['ratio']:.2f}x smaller)")
-    if fb := report.settings.get('fallbacks'):   # GGUF: rows that do not divide into a type's blocks (see `entrenar.gguf`)
+    # GGUF: rows that do not divide into a type's blocks (see `entrenar.gguf`)
+    if fb := report.settings.get('fallbacks'):
         pairs = {}
         for _, want, got in fb: pairs[(want, got)] = pairs.get((want, got), 0) + 1
         text += (f"\nfallbacks: {len(fb)} tensors have rows that do not divide into their type's blocks: "
                  + ', '.join(f"{w} -> {g} ({n})" for (w, g), n in pairs.items()))
     if (n := report.settings.get('imatrix')) is not None:
-        text += f"\nimatrix: {n} entries" + (f"; quantized without one: {', '.join(report.settings['unweighted'])}" if report.settings.get('unweighted') else '')
+        unweighted = report.settings.get('unweighted')
+        text += f"\nimatrix: {n} entries" + (f"; quantized without one: {', '.join(unweighted)}" if unweighted else '')
     return text
 
+# %% ../nbs/04_quantize.ipynb #b8bf3193
 def report_table(report:QuantizeReport) -> str:
     "A per-tensor table: scheme, bytes, RMSE, relative RMSE, SQNR (dB), max abs error or the reason for keeping"
     w = max([len(r['name']) for r in report.rows] + [6])
-    lines = [f"{'tensor':<{w}}  {'scheme':<17} {'bytes':>19}  {'RMSE':>9} {'rel RMSE':>9} {'SQNR dB':>8} {'max err':>9}"]
+    lines = [f"{'tensor':<{w}}  {'scheme':<17} {'bytes':>19}  "
+             f"{'RMSE':>9} {'rel RMSE':>9} {'SQNR dB':>8} {'max err':>9}"]
     for r in report.rows:
         size = f"{r['bytes_before']:>8} -> {r['bytes_after']:>8}"
         if r['scheme'] == 'none': tail = f"kept: {r['reason']}"
-        elif 'rmse' in r: tail = f"{r['rmse']:>9.3g} {r['rel_rmse']:>8.2%} {r['sqnr_db']:>8.2f} {r['max_abs_error']:>9.3g}"
+        elif 'rmse' in r:
+            tail = f"{r['rmse']:>9.3g} {r['rel_rmse']:>8.2%} {r['sqnr_db']:>8.2f} {r['max_abs_error']:>9.3g}"
         else: tail = ''
         lines.append(f"{r['name']:<{w}}  {r['scheme']:<17} {size}  {tail}")
     return '\n'.join(lines)
@@ -981,6 +1076,7 @@ def quantize_command(args):
     if args.report: print(report_table(rep) + '\n')
     if not args.quiet or args.report: print(summary_text(rep) + f"\nwrote {args.output}")
 
+# %% ../nbs/04_quantize.ipynb #5d113c1a
 def dequantize_command(args):
     "`entrenar dequantize`: turn a quantized file back into an ordinary model"
     check_output_is_not_input(args.output, [args.model])
@@ -990,7 +1086,8 @@ def dequantize_command(args):
 # %% ../nbs/04_quantize.ipynb #2e9bc826
 def register_cli(sub):
     "Declare `quantize` and `dequantize`"
-    p = sub.add_parser('quantize', help='quantize a model to ggml blocks (Q4_0, Q8_0, …) or per-channel/per-tensor integers')
+    p = sub.add_parser('quantize',
+                       help='quantize a model to ggml blocks (Q4_0, Q8_0, …) or per-channel/per-tensor integers')
     p.add_argument('model', help='input model (.safetensors, .json, .yaml, folder)')
     p.add_argument('--output', '-o', required=True, help='output: .json (default schema), .safetensors or .gguf')
     p.add_argument('--bits', type=int, default=None, help='2..8; blocks exist for 4, 5 and 8')
@@ -999,12 +1096,16 @@ def register_cli(sub):
     g.add_argument('--per-channel', action='store_true', help='one scale per output channel instead of per block')
     g.add_argument('--per-tensor', action='store_true', help='one scale per tensor instead of per block')
     p.add_argument('--block-size', type=int, default=None, help="values per block (ggml: 32; the K-quants' 256)")
-    p.add_argument('--format', default=None, help='a ggml block format: q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k')
+    p.add_argument('--format', default=None,
+                   help='a ggml block format: q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k')
     p.add_argument('--include-1d', action='store_true', help='quantize 1-d tensors (norms, biases) too')
-    p.add_argument('--allow-nonfinite', action='store_true', help='keep tensors holding NaN/inf unquantized instead of refusing')
+    p.add_argument('--allow-nonfinite', action='store_true',
+                   help='keep tensors holding NaN/inf unquantized instead of refusing')
     p.add_argument('--report', action='store_true', help='print the per-tensor error table')
-    p.add_argument('--shard-size', default=None, help='SafeTensors output: shards of at most this size (e.g. 5GB) plus an index')
-    p.add_argument('--scheduler', default=None, help='run on Dask: tcp://HOST:PORT, or local:N for N local worker processes')
+    p.add_argument('--shard-size', default=None,
+                   help='SafeTensors output: shards of at most this size (e.g. 5GB) plus an index')
+    p.add_argument('--scheduler', default=None,
+                   help='run on Dask: tcp://HOST:PORT, or local:N for N local worker processes')
     p.add_argument('--quiet', action='store_true', help='no progress bar or summary')
     p.set_defaults(func=quantize_command)
     p = sub.add_parser('dequantize', help='turn a quantized .json/.safetensors/.gguf back into an ordinary model')

@@ -63,6 +63,7 @@ def tensor_name_map(arch:str, # a llama.cpp architecture name, e.g. 'llama'
     code = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
     return gguf.get_tensor_name_map(code, n_layers)
 
+# %% ../nbs/08_gguf.ipynb #48847abb
 def gguf_tensor_name(tmap, # from `tensor_name_map`
                      name:str, # a transformers tensor name
                     ) -> str|None:
@@ -87,6 +88,7 @@ def permute_qk(w, # q_proj or k_proj weight (or bias), rows first
     "Rows of `w` reordered as llama.cpp's converter does for the `llama` architecture"
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
+# %% ../nbs/08_gguf.ipynb #c0d85974
 def unpermute_qk(w, # a permuted q/k weight
                  n_head:int, # heads of this projection
                 ):
@@ -218,6 +220,7 @@ MIXES = {   # llama-quantize's type name -> what it does
 GGUF_OUTPUT_TYPES = ('f32', 'f16', 'bf16', *MIXES)
 ALIASES = {'q3_k': 'q3_k_m', 'q4_k': 'q4_k_m', 'q5_k': 'q5_k_m'}   # as llama-quantize reads them
 
+# %% ../nbs/08_gguf.ipynb #6c4f7759
 def check_output_type(type:str, # a llama-quantize type name, any case
                      ) -> str:
     "The type name in lower case (aliases resolved), or a `QuantizeError` listing the choices"
@@ -227,7 +230,7 @@ def check_output_type(type:str, # a llama-quantize type name, any case
         raise QuantizeError(f"unknown GGUF type {type!r}: choose one of {', '.join(GGUF_OUTPUT_TYPES)}")
     return t
 
-# %% ../nbs/08_gguf.ipynb #f71dcf88
+# %% ../nbs/08_gguf.ipynb #dfc7a8c0
 _FALLBACK = dict(q2_k='q4_0', q3_k='q4_0', q4_k='q5_0', q5_k='q5_1', q6_k='q8_0')   # 256-value blocks -> 32
 _KEEP = ('_norm.weight', 'ffn_gate_inp.weight', 'position_embd.weight', 'token_types.weight')   # never quantized
 
@@ -237,6 +240,7 @@ def use_more_bits(i:int, # the layer (or the i-th attn_v tensor)
     "llama.cpp's layers that get more bits: the first and last eighth, and every third in between"
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
+# %% ../nbs/08_gguf.ipynb #ae8907d4
 def _layer(name): return int(m[1]) if (m := re.match(r'blk\.(\d+)\.', name)) else -1
 
 def _role(name):
@@ -254,6 +258,7 @@ def _quantized(name, shape):
     while len(dims) > 1 and dims[0] == 1: dims.pop(0)
     return len(dims) >= 2 and name.endswith('weight') and not any(k in name for k in _KEEP)
 
+# %% ../nbs/08_gguf.ipynb #e0fe8617
 def _attn_v(mix, base, i, n, gqa):
     if mix == 'q2_k': return 'q4_k' if gqa >= 4 else 'q3_k'
     if mix == 'q3_k_m': return 'q5_k' if i < 2 else 'q4_k'
@@ -284,6 +289,7 @@ def _fit(t, row):
     t = _FALLBACK.get(t, t)
     return t if row % BLOCK_FORMATS[t].block_size == 0 else 'f16'
 
+# %% ../nbs/08_gguf.ipynb #a75508b6
 def tensor_types(tensors:list, # (llama.cpp name, shape rows first, stored type) per tensor
                  type:str, # a GGUF output type: 'f16', 'q4_0', 'q4_k_m', ...
                  n_layer:int, # block_count
@@ -328,6 +334,7 @@ class _Typed:
     vtype: object
     sub_type: object = None
 
+# %% ../nbs/08_gguf.ipynb #114d6d26
 def model_card_metadata(folder, # the checkpoint's folder (README.md model card, config.json), or None
                         name:str|None, # general.name, if the user gave one
                         n_params:int, # the model's parameter count (for general.size_label)
@@ -354,6 +361,7 @@ class GgufPlan:
     imatrix: object = None   # an `Imatrix` whose entries weigh the quantization (llama-quantize --imatrix)
     unweighted: list = field(default_factory=list)   # quantized tensors the imatrix has no entry for (embedding, head)
 
+# %% ../nbs/08_gguf.ipynb #4978724a
 def _plan_tensors(model, arch, interleave, c, type, path, imatrix=False):
     "(source, llama.cpp name, shape, type, heads) per tensor, or an error naming the tensor llama.cpp has no place for"
     tmap = tensor_name_map(arch, c['num_hidden_layers'])
@@ -373,7 +381,7 @@ def _plan_tensors(model, arch, interleave, c, type, path, imatrix=False):
                                 n_head, n_kv, arch, imatrix)
     return [(s, g, shape, types[g], h) for s, g, shape, h in planned], notes
 
-# %% ../nbs/08_gguf.ipynb #f2b80fbd
+# %% ../nbs/08_gguf.ipynb #47cf158b
 def plan_gguf(model:Model, # the source (lazy is best: nothing is read here)
               config:dict, # its config.json
               type:str='f16', # llama-quantize's type name
@@ -407,6 +415,7 @@ def plan_gguf(model:Model, # the source (lazy is best: nothing is read here)
         meta.update(tok)
     return _with_imatrix(GgufPlan(arch, meta, tensors, extra, notes), imatrix)
 
+# %% ../nbs/08_gguf.ipynb #55ef29e3
 def _with_imatrix(plan:GgufPlan, imatrix) -> GgufPlan:
     "`plan` with its importance matrix read and checked against every tensor it quantizes (before anything is written)"
     if imatrix is None: return plan
@@ -528,6 +537,7 @@ def _publishing(path:Path, published:list):
     with atomic_path(path) as tmp: yield tmp
     published.append(path)
 
+# %% ../nbs/08_gguf.ipynb #59cf52b8
 class GgufSink:
     "One GGUF file or a llama.cpp split set, headers first, then each tensor in plan order; all of it appears, or none"
     def __init__(self, plan:GgufPlan, # from `plan_gguf`: metadata, tensors in order, their types
@@ -641,6 +651,7 @@ def gguf_task(sources, # a runner `Sources` whose 'm' holds the tensors
     release_pages(raw)   # a lazily read tensor's pages leave memory: peak RSS stays a few tensors
     return [(entry[1], data)], row
 
+# %% ../nbs/08_gguf.ipynb #09c8e9e3
 class _Loader:
     "A function `load(name)` as a model: `get_parameter` calls it"
     def __init__(self, load): self.get_parameter = load
@@ -746,11 +757,13 @@ def get(self:GgufFile, key:str, default=None):
         if key == 'tokenizer.ggml.tokens': return [bytes(f.parts[i]) for i in f.data]
         return f.contents()
 
+# %% ../nbs/08_gguf.ipynb #60d9f7fb
 @patch(as_prop=True)
 def keys(self:GgufFile) -> list:
     "The metadata keys, in file order"
     return [k for k in self.reader.fields if not k.startswith('GGUF.')]
 
+# %% ../nbs/08_gguf.ipynb #caf05513
 @patch(as_prop=True)
 def hparams(self:GgufFile) -> dict:
     "The `{arch}.*` metadata, keys without the prefix"
@@ -763,11 +776,13 @@ def type_of(self:GgufFile, name:str) -> str:
     "The ggml type name of tensor `name`, e.g. 'Q4_0'"
     return self.tensors[name].tensor_type.name
 
+# %% ../nbs/08_gguf.ipynb #0a4c6134
 @patch
 def shape(self:GgufFile, name:str) -> tuple:
     "The shape of tensor `name`, rows first (ggml stores it the other way round)"
     return tuple(int(s) for s in reversed(self.tensors[name].shape.tolist()))
 
+# %% ../nbs/08_gguf.ipynb #696780ce
 @patch
 def type_counts(self:GgufFile) -> dict:
     "How many tensors of each type, most common first"
@@ -808,6 +823,7 @@ def get_parameter(self:GgufFile, name:str, # the tensor's llama.cpp name
     if not np.shares_memory(x, stored): release_pages(stored)   # decoded into a copy: the file's pages leave memory
     return x
 
+# %% ../nbs/08_gguf.ipynb #0b5286a0
 @patch
 def prefetch(self:GgufFile, name:str, # the tensor's llama.cpp name
             ) -> int:
@@ -837,6 +853,7 @@ def gguf_info(path) -> dict:
                 tensors=len(f.tensors), parameters=sum(int(t.n_elements) for t in f.tensors.values()),
                 bytes=sum(int(t.n_bytes) for t in f.tensors.values()), tensor_types=f.type_counts())
 
+# %% ../nbs/08_gguf.ipynb #07d65563
 def gguf_info_text(info:dict) -> str:
     "`gguf_info`'s description as lines for a terminal"
     lines = [f"architecture: {info['architecture']}", f"tensors:      {info['tensors']}",

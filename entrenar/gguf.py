@@ -1132,6 +1132,7 @@ def _gguf_type_from_args(args) -> str:
         raise QuantizeError(f"say which type: --type q8_0 (llama-quantize's names: {', '.join(GGUF_OUTPUT_TYPES)})")
     return check_output_type(resolve_scheme(args.bits, args.method, 'block', args.block_size, args.format))
 
+# %% ../nbs/08_gguf.ipynb #e58afac3
 def _split_args(args, split:bool=True) -> dict:
     "--split-max-size and --split-max-tensors as `to_gguf` takes them; refused where the output is no llama.cpp GGUF"
     kw = dict(split_max_size=args.split_max_size, split_max_tensors=args.split_max_tensors)
@@ -1140,6 +1141,7 @@ def _split_args(args, split:bool=True) -> dict:
                             "(and drop --tensors-only)", path=args.output)
     return kw
 
+# %% ../nbs/08_gguf.ipynb #f2d878d6
 def _written(rep) -> str:
     "What the CLI says it wrote: the file, or the parts of a split set"
     files = rep.settings.get('files')
@@ -1228,7 +1230,7 @@ def _dequantize_command(args, fallback):
     save_model(m, args.output)
     if not args.quiet: print(f"wrote {args.output} ({len(m)} tensors, float32)")
 
-# %% ../nbs/08_gguf.ipynb #e0a5c858
+# %% ../nbs/08_gguf.ipynb #967f4d3c
 def _split_options(p):
     "--split-max-size and --split-max-tensors, as llama-gguf-split takes them"
     g = p.add_argument_group('split GGUF output (as llama-gguf-split --split; '
@@ -1239,6 +1241,7 @@ def _split_options(p):
                         "also 200K or bytes")
     x.add_argument('--split-max-tensors', type=int, default=None, metavar='N', help='at most N tensors per file')
 
+# %% ../nbs/08_gguf.ipynb #f336416b
 def register_cli(sub):
     "Teach `quantize`, `convert`, `info` and `dequantize` GGUF (they are registered before this module)"
     q = sub.choices['quantize']

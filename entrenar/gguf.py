@@ -586,6 +586,7 @@ def _header(self:GgufSink, i:int, tmp:Path):
     w.write_header_to_file(tmp); w.write_kv_data_to_file(); w.write_ti_data_to_file()
     return w
 
+# %% ../nbs/08_gguf.ipynb #4d00e249
 @patch
 def __enter__(self:GgufSink):
     self._stack, self._published, self.written = contextlib.ExitStack(), [], 0
@@ -607,7 +608,21 @@ def _unpublish(self:GgufSink, typ, exc, tb):
         for p in self._published: p.unlink(missing_ok=True)
     return False
 
-# %% ../nbs/08_gguf.ipynb #4d00e249
+
+
+
+# %% ../nbs/08_gguf.ipynb #c967db63
+@patch
+def __exit__(self:GgufSink, typ, exc, tb):
+    stack, self._stack = self._stack, None
+    if typ is None and self.written < len(self.sizes):
+        err = QuantizeError(f"only {self.written} of {len(self.sizes)} tensors were written: nothing is kept",
+                            path=self.paths[0])
+        stack.__exit__(QuantizeError, err, None)
+        raise err
+    return stack.__exit__(typ, exc, tb)
+
+# %% ../nbs/08_gguf.ipynb #b24d3004
 @patch
 def write(self:GgufSink, name:str, # the tensor's llama.cpp name: the plan's next one
           data:np.ndarray, # its bytes, as `encode_gguf_tensor` gives them
@@ -628,16 +643,6 @@ def write(self:GgufSink, name:str, # the tensor's llama.cpp name: the plan's nex
     with reraise_as(IoError, path=self.paths[part], tensor=name, what='writing'):
         write_gguf_tensor(self._writers[part], data)
     self.written += 1
-
-@patch
-def __exit__(self:GgufSink, typ, exc, tb):
-    stack, self._stack = self._stack, None
-    if typ is None and self.written < len(self.sizes):
-        err = QuantizeError(f"only {self.written} of {len(self.sizes)} tensors were written: nothing is kept",
-                            path=self.paths[0])
-        stack.__exit__(QuantizeError, err, None)
-        raise err
-    return stack.__exit__(typ, exc, tb)
 
 # %% ../nbs/08_gguf.ipynb #32aa6294
 def gguf_task(sources, # a runner `Sources` whose 'm' holds the tensors

@@ -443,6 +443,7 @@ def _byte_shape(shape, t:str) -> tuple:
     if t in BLOCK_FORMATS: f = BLOCK_FORMATS[t]; return (*shape[:-1], shape[-1] // f.block_size * f.type_size)
     return (*shape[:-1], shape[-1] * {'f32': 4, 'f16': 2, 'bf16': 2}[t])
 
+# %% ../nbs/08_gguf.ipynb #e9f65a02
 def _add_kv(w, key:str, v):
     "Write one metadata value, typed as llama.cpp's converter types it"
     gguf = _gguf()
@@ -881,6 +882,7 @@ def _split_value(reader, key:str, path) -> int:
         raise SerializationError(f"{key} is {short_repr(v)}, not a number", path=path)
     return v
 
+# %% ../nbs/08_gguf.ipynb #7a3196f3
 def _open_parts(f:GgufFile):
     "Read the other parts of the split set whose first part `f` opened: their tensors join `f.tensors`"
     n = _split_value(f.reader, 'split.count', f.path)
@@ -926,6 +928,7 @@ def _copied_metadata(f:GgufFile) -> dict:
         meta[k] = _Typed(f.get(k), fld.types[0], sub)
     return meta
 
+# %% ../nbs/08_gguf.ipynb #89df296c
 def _requantize_plan(f:GgufFile, type:str, name:str|None, imatrix=None):
     "The plan that re-encodes a GGUF's (or a split set's) tensors in `type`, its metadata copied; and its loader"
     gguf, path = _gguf(), f.path
@@ -967,6 +970,7 @@ def _hf_names(f:GgufFile) -> dict:
         if h is not None: names[g] = h.replace('model.layers.0.', f'model.layers.{i}.', 1) if i >= 0 else h
     return names
 
+# %% ../nbs/08_gguf.ipynb #d39ef15a
 def _stored_dtype(kind:str) -> np.dtype:
     "The dtype a tensor of ggml type `kind` is read back as"
     return dtype_from_code(kind) if kind in _PLAIN else np.dtype(np.float32)
@@ -1080,6 +1084,7 @@ def _tokenizer_config(f:GgufFile) -> dict:
     if f.get('tokenizer.chat_template') is not None: cfg['chat_template'] = f.get('tokenizer.chat_template')
     return cfg
 
+# %% ../nbs/08_gguf.ipynb #a143989c
 def _tokenizer_files(f:GgufFile) -> dict:
     "file name -> bytes of the tokenizer files that can be rebuilt from `f` (with a warning for what cannot)"
     model = f.get('tokenizer.ggml.model')
@@ -1111,8 +1116,6 @@ def gguf_to_hf(path, # a .gguf file
     return out
 
 # %% ../nbs/08_gguf.ipynb #7b013bed
-def _is_gguf(p) -> bool: return str(p).lower().endswith('.gguf')
-
 def _wrap(parser, command):
     "Route `parser`'s command through `command(args, original_handler)`, its warnings printed as `warning: …` lines"
     original = parser.get_default('func')
@@ -1123,6 +1126,9 @@ def _wrap(parser, command):
             finally:
                 for w in caught: print(f"warning: {w.message}", file=sys.stderr)
     parser.set_defaults(func=run)
+
+# %% ../nbs/08_gguf.ipynb #a15bb551
+def _is_gguf(p) -> bool: return str(p).lower().endswith('.gguf')
 
 # %% ../nbs/08_gguf.ipynb #73b1d3f4
 _REQUANT_ONLY = "a GGUF input is requantized into a .gguf output; use `entrenar convert` for a checkpoint"
@@ -1152,6 +1158,7 @@ def _written(rep) -> str:
     files = rep.settings.get('files')
     return str(rep.path) if not files else f"{len(files)} files: " + ', '.join(files)
 
+# %% ../nbs/08_gguf.ipynb #2e222cc4
 def _not_for_gguf(args):
     "Refuse the quantize flags a llama.cpp GGUF cannot honour"
     if args.include_1d:

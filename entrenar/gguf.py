@@ -34,7 +34,8 @@ __all__ = ['ARCHITECTURES', 'MIXES', 'GGUF_OUTPUT_TYPES', 'ALIASES', 'gguf_arch'
 def _gguf():
     "The `gguf` package, or an error saying how to install it"
     try: import gguf
-    except ImportError: raise EntrenarError("GGUF needs the `gguf` package: pip install 'entrenar[quant]'") from None
+    except ImportError:
+        raise EntrenarError("GGUF needs the `gguf` package: pip install 'entrenar[quant]'") from None
     return gguf
 
 # %% ../nbs/08_gguf.ipynb #e24c9f12
@@ -158,7 +159,8 @@ def _vocab(folder:Path):
     "A `gguf.vocab` reader for the tokenizer in `folder` (tried in the converter's order), or None"
     gguf = _gguf()
     if (folder / 'tokenizer.model').is_file():
-        with reraise_as(SerializationError, path=folder / 'tokenizer.model', what='reading the SentencePiece model'):
+        with reraise_as(SerializationError, path=folder / 'tokenizer.model',
+                        what='reading the SentencePiece model'):
             return gguf.SentencePieceVocab(folder)
     if not (folder / 'tokenizer.json').is_file(): return None
     try: return gguf.LlamaHfVocab(folder)
@@ -270,7 +272,8 @@ def _attn_v(mix, base, i, n, gqa):
 def _mix_type(mix, base, role, i, n, gqa, big, imatrix):
     "The type of one tensor of `role` (the i-th of n of its kind) in a mix; `big`: a 70B model"
     if role == 'ffn_down' and imatrix and mix in ('q4_0', 'q5_0') and i < n // 8:
-        return 'q4_1' if mix == 'q4_0' else 'q5_1'   # llama.cpp guards the first ffn_down layers, with an imatrix only
+        # llama.cpp guards the first ffn_down layers, with an imatrix only
+        return 'q4_1' if mix == 'q4_0' else 'q5_1'
     if role == 'attn_v':
         t = _attn_v(mix, base, i, n, gqa)
         return 'q5_k' if big and t in ('q3_k', 'q4_k') else t
@@ -313,7 +316,8 @@ def tensor_types(tensors:list, # (llama.cpp name, shape rows first, stored type)
             # not a fallback for llama.cpp
             want = 'q8_0' if row % BLOCK_FORMATS[base].block_size or base == 'q8_0' else 'q6_k'
         elif role in count:
-            want = _mix_type(type, base, role, count[role], n_v if role == 'attn_v' else n_layer, gqa, big, imatrix)
+            want = _mix_type(type, base, role, count[role], n_v if role == 'attn_v' else n_layer, gqa, big,
+                             imatrix)
             count[role] += 1
         else: want = _mix_type(type, base, role, 0, 0, gqa, big, imatrix)
         out[g] = _fit(want, row)
@@ -357,9 +361,11 @@ class GgufPlan:
     metadata: dict        # key -> value, in the order written
     tensors: list         # (source name, llama.cpp name, shape, type, heads to permute or 0)
     extra: dict|None = None   # source name -> array, for tensors the converter computes (llama3's rope_freqs)
-    fallbacks: list = field(default_factory=list)   # (llama.cpp name, type wanted, type written): rows that do not fit
+    # (llama.cpp name, type wanted, type written): rows that do not fit
+    fallbacks: list = field(default_factory=list)
     imatrix: object = None   # an `Imatrix` whose entries weigh the quantization (llama-quantize --imatrix)
-    unweighted: list = field(default_factory=list)   # quantized tensors the imatrix has no entry for (embedding, head)
+    # quantized tensors the imatrix has no entry for (embedding, head)
+    unweighted: list = field(default_factory=list)
 
 # %% ../nbs/08_gguf.ipynb #4978724a
 def _plan_tensors(model, arch, interleave, c, type, path, imatrix=False):
@@ -372,7 +378,8 @@ def _plan_tensors(model, arch, interleave, c, type, path, imatrix=False):
         if spec.name.endswith('.rotary_emb.inv_freq'): continue   # llama.cpp computes these
         g = gguf_tensor_name(tmap, spec.name)
         if g is None:
-            raise QuantizeError(f"llama.cpp's {arch} graph has no place for this tensor", path=path, tensor=spec.name)
+            raise QuantizeError(f"llama.cpp's {arch} graph has no place for this tensor", path=path,
+                                tensor=spec.name)
         heads = (n_head if '.attn_q.' in g else n_kv if '.attn_k.' in g else 0) if interleave else 0
         planned.append((spec.name, g, spec.shape, heads))
     names = [g for _, g, _, _ in planned]
@@ -480,14 +487,16 @@ def encode_gguf_tensor(entry:tuple, # one `GgufPlan.tensors` entry: (source name
     ok = imatrix_row is not None and t in BLOCK_FORMATS and np.size(imatrix_row) == shape[-1]
     gpu = get_backend() == 'cupy' and t in BLOCK_FORMATS   # the block kernels, weighted (imatrix) or not
     if gpu:   # float32/16 and bfloat16 go as stored and widen on the device; anything else as float32
-        x = upload(raw if raw.dtype.kind == 'f' or raw.dtype == dtype_from_code('BF16') else raw.astype(np.float32))
+        x = upload(raw if raw.dtype.kind == 'f' or raw.dtype == dtype_from_code('BF16')
+                   else raw.astype(np.float32))
         x = x.astype(np.float32, copy=False).reshape(shape)
     else: x = to_numpy(raw).astype(np.float32, copy=False).reshape(shape)
     if heads: x = permute_qk(x, heads)
     finite = get_array_module(x).isfinite(x).all() if t != 'f32' else True
     data = _encode(x, t, imatrix_row if ok else None) if gpu or bool(finite) else None
     if not bool(finite):   # on a GPU, looked at once the kernels are queued
-        raise QuantizeError(f"non-finite values (NaN or inf) cannot go into a llama.cpp {t.upper()} tensor", tensor=src)
+        raise QuantizeError(f"non-finite values (NaN or inf) cannot go into a llama.cpp {t.upper()} tensor",
+                            tensor=src)
     row = _report_row(g, shape, t, raw.nbytes, data, x, measure)
     return download(data).reshape(-1).view(np.uint8), row
 
@@ -558,7 +567,8 @@ class GgufSink:
         self.part_of = split_tensors(self.sizes, size, count) if self.split else [0] * len(self.sizes)
         n = self.part_of[-1] + 1 if self.part_of else 1
         if n > 65535:
-            raise QuantizeError(f"{n:,} parts: llama.cpp counts 65,535 at most (split.count is 16 bits)", path=output)
+            raise QuantizeError(f"{n:,} parts: llama.cpp counts 65,535 at most (split.count is 16 bits)",
+                                path=output)
         self.paths = split_paths(self.output, n) if self.split else [self.output]
         self.written, self._stack = 0, None
 
@@ -578,7 +588,9 @@ def _header(self:GgufSink, i:int, tmp:Path):
         for k, v in self.plan.metadata.items():
             if k not in _SPLIT_KEYS: _add_kv(w, k, v)
     if self.split:   # llama-gguf-split's order: split.count, set twice there, moves last
-        w.add_uint16('split.no', i); w.add_int32('split.tensors.count', len(self.sizes)); w.add_uint16('split.count', n)
+        w.add_uint16('split.no', i)
+        w.add_int32('split.tensors.count', len(self.sizes))
+        w.add_uint16('split.count', n)
     for (_, g, shape, t, _), part in zip(self.plan.tensors, self.part_of):
         if part != i: continue
         bshape = _byte_shape(shape, t)
@@ -591,7 +603,8 @@ def _header(self:GgufSink, i:int, tmp:Path):
 @patch
 def __enter__(self:GgufSink):
     self._stack, self._published, self.written = contextlib.ExitStack(), [], 0
-    self._stack.push(self._unpublish)   # unwinds last: after a failed rename, takes back the parts already in place
+    # unwinds last: after a failed rename, takes back the parts already in place
+    self._stack.push(self._unpublish)
     try:
         tmps = [self._stack.enter_context(_publishing(p, self._published)) for p in self.paths]
         self._writers = []
@@ -727,7 +740,8 @@ def to_gguf(source, # a transformers checkpoint folder (config.json, weights, to
     paths = GgufSink(plan, output, split_max_size, split_max_tensors).paths
     for p in paths: check_output_is_not_input(p, inputs)
     with executor(1, client, QuantizeError) as ex:
-        rows = write_gguf(plan, load, output, report, False if quiet else None, split_max_size, split_max_tensors, ex)
+        rows = write_gguf(plan, load, output, report, False if quiet else None, split_max_size, split_max_tensors,
+                          ex)
     settings = dict(scheme=type, format='gguf', architecture=plan.arch, fallbacks=plan.fallbacks)
     if plan.imatrix is not None: settings.update(imatrix=len(plan.imatrix), unweighted=plan.unweighted)
     if split_max_size is not None or split_max_tensors is not None: settings['files'] = [str(p) for p in paths]
@@ -751,7 +765,8 @@ class GgufFile:
 
     def __repr__(self):
         files = f" in {len(self.parts)} files" if len(self.parts) > 1 else ''
-        return f"GgufFile({self.path.name!r}, {self.arch!r}, {len(self.tensors)} tensors{files}, {self.type_counts()})"
+        return (f"GgufFile({self.path.name!r}, {self.arch!r}, {len(self.tensors)} tensors{files}, "
+                f"{self.type_counts()})")
 
 # %% ../nbs/08_gguf.ipynb #6836e7f4
 @patch
@@ -826,7 +841,8 @@ def get_parameter(self:GgufFile, name:str, # the tensor's llama.cpp name
     "Tensor `name` as `array` decodes it: a `GgufFile` is a source for the runner's jobs"
     x = self.array(name)
     stored = np.asarray(self.tensors[name].data)
-    if not np.shares_memory(x, stored): release_pages(stored)   # decoded into a copy: the file's pages leave memory
+    # decoded into a copy: the file's pages leave memory
+    if not np.shares_memory(x, stored): release_pages(stored)
     return x
 
 # %% ../nbs/08_gguf.ipynb #0b5286a0
@@ -904,7 +920,8 @@ def _open_parts(f:GgufFile):
             raise SerializationError(f"belongs to a split GGUF of {count} parts, not of {n} as {first.name}: "
                                      "a part of another set?", path=p)
         if no != i:
-            raise SerializationError(f"says it is part {no + 1}, but its name makes it part {i + 1} of {n}", path=p)
+            raise SerializationError(f"says it is part {no + 1}, but its name makes it part {i + 1} of {n}",
+                                     path=p)
         with reraise_as(SerializationError, path=p, what='reading the GGUF header'):
             for t in r.tensors:
                 if t.name in f.tensors:
@@ -938,7 +955,8 @@ def _requantize_plan(f:GgufFile, type:str, name:str|None, imatrix=None):
     specs, requantized = [], []
     for g in f.tensors:
         shape, kind = f.shape(g), f.type_of(g)
-        if kind.startswith('I'): raise QuantizeError(f"integer tensor ({kind}) in a model GGUF", path=path, tensor=g)
+        if kind.startswith('I'):
+            raise QuantizeError(f"integer tensor ({kind}) in a model GGUF", path=path, tensor=g)
         if kind not in _PLAIN: requantized.append(g)
         specs.append((g, shape, kind.lower() if kind in ('F32', 'F16', 'BF16') else 'f32'))
     if requantized:
@@ -989,9 +1007,11 @@ def gguf_model(path, # a .gguf file
     for g, t in f.tensors.items():
         if names and g == 'rope_freqs.weight': continue   # llama.cpp's rope factors, recomputed from config.json
         if names and g not in names:
-            raise SerializationError(f"no transformers name for this tensor of a {f.arch} model", path=f.path, tensor=g)
+            raise SerializationError(f"no transformers name for this tensor of a {f.arch} model", path=f.path,
+                                     tensor=g)
         kind, dtype = t.tensor_type.name, _stored_dtype(t.tensor_type.name)
-        heads = (n_head if '.attn_q.' in g else n_kv if '.attn_k.' in g else 0) if names and f.arch == 'llama' else 0
+        heads = ((n_head if '.attn_q.' in g else n_kv if '.attn_k.' in g else 0) if names and f.arch == 'llama'
+                 else 0)
         def load(g=g, heads=heads, dtype=dtype):
             x = f.array(g, float32=False)   # F16/BF16 stay as stored, quantized types come as float32
             if heads and (not isinstance(heads, int) or heads < 1 or x.shape[0] % (2 * heads)):
@@ -1011,7 +1031,8 @@ def gguf_config(f:GgufFile) -> dict:
                                  f"(supported: {', '.join(_HF_CLASS)})", path=f.path)
     h, (cls, model_type) = f.hparams, _HF_CLASS[f.arch]
     n_head = h['attention.head_count']
-    n_tok = len(f.reader.fields['tokenizer.ggml.tokens'].data) if 'tokenizer.ggml.tokens' in f.reader.fields else None
+    n_tok = (len(f.reader.fields['tokenizer.ggml.tokens'].data) if 'tokenizer.ggml.tokens' in f.reader.fields
+             else None)
     c = dict(architectures=[cls], model_type=model_type, hidden_size=h['embedding_length'],
              intermediate_size=h['feed_forward_length'], num_hidden_layers=h['block_count'],
              num_attention_heads=n_head, num_key_value_heads=h.get('attention.head_count_kv', n_head),
@@ -1140,7 +1161,8 @@ def _gguf_type_from_args(args) -> str:
     if args.per_channel or args.per_tensor:
         raise QuantizeError("GGUF holds ggml block formats only: drop --per-channel/--per-tensor")
     if args.bits is None and args.format is None:
-        raise QuantizeError(f"say which type: --type q8_0 (llama-quantize's names: {', '.join(GGUF_OUTPUT_TYPES)})")
+        raise QuantizeError(f"say which type: --type q8_0 "
+                            f"(llama-quantize's names: {', '.join(GGUF_OUTPUT_TYPES)})")
     return check_output_type(resolve_scheme(args.bits, args.method, 'block', args.block_size, args.format))
 
 # %% ../nbs/08_gguf.ipynb #e58afac3
@@ -1232,7 +1254,8 @@ def _convert_command(args, fallback):
 # %% ../nbs/08_gguf.ipynb #8e15b1ae
 def _dequantize_command(args, fallback):
     "`entrenar dequantize` of a llama.cpp GGUF"
-    if not _is_gguf(args.model) or 'entrenar.quantization' in GgufFile(args.model).reader.fields: return fallback(args)
+    if not _is_gguf(args.model) or 'entrenar.quantization' in GgufFile(args.model).reader.fields:
+        return fallback(args)
     check_output_is_not_input(args.output, [args.model])
     src = gguf_model(args.model)
     as_f32 = lambda n: np.asarray(src.get_parameter(n), np.float32)
@@ -1261,10 +1284,12 @@ def register_cli(sub):
                    help=f"llama-quantize's type name for GGUF output: {', '.join(GGUF_OUTPUT_TYPES)} (any case)")
     q.add_argument('--tensors-only', action='store_true',
                    help="with .gguf: entrenar's own tensor file (any scheme, no tokenizer), not a llama.cpp model")
-    q.add_argument('--tokenizer', default=None, help="folder holding the tokenizer files (default: the model's folder)")
+    q.add_argument('--tokenizer', default=None,
+                   help="folder holding the tokenizer files (default: the model's folder)")
     q.add_argument('--tokenizer-pre', default=None,
                    help="llama.cpp's pre-tokenizer name for a byte-level BPE tokenizer (e.g. llama-bpe, qwen2)")
-    q.add_argument('--name', default=None, help='general.name of the GGUF (default: from the model card or folder)')
+    q.add_argument('--name', default=None,
+                   help='general.name of the GGUF (default: from the model card or folder)')
     q.add_argument('--imatrix', default=None,
                    help="an importance matrix from llama-imatrix (.gguf or .dat) or `entrenar imatrix`")
     _wrap(q, _quantize_command)

@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .errors import EntrenarError, IoError, QuantizeError, SerializationError, reraise_as, short_repr
-from .io import (check_output_is_not_input, Model, ModelMetadata, TensorSpec, atomic_path, check_gguf, open_gguf, dtype_from_code, lazy_tensor, load_model,
-                         prefetch_mapped, release_pages, save_model)
+from .io import (check_output_is_not_input, Model, ModelMetadata, TensorSpec, atomic_path, check_gguf,
+                         open_gguf, dtype_from_code, lazy_tensor, load_model, prefetch_mapped, release_pages,
+                         save_model)
 from .backend import get_array_module, get_backend, is_device_array, to_numpy
 from .cuda import download, upload
-from .quantize import BLOCK_FORMATS, QuantizedTensor, QuantizeReport, quantize_tensor, tensor_error, write_gguf_tensor
+from .quantize import (BLOCK_FORMATS, QuantizedTensor, QuantizeReport, quantize_tensor, tensor_error,
+                               write_gguf_tensor)
 from .imatrix import Imatrix, read_imatrix, check_imatrix
 from .runner import Plan, Sources, executor, run_plan
 
@@ -32,7 +34,8 @@ __all__ = ['ARCHITECTURES', 'MIXES', 'GGUF_OUTPUT_TYPES', 'ALIASES', 'gguf_arch'
 def _gguf():
     "The `gguf` package, or an error saying how to install it"
     try: import gguf
-    except ImportError: raise EntrenarError("GGUF needs the `gguf` package: pip install 'entrenar[quant]'") from None
+    except ImportError:
+        raise EntrenarError("GGUF needs the `gguf` package: pip install 'entrenar[quant]'") from None
     return gguf
 
 # %% ../nbs/08_gguf.ipynb #e24c9f12
@@ -61,6 +64,7 @@ def tensor_name_map(arch:str, # a llama.cpp architecture name, e.g. 'llama'
     code = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
     return gguf.get_tensor_name_map(code, n_layers)
 
+# %% ../nbs/08_gguf.ipynb #48847abb
 def gguf_tensor_name(tmap, # from `tensor_name_map`
                      name:str, # a transformers tensor name
                     ) -> str|None:
@@ -85,6 +89,7 @@ def permute_qk(w, # q_proj or k_proj weight (or bias), rows first
     "Rows of `w` reordered as llama.cpp's converter does for the `llama` architecture"
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
+# %% ../nbs/08_gguf.ipynb #c0d85974
 def unpermute_qk(w, # a permuted q/k weight
                  n_head:int, # heads of this projection
                 ):
@@ -119,7 +124,8 @@ def gguf_hparams(config:dict, # a transformers config.json
     if rope.get('rope_type') in ('linear', 'yarn') and rope.get('factor') is not None:
         kv[K.Rope.SCALING_TYPE], kv[K.Rope.SCALING_FACTOR] = rope['rope_type'], float(rope['factor'])
         if rope['rope_type'] == 'yarn': kv[K.Rope.SCALING_ORIG_CTX_LEN] = rope['original_max_position_embeddings']
-    elif rope.get('rope_type') not in (None, 'default', 'linear', 'yarn', 'llama3'):   # llama3: a tensor, `rope_factors`
+    elif rope.get('rope_type') not in (None, 'default', 'linear', 'yarn', 'llama3'):
+        # llama3: a tensor, `rope_factors`
         raise QuantizeError(f"rope scaling {rope['rope_type']!r} is not supported yet (linear, yarn and llama3 are)")
     kv[K.Rope.FREQ_BASE] = float(rope.get('rope_theta') or 10000.0)   # transformers' default for the family
     if c.get('rms_norm_eps') is not None: kv[K.Attention.LAYERNORM_RMS_EPS] = float(c['rms_norm_eps'])
@@ -138,8 +144,10 @@ def rope_factors(config:dict, # a transformers config.json whose rope type is 'l
     if r.get('rope_type') != 'llama3': return None
     dim = c.get('head_dim') or c['hidden_size'] // c['num_attention_heads']
     f32, base, factor = np.float32, r.get('rope_theta') or 10000.0, r.get('factor', 8.0)
-    low, high, old = r.get('low_freq_factor', 1.0), r.get('high_freq_factor', 4.0), r.get('original_max_position_embeddings', 8192)
-    # float32 in the converter's order of operations (pow rounded from float64, as torch does), so the bytes are its bytes
+    low, high = r.get('low_freq_factor', 1.0), r.get('high_freq_factor', 4.0)
+    old = r.get('original_max_position_embeddings', 8192)
+    # float32 in the converter's order of operations (pow rounded from float64, as torch does),
+    # so the bytes are its bytes
     freqs = f32(1) / (np.float64(base) ** (np.arange(0, dim, 2, dtype=f32) / f32(dim)).astype(np.float64)).astype(f32)
     wavelen = (f32(1) / freqs) * f32(2 * np.pi)
     smooth = ((f32(1) / wavelen) * f32(old) - f32(low)) / f32(high - low)
@@ -151,19 +159,22 @@ def _vocab(folder:Path):
     "A `gguf.vocab` reader for the tokenizer in `folder` (tried in the converter's order), or None"
     gguf = _gguf()
     if (folder / 'tokenizer.model').is_file():
-        with reraise_as(SerializationError, path=folder / 'tokenizer.model', what='reading the SentencePiece model'):
+        with reraise_as(SerializationError, path=folder / 'tokenizer.model',
+                        what='reading the SentencePiece model'):
             return gguf.SentencePieceVocab(folder)
     if not (folder / 'tokenizer.json').is_file(): return None
     try: return gguf.LlamaHfVocab(folder)
     except (TypeError, FileNotFoundError, ValueError): pass
-    with reraise_as(SerializationError, path=folder / 'tokenizer.json', what='reading the tokenizer'): return gguf.BpeVocab(folder)
+    with reraise_as(SerializationError, path=folder / 'tokenizer.json', what='reading the tokenizer'):
+        return gguf.BpeVocab(folder)
 
 # %% ../nbs/08_gguf.ipynb #0577c56e
 def _control_tokens(folder:Path, tokens, scores, types):
     "Mark the tokens tokenizer_config.json declares (added_tokens_decoder) as the converter does"
     cfg, TT = folder / 'tokenizer_config.json', _gguf().TokenType
     if not cfg.is_file(): return
-    with reraise_as(SerializationError, path=cfg, what='reading'): decoder = json.loads(cfg.read_text('utf-8')).get('added_tokens_decoder', {})
+    with reraise_as(SerializationError, path=cfg, what='reading'):
+        decoder = json.loads(cfg.read_text('utf-8')).get('added_tokens_decoder', {})
     for i, d in decoder.items():
         if int(i) >= len(tokens): continue
         tokens[int(i)], scores[int(i)] = d['content'].encode(), -1000.0
@@ -185,7 +196,8 @@ def tokenizer_metadata(folder, # a checkpoint folder holding tokenizer files
     scores = [float(s) for _, s, _ in toks] + [-10000.0] * (n - len(toks))
     types = [int(k) for _, _, k in toks] + [int(gguf.TokenType.UNUSED)] * (n - len(toks))
     if vocab.tokenizer_model == 'llama': _control_tokens(folder, tokens, scores, types)
-    kv = {T.MODEL: vocab.tokenizer_model, T.PRE: pre or 'default', T.LIST: tokens, T.SCORES: scores, T.TOKEN_TYPE: types}
+    kv = {T.MODEL: vocab.tokenizer_model, T.PRE: pre or 'default', T.LIST: tokens, T.SCORES: scores,
+          T.TOKEN_TYPE: types}
     if vocab.tokenizer_model == 'gpt2': del kv[T.SCORES]
     special = gguf.SpecialVocab(folder, load_merges=vocab.tokenizer_model == 'gpt2', n_vocab=n)
     if special.merges: kv[T.MERGES] = special.merges
@@ -198,7 +210,8 @@ def tokenizer_metadata(folder, # a checkpoint folder holding tokenizer files
 MIXES = {   # llama-quantize's type name -> what it does
     'q2_k': 'Q2_K; attn_v Q3_K (Q4_K with 4+ query heads per KV head), attn_output and ffn_down Q3_K',
     'q3_k_s': 'Q3_K everywhere',
-    'q3_k_m': 'Q3_K; attn_v Q5_K in the first 2 layers else Q4_K, attn_output Q4_K, ffn_down Q5_K in the first 1/16 of layers else Q4_K',
+    'q3_k_m': 'Q3_K; attn_v Q5_K in the first 2 layers else Q4_K, attn_output Q4_K, '
+              'ffn_down Q5_K in the first 1/16 of layers else Q4_K',
     'q3_k_l': 'Q3_K; attn_v, attn_output and ffn_down Q5_K',
     'q4_k_s': 'Q4_K; attn_v Q5_K in the first 4 layers, ffn_down Q5_K in the first 1/8 of layers',
     'q4_k_m': 'Q4_K; attn_v and ffn_down Q6_K in the use_more_bits layers',
@@ -209,15 +222,17 @@ MIXES = {   # llama-quantize's type name -> what it does
 GGUF_OUTPUT_TYPES = ('f32', 'f16', 'bf16', *MIXES)
 ALIASES = {'q3_k': 'q3_k_m', 'q4_k': 'q4_k_m', 'q5_k': 'q5_k_m'}   # as llama-quantize reads them
 
+# %% ../nbs/08_gguf.ipynb #6c4f7759
 def check_output_type(type:str, # a llama-quantize type name, any case
                      ) -> str:
     "The type name in lower case (aliases resolved), or a `QuantizeError` listing the choices"
     t = str(type).lower()
     t = ALIASES.get(t, t)
-    if t not in GGUF_OUTPUT_TYPES: raise QuantizeError(f"unknown GGUF type {type!r}: choose one of {', '.join(GGUF_OUTPUT_TYPES)}")
+    if t not in GGUF_OUTPUT_TYPES:
+        raise QuantizeError(f"unknown GGUF type {type!r}: choose one of {', '.join(GGUF_OUTPUT_TYPES)}")
     return t
 
-# %% ../nbs/08_gguf.ipynb #f71dcf88
+# %% ../nbs/08_gguf.ipynb #dfc7a8c0
 _FALLBACK = dict(q2_k='q4_0', q3_k='q4_0', q4_k='q5_0', q5_k='q5_1', q6_k='q8_0')   # 256-value blocks -> 32
 _KEEP = ('_norm.weight', 'ffn_gate_inp.weight', 'position_embd.weight', 'token_types.weight')   # never quantized
 
@@ -227,14 +242,16 @@ def use_more_bits(i:int, # the layer (or the i-th attn_v tensor)
     "llama.cpp's layers that get more bits: the first and last eighth, and every third in between"
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
+# %% ../nbs/08_gguf.ipynb #ae8907d4
 def _layer(name): return int(m[1]) if (m := re.match(r'blk\.(\d+)\.', name)) else -1
 
 def _role(name):
     "The role llama.cpp reads from a tensor's name"
     if name == 'output.weight': return 'output'
     if name == 'token_embd.weight': return 'token_embd'
-    roles = [('attn_qkv.weight', 'attn_v'), ('attn_v.weight', 'attn_v'), ('attn_k.weight', 'attn_k'), ('attn_q.weight', 'attn_q'),
-             ('attn_output.weight', 'attn_output'), ('ffn_up', 'ffn_up'), ('ffn_gate', 'ffn_gate'), ('ffn_down', 'ffn_down')]
+    roles = [('attn_qkv.weight', 'attn_v'), ('attn_v.weight', 'attn_v'), ('attn_k.weight', 'attn_k'),
+             ('attn_q.weight', 'attn_q'), ('attn_output.weight', 'attn_output'), ('ffn_up', 'ffn_up'),
+             ('ffn_gate', 'ffn_gate'), ('ffn_down', 'ffn_down')]
     return next((r for key, r in roles if key in name), 'other')
 
 def _quantized(name, shape):
@@ -243,6 +260,7 @@ def _quantized(name, shape):
     while len(dims) > 1 and dims[0] == 1: dims.pop(0)
     return len(dims) >= 2 and name.endswith('weight') and not any(k in name for k in _KEEP)
 
+# %% ../nbs/08_gguf.ipynb #e0fe8617
 def _attn_v(mix, base, i, n, gqa):
     if mix == 'q2_k': return 'q4_k' if gqa >= 4 else 'q3_k'
     if mix == 'q3_k_m': return 'q5_k' if i < 2 else 'q4_k'
@@ -254,7 +272,8 @@ def _attn_v(mix, base, i, n, gqa):
 def _mix_type(mix, base, role, i, n, gqa, big, imatrix):
     "The type of one tensor of `role` (the i-th of n of its kind) in a mix; `big`: a 70B model"
     if role == 'ffn_down' and imatrix and mix in ('q4_0', 'q5_0') and i < n // 8:
-        return 'q4_1' if mix == 'q4_0' else 'q5_1'   # llama.cpp guards the first ffn_down layers, with an imatrix only
+        # llama.cpp guards the first ffn_down layers, with an imatrix only
+        return 'q4_1' if mix == 'q4_0' else 'q5_1'
     if role == 'attn_v':
         t = _attn_v(mix, base, i, n, gqa)
         return 'q5_k' if big and t in ('q3_k', 'q4_k') else t
@@ -273,6 +292,7 @@ def _fit(t, row):
     t = _FALLBACK.get(t, t)
     return t if row % BLOCK_FORMATS[t].block_size == 0 else 'f16'
 
+# %% ../nbs/08_gguf.ipynb #a75508b6
 def tensor_types(tensors:list, # (llama.cpp name, shape rows first, stored type) per tensor
                  type:str, # a GGUF output type: 'f16', 'q4_0', 'q4_k_m', ...
                  n_layer:int, # block_count
@@ -293,9 +313,11 @@ def tensor_types(tensors:list, # (llama.cpp name, shape rows first, stored type)
         role, row = roles[g], shape[-1]
         if not _quantized(g, shape): out[g] = src; continue
         if role == 'output' or (tied and role == 'token_embd'):
-            want = 'q8_0' if row % BLOCK_FORMATS[base].block_size or base == 'q8_0' else 'q6_k'   # not a fallback for llama.cpp
+            # not a fallback for llama.cpp
+            want = 'q8_0' if row % BLOCK_FORMATS[base].block_size or base == 'q8_0' else 'q6_k'
         elif role in count:
-            want = _mix_type(type, base, role, count[role], n_v if role == 'attn_v' else n_layer, gqa, big, imatrix)
+            want = _mix_type(type, base, role, count[role], n_v if role == 'attn_v' else n_layer, gqa, big,
+                             imatrix)
             count[role] += 1
         else: want = _mix_type(type, base, role, 0, 0, gqa, big, imatrix)
         out[g] = _fit(want, row)
@@ -316,6 +338,7 @@ class _Typed:
     vtype: object
     sub_type: object = None
 
+# %% ../nbs/08_gguf.ipynb #114d6d26
 def model_card_metadata(folder, # the checkpoint's folder (README.md model card, config.json), or None
                         name:str|None, # general.name, if the user gave one
                         n_params:int, # the model's parameter count (for general.size_label)
@@ -327,7 +350,8 @@ def model_card_metadata(folder, # the checkpoint's folder (README.md model card,
     if md.size_label is None and n_params: md.size_label = gguf.size_label(n_params, 0, 0, 0)
     w = gguf.GGUFWriter(None, arch='unused')
     w.add_type(gguf.GGUFType.MODEL); md.set_gguf_meta_model(w)
-    return {k: _Typed(v.value, v.type, v.sub_type) for k, v in w.kv_data[0].items() if k != gguf.Keys.General.ARCHITECTURE}
+    return {k: _Typed(v.value, v.type, v.sub_type) for k, v in w.kv_data[0].items()
+            if k != gguf.Keys.General.ARCHITECTURE}
 
 # %% ../nbs/08_gguf.ipynb #2b6948a3
 @dataclass
@@ -337,10 +361,13 @@ class GgufPlan:
     metadata: dict        # key -> value, in the order written
     tensors: list         # (source name, llama.cpp name, shape, type, heads to permute or 0)
     extra: dict|None = None   # source name -> array, for tensors the converter computes (llama3's rope_freqs)
-    fallbacks: list = field(default_factory=list)   # (llama.cpp name, type wanted, type written): rows that do not fit
+    # (llama.cpp name, type wanted, type written): rows that do not fit
+    fallbacks: list = field(default_factory=list)
     imatrix: object = None   # an `Imatrix` whose entries weigh the quantization (llama-quantize --imatrix)
-    unweighted: list = field(default_factory=list)   # quantized tensors the imatrix has no entry for (embedding, head)
+    # quantized tensors the imatrix has no entry for (embedding, head)
+    unweighted: list = field(default_factory=list)
 
+# %% ../nbs/08_gguf.ipynb #4978724a
 def _plan_tensors(model, arch, interleave, c, type, path, imatrix=False):
     "(source, llama.cpp name, shape, type, heads) per tensor, or an error naming the tensor llama.cpp has no place for"
     tmap = tensor_name_map(arch, c['num_hidden_layers'])
@@ -350,15 +377,18 @@ def _plan_tensors(model, arch, interleave, c, type, path, imatrix=False):
     for spec in model.specs:
         if spec.name.endswith('.rotary_emb.inv_freq'): continue   # llama.cpp computes these
         g = gguf_tensor_name(tmap, spec.name)
-        if g is None: raise QuantizeError(f"llama.cpp's {arch} graph has no place for this tensor", path=path, tensor=spec.name)
+        if g is None:
+            raise QuantizeError(f"llama.cpp's {arch} graph has no place for this tensor", path=path,
+                                tensor=spec.name)
         heads = (n_head if '.attn_q.' in g else n_kv if '.attn_k.' in g else 0) if interleave else 0
         planned.append((spec.name, g, spec.shape, heads))
     names = [g for _, g, _, _ in planned]
     if len(set(names)) != len(names): raise QuantizeError("two tensors map to one llama.cpp name", path=path)
-    types, notes = tensor_types([(g, shape, 'f32') for _, g, shape, _ in planned], type, c['num_hidden_layers'], n_head, n_kv, arch, imatrix)
+    types, notes = tensor_types([(g, shape, 'f32') for _, g, shape, _ in planned], type, c['num_hidden_layers'],
+                                n_head, n_kv, arch, imatrix)
     return [(s, g, shape, types[g], h) for s, g, shape, h in planned], notes
 
-# %% ../nbs/08_gguf.ipynb #f2b80fbd
+# %% ../nbs/08_gguf.ipynb #47cf158b
 def plan_gguf(model:Model, # the source (lazy is best: nothing is read here)
               config:dict, # its config.json
               type:str='f16', # llama-quantize's type name
@@ -383,20 +413,23 @@ def plan_gguf(model:Model, # the source (lazy is best: nothing is read here)
             G.FILE_TYPE: file_type(type), G.QUANTIZATION_VERSION: gguf.GGML_QUANT_VERSION, **hp}
     if tokenizer is not None:
         tok = tokenizer_metadata(tokenizer, c.get('vocab_size'), pre)
-        if tok is None: raise QuantizeError("no tokenizer files (tokenizer.model or tokenizer.json): llama.cpp needs one; "
-                                            "pass --tensors-only (tensors_only=True) for a file of tensors alone", path=tokenizer)
+        if tok is None:
+            raise QuantizeError("no tokenizer files (tokenizer.model or tokenizer.json): llama.cpp needs one; "
+                                "pass --tensors-only (tensors_only=True) for a file of tensors alone", path=tokenizer)
         if tok[gguf.Keys.Tokenizer.MODEL] == 'gpt2' and pre is None:
             warnings.warn(f"{tokenizer}: byte-level BPE tokenizer written with llama.cpp's 'default' pre-tokenizer; "
                           "name the right one with --tokenizer-pre (e.g. llama-bpe, qwen2, smollm) if you know it")
         meta.update(tok)
     return _with_imatrix(GgufPlan(arch, meta, tensors, extra, notes), imatrix)
 
+# %% ../nbs/08_gguf.ipynb #55ef29e3
 def _with_imatrix(plan:GgufPlan, imatrix) -> GgufPlan:
     "`plan` with its importance matrix read and checked against every tensor it quantizes (before anything is written)"
     if imatrix is None: return plan
     path = None if isinstance(imatrix, Imatrix) else Path(imatrix)
     im = plan.imatrix = imatrix if path is None else read_imatrix(path)
-    plan.unweighted = check_imatrix(im, {g: shape[-1] for _, g, shape, t, _ in plan.tensors if t in BLOCK_FORMATS}, path)
+    plan.unweighted = check_imatrix(im, {g: shape[-1] for _, g, shape, t, _ in plan.tensors if t in BLOCK_FORMATS},
+                                    path)
     cut = lambda s: s.encode()[:127].decode('utf-8', 'ignore')   # llama-quantize keeps 127 bytes
     if path is not None: plan.metadata['quantize.imatrix.file'] = cut(str(imatrix))
     if im.datasets: plan.metadata['quantize.imatrix.dataset'] = cut(im.datasets[0])
@@ -417,6 +450,7 @@ def _byte_shape(shape, t:str) -> tuple:
     if t in BLOCK_FORMATS: f = BLOCK_FORMATS[t]; return (*shape[:-1], shape[-1] // f.block_size * f.type_size)
     return (*shape[:-1], shape[-1] * {'f32': 4, 'f16': 2, 'bf16': 2}[t])
 
+# %% ../nbs/08_gguf.ipynb #e9f65a02
 def _add_kv(w, key:str, v):
     "Write one metadata value, typed as llama.cpp's converter types it"
     gguf = _gguf()
@@ -436,7 +470,8 @@ def _report_row(g, shape, t, before, data, x, measure):
     row = dict(name=g, scheme=t if quantized else 'none', shape=tuple(shape), dtype=t.upper(), bytes_before=before,
                bytes_after=int(data.nbytes), reason=None if quantized else f"stored as {t.upper()}")
     if measure and quantized:
-        row.update(tensor_error(x, QuantizedTensor(g, tuple(shape), np.dtype(np.float32), t, data).dequantize(np.float32)))
+        row.update(tensor_error(x, QuantizedTensor(g, tuple(shape), np.dtype(np.float32), t, data)
+                                .dequantize(np.float32)))
     return row
 
 # %% ../nbs/08_gguf.ipynb #ca201b6e
@@ -448,17 +483,20 @@ def encode_gguf_tensor(entry:tuple, # one `GgufPlan.tensors` entry: (source name
     "(the tensor's bytes in its GGUF type, a flat uint8 array; its report row); no file access"
     src, g, shape, t, heads = entry
     raw = raw if is_device_array(raw) else np.asarray(raw)
-    ok = imatrix_row is not None and t in BLOCK_FORMATS and np.size(imatrix_row) == shape[-1]   # llama.cpp: another size is ignored
+    # llama.cpp ignores an importance vector of another size
+    ok = imatrix_row is not None and t in BLOCK_FORMATS and np.size(imatrix_row) == shape[-1]
     gpu = get_backend() == 'cupy' and t in BLOCK_FORMATS   # the block kernels, weighted (imatrix) or not
     if gpu:   # float32/16 and bfloat16 go as stored and widen on the device; anything else as float32
-        x = upload(raw if raw.dtype.kind == 'f' or raw.dtype == dtype_from_code('BF16') else raw.astype(np.float32))
+        x = upload(raw if raw.dtype.kind == 'f' or raw.dtype == dtype_from_code('BF16')
+                   else raw.astype(np.float32))
         x = x.astype(np.float32, copy=False).reshape(shape)
     else: x = to_numpy(raw).astype(np.float32, copy=False).reshape(shape)
     if heads: x = permute_qk(x, heads)
     finite = get_array_module(x).isfinite(x).all() if t != 'f32' else True
     data = _encode(x, t, imatrix_row if ok else None) if gpu or bool(finite) else None
     if not bool(finite):   # on a GPU, looked at once the kernels are queued
-        raise QuantizeError(f"non-finite values (NaN or inf) cannot go into a llama.cpp {t.upper()} tensor", tensor=src)
+        raise QuantizeError(f"non-finite values (NaN or inf) cannot go into a llama.cpp {t.upper()} tensor",
+                            tensor=src)
     row = _report_row(g, shape, t, raw.nbytes, data, x, measure)
     return download(data).reshape(-1).view(np.uint8), row
 
@@ -482,7 +520,8 @@ def split_tensors(sizes:list, # each tensor's bytes, in file order
     parts, part, held = [], 0, 0
     for i, n in enumerate(sizes):
         n = -(-int(n) // 32) * 32
-        if held and ((max_size and held + n > max_size) or (max_tensors and i % max_tensors == 0)): part, held = part + 1, 0
+        if held and ((max_size and held + n > max_size) or (max_tensors and i % max_tensors == 0)):
+            part, held = part + 1, 0
         held += n
         parts.append(part)
     return parts
@@ -508,16 +547,18 @@ def _publishing(path:Path, published:list):
     with atomic_path(path) as tmp: yield tmp
     published.append(path)
 
+# %% ../nbs/08_gguf.ipynb #59cf52b8
 class GgufSink:
     "One GGUF file or a llama.cpp split set, headers first, then each tensor in plan order; all of it appears, or none"
     def __init__(self, plan:GgufPlan, # from `plan_gguf`: metadata, tensors in order, their types
                  output, # the .gguf to write; with a split option, the stem of the parts' names (`split_paths`)
-                 split_max_size=None, # a part's tensor data at most, as `llama-gguf-split --split-max-size` reads it: '2G'
+                 split_max_size=None, # a part's tensor data at most, as `llama-gguf-split --split-max-size`: '2G'
                  split_max_tensors:int|None=None, # tensors per part at most, as `llama-gguf-split --split-max-tensors`
                 ):
         size, count = split_max_size, split_max_tensors
         if size is not None and count is not None:
-            raise QuantizeError("give a split size or a tensor count per part, not both (as llama-gguf-split)", path=output)
+            raise QuantizeError("give a split size or a tensor count per part, not both (as llama-gguf-split)",
+                                path=output)
         if count is not None and (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1):
             raise QuantizeError(f"the tensors per part must be a whole number from 1, not {count!r}", path=output)
         self.plan, self.output, self.split = plan, Path(output), size is not None or count is not None
@@ -525,12 +566,15 @@ class GgufSink:
         size = None if size is None else parse_split_size(size)
         self.part_of = split_tensors(self.sizes, size, count) if self.split else [0] * len(self.sizes)
         n = self.part_of[-1] + 1 if self.part_of else 1
-        if n > 65535: raise QuantizeError(f"{n:,} parts: llama.cpp counts 65,535 at most (split.count is 16 bits)", path=output)
+        if n > 65535:
+            raise QuantizeError(f"{n:,} parts: llama.cpp counts 65,535 at most (split.count is 16 bits)",
+                                path=output)
         self.paths = split_paths(self.output, n) if self.split else [self.output]
         self.written, self._stack = 0, None
 
     def __repr__(self):
-        return f"GgufSink({self.paths[0].name!r}, {len(self.paths)} file(s), {self.written}/{len(self.sizes)} tensors written)"
+        return (f"GgufSink({self.paths[0].name!r}, {len(self.paths)} file(s), "
+                f"{self.written}/{len(self.sizes)} tensors written)")
 
 # %% ../nbs/08_gguf.ipynb #86f7c7df
 @patch
@@ -544,23 +588,29 @@ def _header(self:GgufSink, i:int, tmp:Path):
         for k, v in self.plan.metadata.items():
             if k not in _SPLIT_KEYS: _add_kv(w, k, v)
     if self.split:   # llama-gguf-split's order: split.count, set twice there, moves last
-        w.add_uint16('split.no', i); w.add_int32('split.tensors.count', len(self.sizes)); w.add_uint16('split.count', n)
+        w.add_uint16('split.no', i)
+        w.add_int32('split.tensors.count', len(self.sizes))
+        w.add_uint16('split.count', n)
     for (_, g, shape, t, _), part in zip(self.plan.tensors, self.part_of):
         if part != i: continue
         bshape = _byte_shape(shape, t)
-        w.add_tensor_info(g, bshape, np.dtype(np.uint8), math.prod(bshape), raw_dtype=gguf.GGMLQuantizationType[t.upper()])
+        w.add_tensor_info(g, bshape, np.dtype(np.uint8), math.prod(bshape),
+                          raw_dtype=gguf.GGMLQuantizationType[t.upper()])
     w.write_header_to_file(tmp); w.write_kv_data_to_file(); w.write_ti_data_to_file()
     return w
 
+# %% ../nbs/08_gguf.ipynb #4d00e249
 @patch
 def __enter__(self:GgufSink):
     self._stack, self._published, self.written = contextlib.ExitStack(), [], 0
-    self._stack.push(self._unpublish)   # unwinds last: after a failed rename, takes back the parts already in place
+    # unwinds last: after a failed rename, takes back the parts already in place
+    self._stack.push(self._unpublish)
     try:
         tmps = [self._stack.enter_context(_publishing(p, self._published)) for p in self.paths]
         self._writers = []
         for i, tmp in enumerate(tmps):
-            with reraise_as(IoError, path=self.paths[i], what='writing the header'): self._writers.append(self._header(i, tmp))
+            with reraise_as(IoError, path=self.paths[i], what='writing the header'):
+                self._writers.append(self._header(i, tmp))
     except BaseException:
         self._stack.__exit__(*sys.exc_info()); self._stack = None
         raise
@@ -572,32 +622,41 @@ def _unpublish(self:GgufSink, typ, exc, tb):
         for p in self._published: p.unlink(missing_ok=True)
     return False
 
-# %% ../nbs/08_gguf.ipynb #4d00e249
+
+
+
+# %% ../nbs/08_gguf.ipynb #c967db63
+@patch
+def __exit__(self:GgufSink, typ, exc, tb):
+    stack, self._stack = self._stack, None
+    if typ is None and self.written < len(self.sizes):
+        err = QuantizeError(f"only {self.written} of {len(self.sizes)} tensors were written: nothing is kept",
+                            path=self.paths[0])
+        stack.__exit__(QuantizeError, err, None)
+        raise err
+    return stack.__exit__(typ, exc, tb)
+
+# %% ../nbs/08_gguf.ipynb #b24d3004
 @patch
 def write(self:GgufSink, name:str, # the tensor's llama.cpp name: the plan's next one
           data:np.ndarray, # its bytes, as `encode_gguf_tensor` gives them
          ):
     "Append the next tensor of the plan to its part"
     i, n = self.written, len(self.sizes)
-    if self._stack is None: raise QuantizeError("GgufSink.write outside its `with` block", path=self.paths[0], tensor=name)
+    if self._stack is None:
+        raise QuantizeError("GgufSink.write outside its `with` block", path=self.paths[0], tensor=name)
     if i >= n or self.plan.tensors[i][1] != name:
-        why = f"tensors come in the plan's order: expected {self.plan.tensors[i][1]!r}" if i < n else f"all {n} tensors are written"
+        why = (f"tensors come in the plan's order: expected {self.plan.tensors[i][1]!r}" if i < n
+               else f"all {n} tensors are written")
         raise QuantizeError(why, path=self.paths[0], tensor=name)
     data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     part = self.part_of[i]
     if data.nbytes != self.sizes[i]:
-        raise QuantizeError(f"{data.nbytes:,} bytes where the header declares {self.sizes[i]:,}", path=self.paths[part], tensor=name)
-    with reraise_as(IoError, path=self.paths[part], tensor=name, what='writing'): write_gguf_tensor(self._writers[part], data)
+        raise QuantizeError(f"{data.nbytes:,} bytes where the header declares {self.sizes[i]:,}",
+                            path=self.paths[part], tensor=name)
+    with reraise_as(IoError, path=self.paths[part], tensor=name, what='writing'):
+        write_gguf_tensor(self._writers[part], data)
     self.written += 1
-
-@patch
-def __exit__(self:GgufSink, typ, exc, tb):
-    stack, self._stack = self._stack, None
-    if typ is None and self.written < len(self.sizes):
-        err = QuantizeError(f"only {self.written} of {len(self.sizes)} tensors were written: nothing is kept", path=self.paths[0])
-        stack.__exit__(QuantizeError, err, None)
-        raise err
-    return stack.__exit__(typ, exc, tb)
 
 # %% ../nbs/08_gguf.ipynb #32aa6294
 def gguf_task(sources, # a runner `Sources` whose 'm' holds the tensors
@@ -611,12 +670,13 @@ def gguf_task(sources, # a runner `Sources` whose 'm' holds the tensors
     release_pages(raw)   # a lazily read tensor's pages leave memory: peak RSS stays a few tensors
     return [(entry[1], data)], row
 
+# %% ../nbs/08_gguf.ipynb #09c8e9e3
 class _Loader:
     "A function `load(name)` as a model: `get_parameter` calls it"
     def __init__(self, load): self.get_parameter = load
 
 def write_gguf(plan:GgufPlan, # from `plan_gguf`
-               source, # what holds the tensors: a `Model`, a `GgufFile`, a model's path, or a function load(source name)
+               source, # the tensors: a `Model`, a `GgufFile`, a model's path, or a function load(source name)
                output, # the .gguf file to write (with a split option: named as `split_paths` says)
                measure:bool=False, # report each quantized tensor's error (costs a dequantization)
                progress:bool|None=False, # a progress bar over tensors (None: where tqdm can show one)
@@ -626,9 +686,11 @@ def write_gguf(plan:GgufPlan, # from `plan_gguf`
               ) -> list:
     "Write `plan` to `output` (or a split set) atomically, tensor by tensor; return one report row per tensor"
     im, extra = plan.imatrix, plan.extra or {}
-    tasks = [(e, extra.get(e[0]), im[e[1]] if im is not None and e[1] in im and e[3] in BLOCK_FORMATS else None) for e in plan.tensors]
+    tasks = [(e, extra.get(e[0]), im[e[1]] if im is not None and e[1] in im and e[3] in BLOCK_FORMATS else None)
+             for e in plan.tensors]
     if not (hasattr(source, 'get_parameter') or isinstance(source, (str, os.PathLike))): source = _Loader(source)
-    run = Plan(gguf_task, tasks, Sources({'m': source}), (measure,), [math.prod(e[2]) * 4 for e in plan.tensors], 'gguf', QuantizeError,
+    run = Plan(gguf_task, tasks, Sources({'m': source}), (measure,), [math.prod(e[2]) * 4 for e in plan.tensors],
+               'gguf', QuantizeError,
                lambda t: [] if t[1] is not None else [('m', t[0][0])])   # a tensor the plan computes reads nothing
     sink = GgufSink(plan, output, split_max_size, split_max_tensors)
     try: return run_plan(run, sink, executor, progress)
@@ -647,9 +709,9 @@ def _read_config(folder:Path) -> dict:
     return c
 
 # %% ../nbs/08_gguf.ipynb #c83d490e
-def to_gguf(source, # a transformers checkpoint folder (config.json, weights, tokenizer files), a file in one, or a .gguf
+def to_gguf(source, # a transformers checkpoint folder (config.json, weights, tokenizer), a file in one, or a .gguf
             output, # the .gguf file to write
-            type:str='f16', # llama-quantize's type name: f32, f16, bf16, q8_0, q4_0, ..., q4_k_m, ... (`GGUF_OUTPUT_TYPES`)
+            type:str='f16', # llama-quantize's type: f32, f16, bf16, q8_0, q4_0, ..., q4_k_m, ... (`GGUF_OUTPUT_TYPES`)
             tokenizer=None, # folder holding the tokenizer files (default: the checkpoint's folder)
             tensors_only:bool=False, # write no tokenizer (llama.cpp then cannot run the file on text)
             name:str|None=None, # general.name (default: from the model card, else the folder's name)
@@ -657,16 +719,17 @@ def to_gguf(source, # a transformers checkpoint folder (config.json, weights, to
             report:bool=False, # measure each quantized tensor's error
             quiet:bool=True, # no progress bar
             imatrix=None, # an importance matrix (`Imatrix` or a llama-imatrix file) to weigh the quantization by
-            split_max_size=None, # write a split set, parts of this much tensor data at most: '2G', '500M' (`parse_split_size`)
+            split_max_size=None, # write a split set, parts of this much tensor data at most: '2G' (`parse_split_size`)
             split_max_tensors:int|None=None, # write a split set, parts of this many tensors at most
             client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': tensors are encoded on its workers
            ) -> QuantizeReport:
-    "Write `source` as a GGUF in llama.cpp's layout, quantized to `type` (one file, or a split set as llama-gguf-split's)"
+    "Write `source` as a llama.cpp GGUF quantized to `type` (one file, or a split set as llama-gguf-split's)"
     type, src, inputs = check_output_type(type), Path(source), [Path(source)]
     if not src.exists(): raise IoError("no such file or folder", path=src)
     if src.suffix.lower() == '.gguf':
         f = GgufFile(src)
-        if client is not None: raise QuantizeError("a GGUF is requantized in one process: --scheduler reads checkpoints", path=src)
+        if client is not None:
+            raise QuantizeError("a GGUF is requantized in one process: --scheduler reads checkpoints", path=src)
         plan, load, inputs = *_requantize_plan(f, type, name, imatrix), f.parts
     else:
         folder = src if src.is_dir() else src.parent
@@ -677,7 +740,8 @@ def to_gguf(source, # a transformers checkpoint folder (config.json, weights, to
     paths = GgufSink(plan, output, split_max_size, split_max_tensors).paths
     for p in paths: check_output_is_not_input(p, inputs)
     with executor(1, client, QuantizeError) as ex:
-        rows = write_gguf(plan, load, output, report, False if quiet else None, split_max_size, split_max_tensors, ex)
+        rows = write_gguf(plan, load, output, report, False if quiet else None, split_max_size, split_max_tensors,
+                          ex)
     settings = dict(scheme=type, format='gguf', architecture=plan.arch, fallbacks=plan.fallbacks)
     if plan.imatrix is not None: settings.update(imatrix=len(plan.imatrix), unweighted=plan.unweighted)
     if split_max_size is not None or split_max_tensors is not None: settings['files'] = [str(p) for p in paths]
@@ -701,7 +765,8 @@ class GgufFile:
 
     def __repr__(self):
         files = f" in {len(self.parts)} files" if len(self.parts) > 1 else ''
-        return f"GgufFile({self.path.name!r}, {self.arch!r}, {len(self.tensors)} tensors{files}, {self.type_counts()})"
+        return (f"GgufFile({self.path.name!r}, {self.arch!r}, {len(self.tensors)} tensors{files}, "
+                f"{self.type_counts()})")
 
 # %% ../nbs/08_gguf.ipynb #6836e7f4
 @patch
@@ -713,11 +778,13 @@ def get(self:GgufFile, key:str, default=None):
         if key == 'tokenizer.ggml.tokens': return [bytes(f.parts[i]) for i in f.data]
         return f.contents()
 
+# %% ../nbs/08_gguf.ipynb #60d9f7fb
 @patch(as_prop=True)
 def keys(self:GgufFile) -> list:
     "The metadata keys, in file order"
     return [k for k in self.reader.fields if not k.startswith('GGUF.')]
 
+# %% ../nbs/08_gguf.ipynb #caf05513
 @patch(as_prop=True)
 def hparams(self:GgufFile) -> dict:
     "The `{arch}.*` metadata, keys without the prefix"
@@ -730,11 +797,13 @@ def type_of(self:GgufFile, name:str) -> str:
     "The ggml type name of tensor `name`, e.g. 'Q4_0'"
     return self.tensors[name].tensor_type.name
 
+# %% ../nbs/08_gguf.ipynb #0a4c6134
 @patch
 def shape(self:GgufFile, name:str) -> tuple:
     "The shape of tensor `name`, rows first (ggml stores it the other way round)"
     return tuple(int(s) for s in reversed(self.tensors[name].shape.tolist()))
 
+# %% ../nbs/08_gguf.ipynb #696780ce
 @patch
 def type_counts(self:GgufFile) -> dict:
     "How many tensors of each type, most common first"
@@ -756,11 +825,13 @@ def array(self:GgufFile, name:str, # the tensor's llama.cpp name
         if kind in _PLAIN:
             x = raw.view(dtype_from_code(kind)).reshape(shape)
             return x.astype(np.float32) if float32 and kind in ('F16', 'BF16') else x
-        if kind.lower() in BLOCK_FORMATS: return BLOCK_FORMATS[kind.lower()].dequantize(raw.reshape(*shape[:-1], -1)).reshape(shape)
+        if kind.lower() in BLOCK_FORMATS:
+            return BLOCK_FORMATS[kind.lower()].dequantize(raw.reshape(*shape[:-1], -1)).reshape(shape)
         from gguf import quants
         try: return np.asarray(quants.dequantize(np.asarray(t.data), t.tensor_type), np.float32).reshape(shape)
         except NotImplementedError:
-            raise SerializationError(f"tensor type {kind} cannot be decoded (the gguf package has no dequantizer for it)",
+            raise SerializationError(f"tensor type {kind} cannot be decoded "
+                                     "(the gguf package has no dequantizer for it)",
                                      path=self.path, tensor=name) from None
 
 # %% ../nbs/08_gguf.ipynb #79f37042
@@ -770,9 +841,11 @@ def get_parameter(self:GgufFile, name:str, # the tensor's llama.cpp name
     "Tensor `name` as `array` decodes it: a `GgufFile` is a source for the runner's jobs"
     x = self.array(name)
     stored = np.asarray(self.tensors[name].data)
-    if not np.shares_memory(x, stored): release_pages(stored)   # decoded into a copy: the file's pages leave memory
+    # decoded into a copy: the file's pages leave memory
+    if not np.shares_memory(x, stored): release_pages(stored)
     return x
 
+# %% ../nbs/08_gguf.ipynb #0b5286a0
 @patch
 def prefetch(self:GgufFile, name:str, # the tensor's llama.cpp name
             ) -> int:
@@ -786,7 +859,8 @@ _LONG = ('tokenizer.ggml.tokens', 'tokenizer.ggml.scores', 'tokenizer.ggml.token
 def gguf_info(path) -> dict:
     "A description of a GGUF file: architecture, hyperparameters, tokenizer summary, tensors by type"
     f = GgufFile(path)
-    tok = {k.split('.')[-1]: f.get(k) for k in f.keys if k.startswith('tokenizer.') and k not in _LONG + ('tokenizer.chat_template',)}
+    tok = {k.split('.')[-1]: f.get(k) for k in f.keys
+           if k.startswith('tokenizer.') and k not in _LONG + ('tokenizer.chat_template',)}
     for k in _LONG[::3]:
         if k in f.reader.fields: tok[k.split('.')[-1]] = len(f.reader.fields[k].data)
     if 'tokenizer.chat_template' in f.keys: tok['chat_template'] = True
@@ -794,18 +868,21 @@ def gguf_info(path) -> dict:
     if (ft := general.get('file_type')) is not None:
         try: general['file_type'] = f"{_gguf().LlamaFileType(ft).name.removeprefix('MOSTLY_')} ({ft})"
         except ValueError: pass
-    hparams = {k: float(f'{v:.7g}') if isinstance(v, float) else v for k, v in f.hparams.items()}   # float32: 1e-06, not 9.99999997e-07
+    # float32: 1e-06, not 9.99999997e-07
+    hparams = {k: float(f'{v:.7g}') if isinstance(v, float) else v for k, v in f.hparams.items()}
     files = dict(files=[str(p) for p in f.parts]) if len(f.parts) > 1 else {}
     return dict(path=str(f.path), **files, architecture=f.arch, general=general, hparams=hparams, tokenizer=tok,
                 tensors=len(f.tensors), parameters=sum(int(t.n_elements) for t in f.tensors.values()),
                 bytes=sum(int(t.n_bytes) for t in f.tensors.values()), tensor_types=f.type_counts())
 
+# %% ../nbs/08_gguf.ipynb #07d65563
 def gguf_info_text(info:dict) -> str:
     "`gguf_info`'s description as lines for a terminal"
     lines = [f"architecture: {info['architecture']}", f"tensors:      {info['tensors']}",
              f"parameters:   {info['parameters']:,}", f"bytes:        {info['bytes']:,}"]
     lines += [f"  {k:<11} {v} tensors" for k, v in info['tensor_types'].items()]
-    if 'files' in info: lines += [f"files:        {len(info['files'])} (a split set)", *(f"  {p}" for p in info['files'])]
+    if 'files' in info:
+        lines += [f"files:        {len(info['files'])} (a split set)", *(f"  {p}" for p in info['files'])]
     lines += [f"general.{k}: {json.dumps(v)}" for k, v in info['general'].items() if k != 'architecture']
     lines += [f"{info['architecture']}.{k}: {json.dumps(v)}" for k, v in info['hparams'].items()]
     lines += [f"tokenizer.{k}: {json.dumps(v)}" for k, v in info['tokenizer'].items()]
@@ -821,43 +898,54 @@ def _split_value(reader, key:str, path) -> int:
         raise SerializationError(f"{key} is {short_repr(v)}, not a number", path=path)
     return v
 
+# %% ../nbs/08_gguf.ipynb #7a3196f3
 def _open_parts(f:GgufFile):
     "Read the other parts of the split set whose first part `f` opened: their tensors join `f.tensors`"
     n = _split_value(f.reader, 'split.count', f.path)
     if n <= 1: return   # one file: a set of one, or a merged file
     first, no = split_paths(f.path, n)[0], _split_value(f.reader, 'split.no', f.path)
     if no != 0:
-        raise SerializationError(f"part {no + 1} of a split GGUF of {n} parts: open its first part, {first.name}", path=f.path)
+        raise SerializationError(f"part {no + 1} of a split GGUF of {n} parts: open its first part, {first.name}",
+                                 path=f.path)
     if f.path.name != first.name:
-        raise SerializationError(f"the first part of a split GGUF of {n} parts, but not named STEM-00001-of-{n:05d}.gguf: "
+        raise SerializationError(f"the first part of a split GGUF of {n} parts, "
+                                 f"but not named STEM-00001-of-{n:05d}.gguf: "
                                  "its other parts cannot be found", path=f.path)
     for i, p in enumerate(split_paths(f.path, n)[1:], 1):
-        if not p.is_file(): raise SerializationError(f"part {i + 1} of {n} of the split GGUF {first.name} is missing", path=p)
+        if not p.is_file():
+            raise SerializationError(f"part {i + 1} of {n} of the split GGUF {first.name} is missing", path=p)
         r = open_gguf(p)
         count, no = _split_value(r, 'split.count', p), _split_value(r, 'split.no', p)
         if count != n:
-            raise SerializationError(f"belongs to a split GGUF of {count} parts, not of {n} as {first.name}: a part of another set?", path=p)
-        if no != i: raise SerializationError(f"says it is part {no + 1}, but its name makes it part {i + 1} of {n}", path=p)
+            raise SerializationError(f"belongs to a split GGUF of {count} parts, not of {n} as {first.name}: "
+                                     "a part of another set?", path=p)
+        if no != i:
+            raise SerializationError(f"says it is part {no + 1}, but its name makes it part {i + 1} of {n}",
+                                     path=p)
         with reraise_as(SerializationError, path=p, what='reading the GGUF header'):
             for t in r.tensors:
-                if t.name in f.tensors: raise SerializationError("the tensor is in two parts of the split GGUF", path=p, tensor=t.name)
+                if t.name in f.tensors:
+                    raise SerializationError("the tensor is in two parts of the split GGUF", path=p, tensor=t.name)
                 f.tensors[t.name] = t
         f.parts.append(p)
     total = _split_value(f.reader, 'split.tensors.count', f.path)
     if total != len(f.tensors):
-        raise SerializationError(f"split.tensors.count says {total}, but the {n} parts hold {len(f.tensors)} tensors", path=f.path)
+        raise SerializationError(f"split.tensors.count says {total}, but the {n} parts hold {len(f.tensors)} tensors",
+                                 path=f.path)
 
 # %% ../nbs/08_gguf.ipynb #ed1b0c77
 def _copied_metadata(f:GgufFile) -> dict:
     "Every metadata value of `f`, typed as it is stored"
     gguf, meta = _gguf(), {}
     for k in f.keys:
-        if k.startswith('split.'): continue   # a split set's bookkeeping: the writer sets its own, as llama-quantize does
+        # a split set's bookkeeping: the writer sets its own, as llama-quantize does
+        if k.startswith('split.'): continue
         fld = f.reader.fields[k]
         sub = fld.types[-1] if fld.types[0] == gguf.GGUFValueType.ARRAY else None
         meta[k] = _Typed(f.get(k), fld.types[0], sub)
     return meta
 
+# %% ../nbs/08_gguf.ipynb #89df296c
 def _requantize_plan(f:GgufFile, type:str, name:str|None, imatrix=None):
     "The plan that re-encodes a GGUF's (or a split set's) tensors in `type`, its metadata copied; and its loader"
     gguf, path = _gguf(), f.path
@@ -867,7 +955,8 @@ def _requantize_plan(f:GgufFile, type:str, name:str|None, imatrix=None):
     specs, requantized = [], []
     for g in f.tensors:
         shape, kind = f.shape(g), f.type_of(g)
-        if kind.startswith('I'): raise QuantizeError(f"integer tensor ({kind}) in a model GGUF", path=path, tensor=g)
+        if kind.startswith('I'):
+            raise QuantizeError(f"integer tensor ({kind}) in a model GGUF", path=path, tensor=g)
         if kind not in _PLAIN: requantized.append(g)
         specs.append((g, shape, kind.lower() if kind in ('F32', 'F16', 'BF16') else 'f32'))
     if requantized:
@@ -876,8 +965,10 @@ def _requantize_plan(f:GgufFile, type:str, name:str|None, imatrix=None):
     hp = f.hparams
     num = lambda k, default: v if isinstance(v := hp.get(k), int) and v > 0 else default
     n_head = num('attention.head_count', 1)
-    types, notes = tensor_types(specs, type, num('block_count', 0), n_head, num('attention.head_count_kv', n_head), f.arch, imatrix is not None)
-    return _with_imatrix(GgufPlan(f.arch, meta, [(g, g, shape, types[g], 0) for g, shape, _ in specs], fallbacks=notes), imatrix), f
+    types, notes = tensor_types(specs, type, num('block_count', 0), n_head, num('attention.head_count_kv', n_head),
+                                f.arch, imatrix is not None)
+    return _with_imatrix(GgufPlan(f.arch, meta, [(g, g, shape, types[g], 0) for g, shape, _ in specs],
+                                  fallbacks=notes), imatrix), f
 
 # %% ../nbs/08_gguf.ipynb #166d5223
 _SPECIAL = dict(bos='bos', eos='eos', unk='unknown', pad='padding')   # tokenizer.ggml.{…}_token_id
@@ -886,7 +977,8 @@ def _hf_names(f:GgufFile) -> dict:
     "llama.cpp name -> transformers name, for the architectures entrenar maps"
     if f.arch not in _HF_CLASS: return {}
     n = f.hparams.get('block_count', 0)
-    if not isinstance(n, int) or not 0 <= n <= 10_000: raise SerializationError(f"block_count {n!r} is not a layer count", path=f.path)
+    if not isinstance(n, int) or not 0 <= n <= 10_000:
+        raise SerializationError(f"block_count {n!r} is not a layer count", path=f.path)
     tmap = tensor_name_map(f.arch, 1)   # one layer's names (a map of every layer costs ~50 KB a layer)
     first = {g: h for h in _hf_layer_names(1) if (g := gguf_tensor_name(tmap, h)) is not None}
     names = {}
@@ -896,6 +988,7 @@ def _hf_names(f:GgufFile) -> dict:
         if h is not None: names[g] = h.replace('model.layers.0.', f'model.layers.{i}.', 1) if i >= 0 else h
     return names
 
+# %% ../nbs/08_gguf.ipynb #d39ef15a
 def _stored_dtype(kind:str) -> np.dtype:
     "The dtype a tensor of ggml type `kind` is read back as"
     return dtype_from_code(kind) if kind in _PLAIN else np.dtype(np.float32)
@@ -913,13 +1006,17 @@ def gguf_model(path, # a .gguf file
     params = []
     for g, t in f.tensors.items():
         if names and g == 'rope_freqs.weight': continue   # llama.cpp's rope factors, recomputed from config.json
-        if names and g not in names: raise SerializationError(f"no transformers name for this tensor of a {f.arch} model", path=f.path, tensor=g)
+        if names and g not in names:
+            raise SerializationError(f"no transformers name for this tensor of a {f.arch} model", path=f.path,
+                                     tensor=g)
         kind, dtype = t.tensor_type.name, _stored_dtype(t.tensor_type.name)
-        heads = (n_head if '.attn_q.' in g else n_kv if '.attn_k.' in g else 0) if names and f.arch == 'llama' else 0
+        heads = ((n_head if '.attn_q.' in g else n_kv if '.attn_k.' in g else 0) if names and f.arch == 'llama'
+                 else 0)
         def load(g=g, heads=heads, dtype=dtype):
             x = f.array(g, float32=False)   # F16/BF16 stay as stored, quantized types come as float32
             if heads and (not isinstance(heads, int) or heads < 1 or x.shape[0] % (2 * heads)):
-                raise SerializationError(f"{x.shape[0]:,} rows do not split into {short_repr(heads)} heads of row pairs "
+                raise SerializationError(f"{x.shape[0]:,} rows do not split into {short_repr(heads)} heads "
+                                         "of row pairs "
                                          "(attention.head_count or head_count_kv is wrong)", path=f.path, tensor=g)
             return np.ascontiguousarray((unpermute_qk(x, heads) if heads else x).astype(dtype, copy=False))
         params.append((names.get(g, g), lazy_tensor(TensorSpec(names.get(g, g), dtype, f.shape(g)), load)))
@@ -930,23 +1027,30 @@ def gguf_model(path, # a .gguf file
 def gguf_config(f:GgufFile) -> dict:
     "A transformers config.json rebuilt from a GGUF's hyperparameters"
     if f.arch not in _HF_CLASS:
-        raise SerializationError(f"cannot rebuild a transformers config for architecture {f.arch!r} (supported: {', '.join(_HF_CLASS)})", path=f.path)
+        raise SerializationError(f"cannot rebuild a transformers config for architecture {f.arch!r} "
+                                 f"(supported: {', '.join(_HF_CLASS)})", path=f.path)
     h, (cls, model_type) = f.hparams, _HF_CLASS[f.arch]
     n_head = h['attention.head_count']
-    n_tok = len(f.reader.fields['tokenizer.ggml.tokens'].data) if 'tokenizer.ggml.tokens' in f.reader.fields else None
-    c = dict(architectures=[cls], model_type=model_type, hidden_size=h['embedding_length'], intermediate_size=h['feed_forward_length'],
-             num_hidden_layers=h['block_count'], num_attention_heads=n_head, num_key_value_heads=h.get('attention.head_count_kv', n_head),
+    n_tok = (len(f.reader.fields['tokenizer.ggml.tokens'].data) if 'tokenizer.ggml.tokens' in f.reader.fields
+             else None)
+    c = dict(architectures=[cls], model_type=model_type, hidden_size=h['embedding_length'],
+             intermediate_size=h['feed_forward_length'], num_hidden_layers=h['block_count'],
+             num_attention_heads=n_head, num_key_value_heads=h.get('attention.head_count_kv', n_head),
              vocab_size=h.get('vocab_size') or n_tok or f.shape('token_embd.weight')[0],
-             max_position_embeddings=h.get('context_length', 2048), rms_norm_eps=h.get('attention.layer_norm_rms_epsilon', 1e-6),
+             max_position_embeddings=h.get('context_length', 2048),
+             rms_norm_eps=h.get('attention.layer_norm_rms_epsilon', 1e-6),
              rope_theta=h.get('rope.freq_base', 10000.0), tie_word_embeddings='output.weight' not in f.tensors)
     c = {k: float(f'{v:.7g}') if isinstance(v, float) else v for k, v in c.items()}
-    if h.get('attention.key_length') and h['attention.key_length'] != h['embedding_length'] // n_head: c['head_dim'] = h['attention.key_length']
+    if h.get('attention.key_length') and h['attention.key_length'] != h['embedding_length'] // n_head:
+        c['head_dim'] = h['attention.key_length']
     if h.get('rope.scaling.type') in ('linear', 'yarn'):
         c['rope_scaling'] = dict(rope_type=h['rope.scaling.type'], factor=h['rope.scaling.factor'])
-        if h.get('rope.scaling.original_context_length'): c['rope_scaling']['original_max_position_embeddings'] = h['rope.scaling.original_context_length']
+        if h.get('rope.scaling.original_context_length'):
+            c['rope_scaling']['original_max_position_embeddings'] = h['rope.scaling.original_context_length']
     if model_type == 'qwen2': c['use_sliding_window'] = False
     if 'rope_freqs.weight' in f.tensors:
-        warnings.warn(f"{f.path}: llama.cpp's rope_freqs (Llama 3 rotary scaling) cannot be turned back into the config's "
+        warnings.warn(f"{f.path}: llama.cpp's rope_freqs (Llama 3 rotary scaling) cannot be turned back "
+                      "into the config's "
                       "rope_scaling; add it to config.json from the original model")
     for k in ('bos', 'eos', 'pad'):
         if (i := f.get(f'tokenizer.ggml.{_SPECIAL[k]}_token_id')) is not None: c[f'{k}_token_id'] = i
@@ -956,21 +1060,25 @@ def gguf_config(f:GgufFile) -> dict:
 def _spm_model(f:GgufFile) -> bytes:
     "A SentencePiece tokenizer.model rebuilt from a `llama` vocabulary"
     from sentencepiece import sentencepiece_model_pb2 as pb
-    toks, scores, types = f.get('tokenizer.ggml.tokens'), f.get('tokenizer.ggml.scores'), f.get('tokenizer.ggml.token_type')
+    toks, scores = f.get('tokenizer.ggml.tokens'), f.get('tokenizer.ggml.scores')
+    types = f.get('tokenizer.ggml.token_type')
     m = pb.ModelProto()
     for t, s, k in zip(toks, scores, types):
-        p = m.pieces.add(); p.piece, p.score, p.type = t.decode('utf-8', 'replace'), s, k   # gguf's TokenType = sentencepiece's
+        p = m.pieces.add()
+        p.piece, p.score, p.type = t.decode('utf-8', 'replace'), s, k   # gguf's TokenType = sentencepiece's
     ts = m.trainer_spec
     ts.model_type, ts.vocab_size, ts.byte_fallback = pb.TrainerSpec.BPE, len(toks), 6 in types
     for k in ('unk', 'bos', 'eos', 'pad'):
-        setattr(ts, f'{k}_id', int(f.get(f'tokenizer.ggml.{_SPECIAL[k]}_token_id', dict(unk=0, bos=1, eos=2, pad=-1)[k])))
+        setattr(ts, f'{k}_id', int(f.get(f'tokenizer.ggml.{_SPECIAL[k]}_token_id',
+                                         dict(unk=0, bos=1, eos=2, pad=-1)[k])))
     ns = m.normalizer_spec
     ns.name, ns.remove_extra_whitespaces, ns.escape_whitespaces = 'identity', False, True
     ns.add_dummy_prefix = bool(f.get('tokenizer.ggml.add_space_prefix', True))
     return m.SerializeToString()
 
 # %% ../nbs/08_gguf.ipynb #751d623d
-_GPT2_SPLIT = ('gpt2', 'smollm', 'mpt', 'olmo', 'jais', 'trillion', 'granite-docling')   # pre-tokenizers that split as GPT-2
+# pre-tokenizers that split as GPT-2
+_GPT2_SPLIT = ('gpt2', 'smollm', 'mpt', 'olmo', 'jais', 'trillion', 'granite-docling')
 
 def _bpe_json(f:GgufFile) -> dict:
     "A byte-level BPE tokenizer.json rebuilt from a `gpt2` vocabulary"
@@ -992,10 +1100,12 @@ def _tokenizer_config(f:GgufFile) -> dict:
         i = f.get(f'tokenizer.ggml.{_SPECIAL[k]}_token_id')
         return None if i is None or i >= len(toks) else toks[i].decode('utf-8', 'replace')
     cfg = {f'{k}_token': name(k) for k in _SPECIAL if name(k) is not None}
-    cfg.update({f'add_{k}_token': v for k in ('bos', 'eos') if (v := f.get(f'tokenizer.ggml.add_{k}_token')) is not None})
+    cfg.update({f'add_{k}_token': v for k in ('bos', 'eos')
+                if (v := f.get(f'tokenizer.ggml.add_{k}_token')) is not None})
     if f.get('tokenizer.chat_template') is not None: cfg['chat_template'] = f.get('tokenizer.chat_template')
     return cfg
 
+# %% ../nbs/08_gguf.ipynb #a143989c
 def _tokenizer_files(f:GgufFile) -> dict:
     "file name -> bytes of the tokenizer files that can be rebuilt from `f` (with a warning for what cannot)"
     model = f.get('tokenizer.ggml.model')
@@ -1027,8 +1137,6 @@ def gguf_to_hf(path, # a .gguf file
     return out
 
 # %% ../nbs/08_gguf.ipynb #7b013bed
-def _is_gguf(p) -> bool: return str(p).lower().endswith('.gguf')
-
 def _wrap(parser, command):
     "Route `parser`'s command through `command(args, original_handler)`, its warnings printed as `warning: …` lines"
     original = parser.get_default('func')
@@ -1040,6 +1148,9 @@ def _wrap(parser, command):
                 for w in caught: print(f"warning: {w.message}", file=sys.stderr)
     parser.set_defaults(func=run)
 
+# %% ../nbs/08_gguf.ipynb #a15bb551
+def _is_gguf(p) -> bool: return str(p).lower().endswith('.gguf')
+
 # %% ../nbs/08_gguf.ipynb #73b1d3f4
 _REQUANT_ONLY = "a GGUF input is requantized into a .gguf output; use `entrenar convert` for a checkpoint"
 
@@ -1050,9 +1161,11 @@ def _gguf_type_from_args(args) -> str:
     if args.per_channel or args.per_tensor:
         raise QuantizeError("GGUF holds ggml block formats only: drop --per-channel/--per-tensor")
     if args.bits is None and args.format is None:
-        raise QuantizeError(f"say which type: --type q8_0 (llama-quantize's names: {', '.join(GGUF_OUTPUT_TYPES)})")
+        raise QuantizeError(f"say which type: --type q8_0 "
+                            f"(llama-quantize's names: {', '.join(GGUF_OUTPUT_TYPES)})")
     return check_output_type(resolve_scheme(args.bits, args.method, 'block', args.block_size, args.format))
 
+# %% ../nbs/08_gguf.ipynb #e58afac3
 def _split_args(args, split:bool=True) -> dict:
     "--split-max-size and --split-max-tensors as `to_gguf` takes them; refused where the output is no llama.cpp GGUF"
     kw = dict(split_max_size=args.split_max_size, split_max_tensors=args.split_max_tensors)
@@ -1061,16 +1174,20 @@ def _split_args(args, split:bool=True) -> dict:
                             "(and drop --tensors-only)", path=args.output)
     return kw
 
+# %% ../nbs/08_gguf.ipynb #f2d878d6
 def _written(rep) -> str:
     "What the CLI says it wrote: the file, or the parts of a split set"
     files = rep.settings.get('files')
     return str(rep.path) if not files else f"{len(files)} files: " + ', '.join(files)
 
+# %% ../nbs/08_gguf.ipynb #2e222cc4
 def _not_for_gguf(args):
     "Refuse the quantize flags a llama.cpp GGUF cannot honour"
-    if args.include_1d: raise QuantizeError("--include-1d: llama.cpp keeps norms and other 1-d tensors in F32 (it aborts "
-                                            "on quantized ones); drop the flag, or add --tensors-only for a file not for llama.cpp")
-    if args.shard_size: raise QuantizeError("--shard-size writes SafeTensors shards; a GGUF is split with --split-max-size")
+    if args.include_1d:
+        raise QuantizeError("--include-1d: llama.cpp keeps norms and other 1-d tensors in F32 (it aborts "
+                            "on quantized ones); drop the flag, or add --tensors-only for a file not for llama.cpp")
+    if args.shard_size:
+        raise QuantizeError("--shard-size writes SafeTensors shards; a GGUF is split with --split-max-size")
 
 # %% ../nbs/08_gguf.ipynb #40f7a727
 def _quantize_command(args, fallback):
@@ -1079,18 +1196,22 @@ def _quantize_command(args, fallback):
     if not (_is_gguf(args.output) or _is_gguf(args.model)) or args.tensors_only:
         if args.type:
             if args.type.lower() not in BLOCK_FORMATS:
-                raise QuantizeError(f"--type {args.type} is for GGUF output; for this file use --format ({', '.join(BLOCK_FORMATS)})")
+                raise QuantizeError(f"--type {args.type} is for GGUF output; "
+                                    f"for this file use --format ({', '.join(BLOCK_FORMATS)})")
             args.format = args.type.lower()
         if _is_gguf(args.model): raise QuantizeError(_REQUANT_ONLY, path=args.model)
         _split_args(args, split=False)
-        if args.imatrix: raise QuantizeError("--imatrix weighs a llama.cpp GGUF's tensors (by their GGUF names): write a .gguf", path=args.output)
+        if args.imatrix:
+            raise QuantizeError("--imatrix weighs a llama.cpp GGUF's tensors (by their GGUF names): write a .gguf",
+                                path=args.output)
         return fallback(args)
     check_output_is_not_input(args.output, [args.model])
     if not _is_gguf(args.output): raise QuantizeError(_REQUANT_ONLY, path=args.output)
     _not_for_gguf(args)
     type = _gguf_type_from_args(args)
     rep = to_gguf(args.model, args.output, type, tokenizer=args.tokenizer, name=args.name, pre=args.tokenizer_pre,
-                  report=args.report, quiet=args.quiet, imatrix=args.imatrix, client=args.scheduler, **_split_args(args))
+                  report=args.report, quiet=args.quiet, imatrix=args.imatrix, client=args.scheduler,
+                  **_split_args(args))
     if args.report: print(report_table(rep) + '\n')
     if not args.quiet or args.report: print(summary_text(rep) + f"\nwrote {_written(rep)}")
 
@@ -1116,10 +1237,14 @@ def _convert_command(args, fallback):
     check_output_is_not_input(args.output, [args.model])
     if _is_gguf(args.output):
         if _is_gguf(args.model):
-            raise QuantizeError("GGUF to GGUF is a requantization: use `entrenar quantize IN.gguf --type T --output OUT.gguf`")
-        rep = to_gguf(args.model, args.output, args.type or 'f16', tensors_only=args.tensors_only, quiet=args.quiet, **_split_args(args))
+            raise QuantizeError("GGUF to GGUF is a requantization: "
+                                "use `entrenar quantize IN.gguf --type T --output OUT.gguf`")
+        rep = to_gguf(args.model, args.output, args.type or 'f16', tensors_only=args.tensors_only, quiet=args.quiet,
+                      **_split_args(args))
         s = rep.settings
-        if not args.quiet: print(f"wrote {_written(rep)} ({len(rep.rows)} tensors, {s['scheme'].upper()}, llama.cpp architecture {s['architecture']})")
+        if not args.quiet:
+            print(f"wrote {_written(rep)} ({len(rep.rows)} tensors, {s['scheme'].upper()}, "
+                  f"llama.cpp architecture {s['architecture']})")
         return
     _split_args(args, split=False)
     if Path(args.output).suffix: save_model(gguf_model(args.model), args.output)
@@ -1129,35 +1254,44 @@ def _convert_command(args, fallback):
 # %% ../nbs/08_gguf.ipynb #8e15b1ae
 def _dequantize_command(args, fallback):
     "`entrenar dequantize` of a llama.cpp GGUF"
-    if not _is_gguf(args.model) or 'entrenar.quantization' in GgufFile(args.model).reader.fields: return fallback(args)
+    if not _is_gguf(args.model) or 'entrenar.quantization' in GgufFile(args.model).reader.fields:
+        return fallback(args)
     check_output_is_not_input(args.output, [args.model])
     src = gguf_model(args.model)
     as_f32 = lambda n: np.asarray(src.get_parameter(n), np.float32)
-    m = Model(src.metadata, [(s.name, lazy_tensor(TensorSpec(s.name, np.dtype(np.float32), s.shape), lambda n=s.name: as_f32(n)))
-                             for s in src.specs], path=src.path)
+    m = Model(src.metadata,
+              [(s.name, lazy_tensor(TensorSpec(s.name, np.dtype(np.float32), s.shape), lambda n=s.name: as_f32(n)))
+               for s in src.specs], path=src.path)
     save_model(m, args.output)
     if not args.quiet: print(f"wrote {args.output} ({len(m)} tensors, float32)")
 
-# %% ../nbs/08_gguf.ipynb #e0a5c858
+# %% ../nbs/08_gguf.ipynb #967f4d3c
 def _split_options(p):
     "--split-max-size and --split-max-tensors, as llama-gguf-split takes them"
-    g = p.add_argument_group('split GGUF output (as llama-gguf-split --split; OUT.gguf becomes OUT-00001-of-0000N.gguf, ...)')
+    g = p.add_argument_group('split GGUF output (as llama-gguf-split --split; '
+                             'OUT.gguf becomes OUT-00001-of-0000N.gguf, ...)')
     x = g.add_mutually_exclusive_group()
     x.add_argument('--split-max-size', default=None, metavar='N(M|G)',
-                   help="at most this much tensor data per file: 500M, 2G (decimal: 2G = 2,000,000,000 bytes), also 200K or bytes")
+                   help="at most this much tensor data per file: 500M, 2G (decimal: 2G = 2,000,000,000 bytes), "
+                        "also 200K or bytes")
     x.add_argument('--split-max-tensors', type=int, default=None, metavar='N', help='at most N tensors per file')
 
+# %% ../nbs/08_gguf.ipynb #f336416b
 def register_cli(sub):
     "Teach `quantize`, `convert`, `info` and `dequantize` GGUF (they are registered before this module)"
     q = sub.choices['quantize']
-    q.add_argument('--type', default=None, help=f"llama-quantize's type name for GGUF output: {', '.join(GGUF_OUTPUT_TYPES)} (any case)")
+    q.add_argument('--type', default=None,
+                   help=f"llama-quantize's type name for GGUF output: {', '.join(GGUF_OUTPUT_TYPES)} (any case)")
     q.add_argument('--tensors-only', action='store_true',
                    help="with .gguf: entrenar's own tensor file (any scheme, no tokenizer), not a llama.cpp model")
-    q.add_argument('--tokenizer', default=None, help="folder holding the tokenizer files (default: the model's folder)")
+    q.add_argument('--tokenizer', default=None,
+                   help="folder holding the tokenizer files (default: the model's folder)")
     q.add_argument('--tokenizer-pre', default=None,
                    help="llama.cpp's pre-tokenizer name for a byte-level BPE tokenizer (e.g. llama-bpe, qwen2)")
-    q.add_argument('--name', default=None, help='general.name of the GGUF (default: from the model card or folder)')
-    q.add_argument('--imatrix', default=None, help="an importance matrix from llama-imatrix (.gguf or .dat) or `entrenar imatrix`")
+    q.add_argument('--name', default=None,
+                   help='general.name of the GGUF (default: from the model card or folder)')
+    q.add_argument('--imatrix', default=None,
+                   help="an importance matrix from llama-imatrix (.gguf or .dat) or `entrenar imatrix`")
     _wrap(q, _quantize_command)
     c = sub.choices['convert']
     c.add_argument('--type', default=None, help='GGUF output: f32, f16 (default), bf16, q8_0, ...')

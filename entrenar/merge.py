@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 import numpy as np, yaml
-from fastcore.basics import AttrDict
+from fastcore.basics import AttrDict, patch
 from tqdm.auto import tqdm
 from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
 from .backend import get_array_module, get_backend, is_device_array, to_device, to_numpy
@@ -723,11 +723,12 @@ def parse_recipe(recipe, # a dict, or YAML text, of a mergekit recipe
                   recipe.get('dtype'), recipe.get('out_dtype'), layered, parse_tokenizer(recipe.get('tokenizer_source'), recipe.get('tokenizer')))
 
 # %% ../nbs/03_merge.ipynb #0973b42f
-def _from_method(cls, method, # a method name or alias
-                 models:list, # model references (paths, or keys)
-                 base=None, # the base's reference; default: the first model, for methods that need a base
-                 note=None, # called with a message when the first model becomes the base
-                 **params) -> Recipe:
+@patch(cls_method=True)
+def from_method(cls:Recipe, method, # a method name or alias
+                models:list, # model references (paths, or keys)
+                base=None, # the base's reference; default: the first model, for methods that need a base
+                note=None, # called with a message when the first model becomes the base
+                **params) -> Recipe:
     "A one-slice `Recipe` from a method name and keyword parameters"
     m = get_method(method); models = list(models)
     if not models: raise MergeError("no models to merge")
@@ -747,7 +748,6 @@ def _from_method(cls, method, # a method name or alias
     pick = lambda k, v, i, mm: v[i] if len(v) == len(models) else (v[others.index(mm)] if mm in others else None)
     srcs = [Source(mm, None, {k: pick(k, v, i, mm) for k, v in per.items() if pick(k, v, i, mm) is not None}) for i, mm in enumerate(models)]
     return cls(m.name, [Slice(srcs)], base, shared)
-Recipe.from_method = classmethod(_from_method)
 
 # %% ../nbs/03_merge.ipynb #67b7514b
 @dataclass

@@ -51,6 +51,7 @@ class Param:
     type: type = float
     choices: tuple = ()
 
+# %% ../nbs/03_merge.ipynb #b8e7609d
 @dataclass(frozen=True)
 class MergeMethod:
     "A merge method: `fn(tensors, base, p, rng)` on the arrays of one tensor name, and the parameters it declares"
@@ -64,7 +65,7 @@ class MergeMethod:
     def __repr__(self):
         return f"MergeMethod({self.name!r}, base={self.base!r}, params=[{', '.join(p.name for p in self.params)}])"
 
-
+# %% ../nbs/03_merge.ipynb #50964f1e
 METHODS, ALIASES = {}, {}
 
 def merge_method(name:str, # the name recipes and the command use
@@ -90,6 +91,7 @@ def get_method(name) -> MergeMethod:
         )
     return m
 
+# %% ../nbs/03_merge.ipynb #da14f3ac
 def check_inputs(method, # a method or its name
                  n_models:int, # inputs besides the base
                  has_base:bool, # whether a base is given
@@ -160,6 +162,7 @@ def compute_dtype(dtype) -> np.dtype:
     "The dtype merges compute in: float64 for float64 inputs, else float32 (never 16 bits)"
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
+# %% ../nbs/03_merge.ipynb #f9f0a7da
 def tensor_rng(seed:int, # the merge's seed
                name:str, # the tensor's name
               ) -> np.random.Generator:
@@ -169,6 +172,7 @@ def tensor_rng(seed:int, # the merge's seed
     digest = int.from_bytes(hashlib.blake2b(name.encode('utf-8'), digest_size=8).digest(), 'little')
     return np.random.default_rng(np.random.SeedSequence([int(seed), digest]))
 
+# %% ../nbs/03_merge.ipynb #958b6d1a
 def uniform(rng:np.random.Generator, shape, like):
     "Uniform [0, 1) float32 draws from `rng` on the device of `like` (numpy's numbers, by a PCG64 kernel on a GPU)"
     if is_device_array(like): return cuda_uniform(rng, shape, get_array_module(like))
@@ -237,6 +241,7 @@ def slerp_pair(a, b, # two tensors of one shape (float32 or float64)
     else: th = math.acos(d); s = math.sin(th); ca, cb = math.sin((1 - t) * th) / s, math.sin(t * th) / s
     return a * ca + b * cb
 
+# %% ../nbs/03_merge.ipynb #a308becf
 @merge_method('slerp', Param('t', required=True), base='required', min_models=1, max_models=1)
 def slerp(xs, base, p, rng):
     "SLERP from the base (t=0) to the other model (t=1)"
@@ -361,6 +366,7 @@ def kth_value(values, # a flat array
         return xp.partition(values, rank)[rank]  # the sample missed (rare): select over everything
     return _kth_in_range(candidates, r, lo)
 
+# %% ../nbs/03_merge.ipynb #cb5db502
 _UINT = {4: np.uint32, 8: np.uint64}
 
 def _kth_in_range(values, rank, lo):
@@ -763,6 +769,7 @@ def layer_index(name:str) -> int|None:
     m = _LAYER.search(name)
     return None if m is None else int(m.group(3))
 
+# %% ../nbs/03_merge.ipynb #072f376a
 def with_layer(name:str, index:int) -> str:
     "`name` with its layer number replaced by `index`"
     return _LAYER.sub(lambda m: f"{m.group(1)}{m.group(2)}.{index}", name, count=1)
@@ -775,6 +782,7 @@ class Source:
     layer_range: tuple|None = None
     parameters: dict = field(default_factory=dict)
 
+# %% ../nbs/03_merge.ipynb #20476fd1
 @dataclass
 class Slice:
     "A block of output layers, merged from its sources"
@@ -782,6 +790,7 @@ class Slice:
     parameters: dict = field(default_factory=dict)
     base_model: str|None = None
 
+# %% ../nbs/03_merge.ipynb #2345c497
 @dataclass
 class Recipe:
     "A merge as a mergekit YAML recipe describes it"
@@ -959,7 +968,7 @@ class TensorTask:
     def name(self):
         return self.spec.name
 
-
+# %% ../nbs/03_merge.ipynb #0ee9274b
 def parse_dtype(name) -> np.dtype|None:
     "A numpy dtype from a recipe/command name: float32, fp16, bfloat16, bf16, F16…"
     if name is None: return None
@@ -1384,6 +1393,7 @@ def recipe_yaml(info:dict, # the `merge` entry of a merge's metadata (`_merge_me
         if info.get(k): d[k] = info[k]
     return yaml.safe_dump(d, sort_keys=False)
 
+# %% ../nbs/03_merge.ipynb #4f92f47b
 def model_card(name:str, # the merged model's name
                info:dict, # the `merge` entry of its metadata
                recipe:str, # the recipe, as YAML

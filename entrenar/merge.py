@@ -643,6 +643,7 @@ def task_arithmetic_merge(xs, base, p, rng, sparsifier:str|None=None, elect_sign
         )
     return out
 
+# %% ../nbs/03_merge.ipynb #2a1e423c
 _TASK_ARITHMETIC = [  # name, sparsifier, sign election, normalize default, rescale default
     ('task_arithmetic', None, False, False, False),
     ('ties', 'magnitude', True, True, False),
@@ -1657,6 +1658,7 @@ def cli_defaults(method:str, # a method name or alias, as given to --method
         f"{name}: {k} = {v}, the command's default (set it with --{k})" for k, v in added.items()
     ]
 
+# %% ../nbs/03_merge.ipynb #d0f85c2f
 def _numbers(text, opt):
     if text is None: return None
     try: vals = [float(v) for v in str(text).split(',') if v.strip()]

@@ -1748,6 +1748,7 @@ def tune_allocator():
     for option, value in ((-8, 1), (-4, 0), (-1, 2**31 - 1)):
         mallopt(option, value)  # M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD
 
+# %% ../nbs/03_merge.ipynb #846fa4ec
 def merge_command(args):
     "Run `entrenar merge` from parsed arguments"
     tune_allocator()

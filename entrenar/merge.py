@@ -1216,6 +1216,7 @@ def _task_reads(task:TensorTask) -> list:
     "The `(model reference, tensor name)` pairs a task reads, base last: the runner reads them ahead"
     return [*task.inputs, *([task.base] if task.base is not None else [])]
 
+# %% ../nbs/03_merge.ipynb #455af606
 def merge_plan(tasks:list, # from `plan_merge`
                method:str, # the recipe's method
                models, # reference -> `Model` or path

@@ -1315,6 +1315,7 @@ class MergeSummary:
         )
         return text + ('\n' + check_text(g) if g.settings.get('checked') else '')
 
+# %% ../nbs/03_merge.ipynb #7137f2fb
 def load_recipe(path) -> tuple[Recipe, Path]:
     "Read a mergekit YAML recipe file"
     p = Path(path)

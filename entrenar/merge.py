@@ -421,39 +421,34 @@ def magnitude_mask(delta, density, **_):
     n = delta.size; k = max(1, int(density * n))
     return rank_mask(get_array_module(delta).abs(delta).ravel(), n - k, n).reshape(delta.shape), density
 
+# %% ../nbs/03_merge.ipynb #b30e7328
 def random_mask(delta, density, rng=None, **_):
     "Keep each element with probability `density` (DARE)"
     return uniform(rng, delta.shape, delta) < density, density
 
+# %% ../nbs/03_merge.ipynb #670b63e0
 def outlier_mask(delta, density, gamma=0.01, **_):
     "Drop the largest `gamma` fraction by magnitude, then the smallest, keeping a `density` fraction (breadcrumbs)"
     n = delta.size; target, n_top = int(density * n), int(gamma * n)
     n_bottom = max(0, n - target - n_top)
-    return (
-        rank_mask(get_array_module(delta).abs(delta).ravel(), n_bottom, n_bottom + target).reshape(
-            delta.shape
-        ),
-        density,
-    )
+    magnitudes = get_array_module(delta).abs(delta).ravel()
+    return rank_mask(magnitudes, n_bottom, n_bottom + target).reshape(delta.shape), density
 
+# %% ../nbs/03_merge.ipynb #d30e1379
 def della_mask(delta, density, epsilon=0.15, rng=None, **_):
     "Keep with probability rising with the magnitude rank in each row, density-epsilon to density+epsilon (DELLA)"
     if not (0 < density - epsilon and density + epsilon < 1):
         raise MergeError(f"della needs 0 < density ± epsilon < 1, got density {density}, epsilon {epsilon}")
     xp = get_array_module(delta)
     rows = delta if delta.ndim >= 2 else delta.reshape(1, -1)
-    ranks = xp.argsort(xp.argsort(xp.abs(rows), axis=1, kind='stable'), axis=1, kind='stable').astype(
-        delta.dtype
-    )  # ties by position
+    # ties by position
+    ranks = xp.argsort(xp.argsort(xp.abs(rows), axis=1, kind='stable'), axis=1, kind='stable').astype(delta.dtype)
     m = rows.shape[1]
-    prob = ((density - epsilon) + (ranks / (m - 1) if m > 1 else ranks * 0) * (2 * epsilon)).astype(
-        delta.dtype
-    )
+    prob = ((density - epsilon) + (ranks / (m - 1) if m > 1 else ranks * 0) * (2 * epsilon)).astype(delta.dtype)
     return (uniform(rng, rows.shape, delta) < prob).reshape(delta.shape), prob.reshape(delta.shape)
 
-SPARSIFIERS = dict(
-    magnitude=magnitude_mask, random=random_mask, magnitude_outliers=outlier_mask, della_magprune=della_mask
-)
+SPARSIFIERS = dict(magnitude=magnitude_mask, random=random_mask, magnitude_outliers=outlier_mask,
+                   della_magprune=della_mask)
 
 # %% ../nbs/03_merge.ipynb #3b19a92b
 def sparsify(

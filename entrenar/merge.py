@@ -1331,9 +1331,8 @@ def _local(ref, root):
     p = Path(ref).expanduser()
     if not (p.is_absolute() or p.exists()) and root is not None and (Path(root) / p).exists():
         return Path(root) / p
-    return (
-        hub_reference(str(ref)) or p
-    )  # a plain org/name[@revision] that is no local path: a Hub model, as in mergekit
+    # a plain org/name[@revision] that is no local path: a Hub model, as in mergekit
+    return hub_reference(str(ref)) or p
 
 def _folder(ref) -> Path:
     "A model reference's local folder; for an hf:// one, its snapshot with the config and tokenizer files fetched"
@@ -1356,9 +1355,8 @@ TOKENIZER_FILES = (
 
 def _config_files(recipe, paths, tasks) -> dict:
     "config.json (updated) and the tokenizer files of the base's (or first model's) folder: file name -> contents"
-    src = _folder(
-        split_reference(str(paths[recipe.base_model or recipe.models[0]]))[0]
-    )  # a model+adapter: the model's files
+    # a model+adapter: the model's files
+    src = _folder(split_reference(str(paths[recipe.base_model or recipe.models[0]]))[0])
     if not (src.is_dir() and (src / 'config.json').is_file()): return {}
     with reraise_as(SerializationError, path=src / 'config.json', what='reading'):
         cfg = json.loads((src / 'config.json').read_text('utf-8'))
@@ -1398,9 +1396,8 @@ def model_card(name:str, # the merged model's name
                recipe_file:str='mergekit_config.yml', # where the output folder keeps the recipe
               ) -> str:
     "A Hugging Face model card (README.md) for a merge, as mergekit writes one"
-    hub = lambda r: (
-        r[len('hf://') :].split('@')[0] if r.startswith('hf://') else r
-    )  # the Hub's own names in the front matter
+    # the Hub's own names in the front matter
+    hub = lambda r: r[len('hf://'):].split('@')[0] if r.startswith('hf://') else r
     merged = list(dict.fromkeys(m['model'] for m in info['models']))
     bases = list(dict.fromkeys(hub(r) for r in ([info['base']] if info.get('base') else []) + merged))
     front = yaml.safe_dump(
@@ -1533,17 +1530,15 @@ def plan_merge_gguf(
 ):
     "The llama.cpp `GgufPlan` of a merge's output, as `to_gguf` would plan it from the merged checkpoint folder"
     folder = _folder(split_reference(str(paths[recipe.base_model or recipe.models[0]]))[0])
-    files = _config_files(
-        recipe, paths, tasks
-    )  # config.json and the tokenizer (the base's, or the recipe's tokenizer_source)
+    # config.json and the tokenizer (the base's, or the recipe's tokenizer_source)
+    files = _config_files(recipe, paths, tasks)
     if 'config.json' not in files:
         raise MergeError(
             "a llama.cpp GGUF needs the base's config.json (the model's hyperparameters): merge checkpoint folders",
             path=folder,
         )
-    shell = Model(
-        meta, [(t.name, lazy_tensor(t.spec, None)) for t in tasks]
-    )  # specs only: nothing is read to plan
+    # specs only: nothing is read to plan
+    shell = Model(meta, [(t.name, lazy_tensor(t.spec, None)) for t in tasks])
     # what the merged folder would hold: the converter reads its card, config and tokenizer there
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / meta.name
@@ -1569,9 +1564,8 @@ def merge_gguf_task(sources, # reference -> `Model`
                    ) -> tuple:
     "Runner work: merge one tensor, encode it: `([(('gguf', name), bytes), (('model', name), array)], report row)`"
     tensor_task, entry, extra, weights = task
-    merged = (
-        None if tensor_task is None else merge_task(sources, tensor_task, *merge_args)[0][0][1]
-    )  # on a GPU it stays there
+    # on a GPU it stays there
+    merged = None if tensor_task is None else merge_task(sources, tensor_task, *merge_args)[0][0][1]
     outputs, row = [], None
     if entry is not None:
         data, row = encode_gguf_tensor(entry, merged if extra is None else extra, weights, measure)
@@ -1627,9 +1621,8 @@ def check_text(report:QuantizeReport, # a one-pass merge's GGUF report, measured
     "The quantization error of the GGUF against the merged tensors: overall, and the worst tensors by SQNR"
     q = sorted((r for r in report.rows if 'sqnr_db' in r), key=lambda r: r['sqnr_db'])
     if not q: return "check: no quantized tensors"
-    mean = sum(r['sqnr_db'] for r in q if math.isfinite(r['sqnr_db'])) / max(
-        1, sum(math.isfinite(r['sqnr_db']) for r in q)
-    )
+    mean = (sum(r['sqnr_db'] for r in q if math.isfinite(r['sqnr_db']))
+            / max(1, sum(math.isfinite(r['sqnr_db']) for r in q)))
     lines = [f"check: {report.settings['checked']} tensors read back from {report.path}, bytes as encoded; "
              f"{len(q)} quantized, mean SQNR {mean:.1f} dB; worst:"]
     lines += [

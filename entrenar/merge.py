@@ -836,6 +836,7 @@ def _ref(v, where):
         )
     return v
 
+# %% ../nbs/03_merge.ipynb #ad30d7a9
 def parse_recipe(recipe, # a dict, or YAML text, of a mergekit recipe
                 ) -> Recipe:
     "A `Recipe` from mergekit's YAML structure; unsupported fields are errors that name them"

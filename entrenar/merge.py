@@ -451,15 +451,13 @@ SPARSIFIERS = dict(magnitude=magnitude_mask, random=random_mask, magnitude_outli
                    della_magprune=della_mask)
 
 # %% ../nbs/03_merge.ipynb #3b19a92b
-def sparsify(
-    delta,  # a task vector
-    method: str,  # a key of `SPARSIFIERS`
-    density: float,  # fraction to keep
-    rescale: bool = False,  # scale the kept values back
-    rescale_mode: str = 'l1',  # 'l1': match the L1 norm (mergekit); 'probability': divide by the keep probability
-    rng=None,  # generator for the random methods
-    **kwargs,
-):  # gamma, epsilon
+def sparsify(delta, # a task vector
+             method:str, # a key of `SPARSIFIERS`
+             density:float, # fraction to keep
+             rescale:bool=False, # scale the kept values back
+             rescale_mode:str='l1', # 'l1': match the L1 norm (mergekit); 'probability': divide by the keep probability
+             rng=None, # generator for the random methods
+             **kwargs): # gamma, epsilon
     "Drop elements of `delta` with `method`, rescaling the kept ones if asked"
     xp = get_array_module(delta)
     if density >= 1: return delta
@@ -1258,17 +1256,11 @@ def _merge_metadata(recipe, models, seed, name='merged', labels=None):
     return ModelMetadata(name, models[ref].metadata.architecture).with_custom('merge', info)
 
 
-def merge_models(
-    models: list,  # `Model`s to merge (lazy ones are fine)
-    method='linear',  # a method name, or a `Recipe` whose model references are indices '0', '1', …
-    base: Model | None = None,  # the base model (default: the first model, for methods that need one)
-    seed: int = 0,
-    dtype=None,
-    out_dtype=None,
-    allow_nonfinite: bool = False,
-    workers: int = 1,
-    **params,
-) -> Model:
+def merge_models(models:list, # `Model`s to merge (lazy ones are fine)
+                 method='linear', # a method name, or a `Recipe` whose model references are indices '0', '1', …
+                 base:Model|None=None, # the base model (default: the first model, for methods that need one)
+                 seed:int=0, dtype=None, out_dtype=None, allow_nonfinite:bool=False, workers:int=1,
+                 **params) -> Model:
     "Merge models held in memory and return the merged `Model`"
     pool = {str(i): mm for i, mm in enumerate(models)}
     if base is not None:
@@ -1520,15 +1512,14 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
                         time.perf_counter() - start, report)
 
 # %% ../nbs/03_merge.ipynb #1ba34da9
-def plan_merge_gguf(
-    recipe: Recipe,  # the merge
-    paths: dict,  # model reference -> path (the base's folder holds config.json and the tokenizer)
-    tasks: list,  # `plan_merge`'s tasks
-    meta: ModelMetadata,  # the merge's metadata (`_merge_metadata`): its name and model card
-    type: str = 'f16',  # llama-quantize's type name
-    imatrix=None,  # an importance matrix (`Imatrix` or its file)
-    recipe_text: str | None = None,  # the recipe as the user wrote it, for the model card
-):
+def plan_merge_gguf(recipe:Recipe, # the merge
+                    paths:dict, # model reference -> path (the base's folder holds config.json and the tokenizer)
+                    tasks:list, # `plan_merge`'s tasks
+                    meta:ModelMetadata, # the merge's metadata (`_merge_metadata`): its name and model card
+                    type:str='f16', # llama-quantize's type name
+                    imatrix=None, # an importance matrix (`Imatrix` or its file)
+                    recipe_text:str|None=None, # the recipe as the user wrote it, for the model card
+                   ):
     "The llama.cpp `GgufPlan` of a merge's output, as `to_gguf` would plan it from the merged checkpoint folder"
     folder = _folder(split_reference(str(paths[recipe.base_model or recipe.models[0]]))[0])
     # config.json and the tokenizer (the base's, or the recipe's tokenizer_source)

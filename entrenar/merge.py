@@ -11,20 +11,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 import numpy as np, yaml
-from fastcore.basics import AttrDict
+from fastcore.basics import AttrDict, patch
 from tqdm.auto import tqdm
 from .errors import EntrenarError, IoError, MergeError, SerializationError, reraise_as, short_repr
 from .backend import get_array_module, get_backend, is_device_array, to_device, to_numpy
 from .cuda import download, upload
-from .cuda_merge import (abs_sum, combine as cuda_combine, divisor_table, kth_value as cuda_kth_value, rank_mask as cuda_rank_mask,
-                                 ties as cuda_ties, uniform as cuda_uniform)
-from .io import (check_output_is_not_input, is_url, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter, load_model, atomic_path, parse_yaml,
-                         is_float_dtype, dtype_from_code, lazy_tensor, release_pages)
+from .cuda_merge import (abs_sum, combine as cuda_combine, divisor_table, kth_value as cuda_kth_value,
+                                 rank_mask as cuda_rank_mask, ties as cuda_ties, uniform as cuda_uniform)
+from .io import (check_output_is_not_input, is_url, Model, ModelMetadata, SaveConfig, TensorSpec, ModelWriter,
+                         load_model, atomic_path, parse_yaml, is_float_dtype, dtype_from_code, lazy_tensor,
+                         release_pages)
 from .runner import DictSink, MultiSink, Plan, Sources, executor, run_plan
 from .gguf import GgufFile, GgufSink, encode_gguf_tensor, plan_gguf
 from .quantize import BLOCK_FORMATS, QuantizeReport, report_table, summary_text
 from .lora import load_reference, split_reference
-from .vocab import TokenizerRecipe, parse_tokenizer, plan_vocabulary, vocab_shape, align_rows, tokenizer_files, VOCAB_TENSORS
+from .vocab import (TokenizerRecipe, parse_tokenizer, plan_vocabulary, vocab_shape, align_rows, tokenizer_files,
+                            VOCAB_TENSORS)
 from .hf_pipeline import hub_reference
 
 # %% auto #0
@@ -49,6 +51,7 @@ class Param:
     type: type = float
     choices: tuple = ()
 
+# %% ../nbs/03_merge.ipynb #b8e7609d
 @dataclass(frozen=True)
 class MergeMethod:
     "A merge method: `fn(tensors, base, p, rng)` on the arrays of one tensor name, and the parameters it declares"
@@ -59,8 +62,10 @@ class MergeMethod:
     min_models: int = 1 # fewest inputs besides the base
     max_models: int|None = None # most inputs besides the base
     random: bool = False # draws from a generator seeded by (seed, tensor name)
-    def __repr__(self): return f"MergeMethod({self.name!r}, base={self.base!r}, params=[{', '.join(p.name for p in self.params)}])"
+    def __repr__(self):
+        return f"MergeMethod({self.name!r}, base={self.base!r}, params=[{', '.join(p.name for p in self.params)}])"
 
+# %% ../nbs/03_merge.ipynb #50964f1e
 METHODS, ALIASES = {}, {}
 
 def merge_method(name:str, # the name recipes and the command use
@@ -80,9 +85,13 @@ def get_method(name) -> MergeMethod:
     if isinstance(name, MergeMethod): return name
     key = name.strip().lower().replace('-', '_') if isinstance(name, str) else None
     m = METHODS.get(ALIASES.get(key, key))
-    if m is None: raise MergeError(f"unknown merge method {short_repr(name)}: choose one of {', '.join(sorted([*METHODS, *ALIASES]))}")
+    if m is None:
+        raise MergeError(
+            f"unknown merge method {short_repr(name)}: choose one of {', '.join(sorted([*METHODS, *ALIASES]))}"
+        )
     return m
 
+# %% ../nbs/03_merge.ipynb #da14f3ac
 def check_inputs(method, # a method or its name
                  n_models:int, # inputs besides the base
                  has_base:bool, # whether a base is given
@@ -90,9 +99,14 @@ def check_inputs(method, # a method or its name
     "Raise `MergeError` unless the method takes this many inputs (and a base, if it needs one)"
     m = get_method(method)
     if m.base == 'required' and not has_base: raise MergeError(f"{m.name} needs a base model", tensor=tensor)
-    if n_models < m.min_models: raise MergeError(f"{m.name} needs at least {m.min_models} model(s) besides the base, got {n_models}", tensor=tensor)
+    if n_models < m.min_models:
+        raise MergeError(
+            f"{m.name} needs at least {m.min_models} model(s) besides the base, got {n_models}", tensor=tensor
+        )
     if m.max_models is not None and n_models > m.max_models:
-        raise MergeError(f"{m.name} takes at most {m.max_models} model(s) besides the base, got {n_models}", tensor=tensor)
+        raise MergeError(
+            f"{m.name} takes at most {m.max_models} model(s) besides the base, got {n_models}", tensor=tensor
+        )
 
 # %% ../nbs/03_merge.ipynb #3dfab213
 def _coerce(p:Param, v, tensor):
@@ -109,7 +123,9 @@ def _coerce(p:Param, v, tensor):
         try: x = float(v); ok = math.isfinite(x) and (p.type is float or x == int(x)); v = p.type(x) if ok else v
         except (TypeError, ValueError): ok = False
     if not ok: raise MergeError(f"parameter '{p.name}' must be a {p.type.__name__}, got {short_repr(v)}", tensor=tensor)
-    if p.choices and v not in p.choices: raise MergeError(f"parameter '{p.name}' must be one of {', '.join(map(str, p.choices))}, got {short_repr(v)}", tensor=tensor)
+    if p.choices and v not in p.choices:
+        raise MergeError(f"parameter '{p.name}' must be one of {', '.join(map(str, p.choices))}, got {short_repr(v)}",
+                         tensor=tensor)
     return v
 
 def bind_params(method, # a method or its name
@@ -120,16 +136,24 @@ def bind_params(method, # a method or its name
     "Check `values` against the method's parameters, fill defaults, broadcast per-model ones to lists"
     m = get_method(method); known = {p.name: p for p in m.params}
     for k in values:
-        if k not in known: raise MergeError(f"{m.name} has no parameter {short_repr(k)} (it takes: {', '.join(known) or 'none'})", tensor=tensor)
+        if k not in known:
+            raise MergeError(
+                f"{m.name} has no parameter {short_repr(k)} (it takes: {', '.join(known) or 'none'})",
+                tensor=tensor,
+            )
     out = AttrDict()
     for p in m.params:
         v = values.get(p.name)
         if p.scope == 'shared':
-            if isinstance(v, (list, tuple)): raise MergeError(f"parameter '{p.name}' takes one value, got {short_repr(v)}", tensor=tensor)
+            if isinstance(v, (list, tuple)):
+                raise MergeError(f"parameter '{p.name}' takes one value, got {short_repr(v)}", tensor=tensor)
             out[p.name] = _coerce(p, v, tensor)
             continue
         vs = list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v] * n_models
-        if len(vs) != n_models: raise MergeError(f"parameter '{p.name}' has {len(vs)} values for {n_models} models", tensor=tensor)
+        if len(vs) != n_models:
+            raise MergeError(
+                f"parameter '{p.name}' has {len(vs)} values for {n_models} models", tensor=tensor
+            )
         out[p.name] = [_coerce(p, x, tensor) for x in vs]
     return out
 
@@ -138,16 +162,19 @@ def compute_dtype(dtype) -> np.dtype:
     "The dtype merges compute in: float64 for float64 inputs, else float32 (never 16 bits)"
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
+# %% ../nbs/03_merge.ipynb #f9f0a7da
 def tensor_rng(seed:int, # the merge's seed
                name:str, # the tensor's name
               ) -> np.random.Generator:
     "A generator that depends only on `seed` and the tensor `name`, never on the order tensors are processed in"
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0: raise MergeError(f"the seed must be a non-negative integer, got {short_repr(seed)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MergeError(f"the seed must be a non-negative integer, got {short_repr(seed)}")
     digest = int.from_bytes(hashlib.blake2b(name.encode('utf-8'), digest_size=8).digest(), 'little')
     return np.random.default_rng(np.random.SeedSequence([int(seed), digest]))
 
+# %% ../nbs/03_merge.ipynb #958b6d1a
 def uniform(rng:np.random.Generator, shape, like):
-    "Uniform [0, 1) float32 draws from `rng`, on the device of `like`: numpy's numbers, made there by a PCG64 kernel on a GPU"
+    "Uniform [0, 1) float32 draws from `rng` on the device of `like` (numpy's numbers, by a PCG64 kernel on a GPU)"
     if is_device_array(like): return cuda_uniform(rng, shape, get_array_module(like))
     return rng.random(shape, dtype=np.float32)
 
@@ -161,7 +188,8 @@ def _apply(m:MergeMethod, tensors, base, p, name='', seed=0, out_dtype=None):
     rng = tensor_rng(seed, name) if m.random else None
     with reraise_as(MergeError, tensor=name or None, what=m.name): out = m.fn(xs, b, p, rng)
     dt = np.dtype(out_dtype or first.dtype)
-    if is_device_array(out) and (dt.kind not in 'fiub' or dt == np.float16): return download(out, dt)  # 16-bit: narrowed on the GPU as numpy does
+    if is_device_array(out) and (dt.kind not in 'fiub' or dt == np.float16):
+        return download(out, dt)  # 16-bit: narrowed on the GPU as numpy does
     return out.astype(dt, copy=False)
 
 def merge_tensors(method, # a registered name (or alias), or a `MergeMethod`
@@ -174,19 +202,28 @@ def merge_tensors(method, # a registered name (or alias), or a `MergeMethod`
     "Merge the arrays of one tensor name: arithmetic in float32 or more, the result in the inputs' dtype"
     m, tensors = get_method(method), list(tensors)
     if m.base == 'none' and base is not None: tensors, base = [base, *tensors], None
-    if params.get('weight') is None and any(p.name == 'weight' for p in m.params): params['weight'] = 1.0  # only recipes must give it
+    if params.get('weight') is None and any(p.name == 'weight' for p in m.params):
+        params['weight'] = 1.0  # only recipes must give it
     check_inputs(m, len(tensors), base is not None, tensor=name or None)
-    return _apply(m, tensors, base, bind_params(m, params, len(tensors), tensor=name or None), name, seed, out_dtype)
+    return _apply(
+        m, tensors, base, bind_params(m, params, len(tensors), tensor=name or None), name, seed, out_dtype
+    )
 
 # %% ../nbs/03_merge.ipynb #fae29e63
-@merge_method('linear', Param('weight', scope='input', required=True), Param('normalize', True, type=bool), aliases=('average',))
+@merge_method(
+    'linear',
+    Param('weight', scope='input', required=True),
+    Param('normalize', True, type=bool),
+    aliases=('average',),
+)
 def linear(xs, base, p, rng):
     "Weighted sum of the inputs, divided by the sum of the weights when `normalize`"
     out = xs[0] * p.weight[0]
     for x, w in zip(xs[1:], p.weight[1:]): out += x * w
     if p.normalize:
         total = float(np.asarray(p.weight, out.dtype).sum())
-        if total == 0: raise MergeError("the weights sum to 0, so they cannot be normalised (set normalize to false)")
+        if total == 0:
+            raise MergeError("the weights sum to 0, so they cannot be normalised (set normalize to false)")
         out /= total
     return out
 
@@ -204,6 +241,7 @@ def slerp_pair(a, b, # two tensors of one shape (float32 or float64)
     else: th = math.acos(d); s = math.sin(th); ca, cb = math.sin((1 - t) * th) / s, math.sin(t * th) / s
     return a * ca + b * cb
 
+# %% ../nbs/03_merge.ipynb #a308becf
 @merge_method('slerp', Param('t', required=True), base='required', min_models=1, max_models=1)
 def slerp(xs, base, p, rng):
     "SLERP from the base (t=0) to the other model (t=1)"
@@ -218,12 +256,22 @@ def _nuslerp(t, v0, v1, row_wise=False, flatten=True, eps=1e-8):
     cos = xp.clip((unit(v0) * unit(v1)).sum(-1, keepdims=True), -1, 1)
     colinear = (1 - cos * cos) <= eps * eps
     theta = xp.arccos(xp.where(colinear, 0, cos)); s = xp.where(colinear, 1, xp.sin(theta))
-    res = xp.where(colinear, (1 - t) * v0 + t * v1, (xp.sin((1 - t) * theta) * v0 + xp.sin(t * theta) * v1) / s)
+    res = xp.where(
+        colinear, (1 - t) * v0 + t * v1, (xp.sin((1 - t) * theta) * v0 + xp.sin(t * theta) * v1) / s
+    )
     if row_wise and not flatten: res = xp.swapaxes(res, 0, -1)
     return res.reshape(shape)
 
-@merge_method('nuslerp', Param('weight', scope='model', required=True), Param('nuslerp_row_wise', False, type=bool),
-              Param('nuslerp_flatten', True, type=bool), base='optional', min_models=2, max_models=2)
+
+@merge_method(
+    'nuslerp',
+    Param('weight', scope='model', required=True),
+    Param('nuslerp_row_wise', False, type=bool),
+    Param('nuslerp_flatten', True, type=bool),
+    base='optional',
+    min_models=2,
+    max_models=2,
+)
 def nuslerp(xs, base, p, rng):
     "SLERP of two models (or of their task vectors, with a base) at t = w2/(w1+w2)"
     total = sum(p.weight)
@@ -232,8 +280,14 @@ def nuslerp(xs, base, p, rng):
     return base + _nuslerp(t, xs[0] - base, xs[1] - base, p.nuslerp_row_wise, p.nuslerp_flatten)
 
 # %% ../nbs/03_merge.ipynb #be76aca2
-@merge_method('multislerp', Param('weight', scope='model', required=True), Param('normalize_weights', True, type=bool),
-              Param('eps', 1e-8), base='optional', min_models=1)
+@merge_method(
+    'multislerp',
+    Param('weight', scope='model', required=True),
+    Param('normalize_weights', True, type=bool),
+    Param('eps', 1e-8),
+    base='optional',
+    min_models=1,
+)
 def multislerp(xs, base, p, rng):
     "Weighted spherical mean of the models (or of their task vectors, with a base)"
     if len(xs) == 1: return xs[0]
@@ -243,7 +297,11 @@ def multislerp(xs, base, p, rng):
     norms = xp.linalg.norm(X, axis=-1, keepdims=True); U = X / (norms + eps)
     m = (U * w[:, None]).sum(0); mn = float(xp.linalg.norm(m))
     if mn < eps:
-        if len(xs) != 2: raise MergeError("the weighted sum of the unit vectors is zero (antipodal inputs with balancing weights): change the weights")
+        if len(xs) != 2:
+            raise MergeError(
+                "the weighted sum of the unit vectors is zero (antipodal inputs with balancing weights): "
+                "change the weights"
+            )
         res = X[0] * w[0] + X[1] * w[1]
     else:
         m = m / mn
@@ -289,7 +347,7 @@ def nearswap(xs, base, p, rng):
 def kth_value(values, # a flat array
               rank:int, # ascending rank, 0-based
              ):
-    "The element of ascending `rank`, by partial selection; on large arrays a sorted sample first narrows the candidates"
+    "The element of ascending `rank`, by partial selection (on large arrays a sorted sample narrows the candidates)"
     xp, n = get_array_module(values), values.size
     if xp is not np:   # on a GPU: float32 by radix selection (entrenar.cuda_merge); other dtypes by CuPy's radix sort
         return cuda_kth_value(values, rank) if values.dtype == np.float32 else xp.sort(values)[rank]
@@ -304,32 +362,43 @@ def kth_value(values, # a flat array
     below = int(xp.count_nonzero(values < lo)) if lo is not None else 0
     candidates = values[inside]
     r = rank - below   # the candidates are exactly the ranks below..below+len-1
-    if not 0 <= r < candidates.size: return xp.partition(values, rank)[rank]   # the sample missed (rare): select over everything
+    if not 0 <= r < candidates.size:
+        return xp.partition(values, rank)[rank]  # the sample missed (rare): select over everything
     return _kth_in_range(candidates, r, lo)
 
+# %% ../nbs/03_merge.ipynb #cb5db502
 _UINT = {4: np.uint32, 8: np.uint64}
 
 def _kth_in_range(values, rank, lo):
-    "The element of ascending `rank` in `values`, all >= lo: for non-negative floats in a narrow range, by counting bit patterns"
+    "The element of ascending `rank` in `values` (all >= lo, non-negative, narrow range) by counting bit patterns"
     xp = get_array_module(values)
     if lo is not None and values.dtype.kind == 'f' and float(lo) >= 0:
-        bits, lo_bits = values.view(_UINT[values.itemsize]), xp.asarray(lo, values.dtype).reshape(1).view(_UINT[values.itemsize])[0]
+        bits, lo_bits = (
+            values.view(_UINT[values.itemsize]),
+            xp.asarray(lo, values.dtype).reshape(1).view(_UINT[values.itemsize])[0],
+        )
         span = int(bits.max() - lo_bits) + 1   # non-negative floats sort like their bit patterns
         if span <= max(1 << 16, 64 * values.size):   # counting costs O(span); partition is slow on many ties
             counts = xp.cumsum(xp.bincount((bits - lo_bits).astype(np.int64), minlength=span))
-            return (lo_bits + xp.searchsorted(counts, xp.asarray(rank), side='right')).astype(bits.dtype).reshape(1).view(values.dtype)[0]
+            return (
+                (lo_bits + xp.searchsorted(counts, xp.asarray(rank), side='right'))
+                .astype(bits.dtype)
+                .reshape(1)
+                .view(values.dtype)[0]
+            )
     return xp.partition(values, rank)[rank]
 
 def rank_mask(values, # a flat array
               start:int, # lowest ascending rank to keep
               stop:int, # one past the highest
              ):
-    "Boolean mask of the elements whose ascending rank is in [start, stop), by partial selection; ties broken by position"
+    "Boolean mask of the elements whose ascending rank is in [start, stop), by partial selection; ties by position"
     xp, n = get_array_module(values), values.size
     start, stop = max(0, start), min(n, stop)
     if stop <= start: return xp.zeros(n, bool)
     if start == 0 and stop == n: return xp.ones(n, bool)
-    if xp is not np and values.dtype == np.float32: return cuda_rank_mask(values, start, stop)   # radix selection on the GPU
+    if xp is not np and values.dtype == np.float32:
+        return cuda_rank_mask(values, start, stop)  # radix selection on the GPU
     lo = None if start == 0 else kth_value(values, start)
     hi = None if stop == n else kth_value(values, stop - 1)
     if lo is not None and hi is not None and lo == hi:   # the whole range is one value
@@ -352,34 +421,41 @@ def magnitude_mask(delta, density, **_):
     n = delta.size; k = max(1, int(density * n))
     return rank_mask(get_array_module(delta).abs(delta).ravel(), n - k, n).reshape(delta.shape), density
 
+# %% ../nbs/03_merge.ipynb #b30e7328
 def random_mask(delta, density, rng=None, **_):
     "Keep each element with probability `density` (DARE)"
     return uniform(rng, delta.shape, delta) < density, density
 
+# %% ../nbs/03_merge.ipynb #670b63e0
 def outlier_mask(delta, density, gamma=0.01, **_):
     "Drop the largest `gamma` fraction by magnitude, then the smallest, keeping a `density` fraction (breadcrumbs)"
     n = delta.size; target, n_top = int(density * n), int(gamma * n)
     n_bottom = max(0, n - target - n_top)
-    return rank_mask(get_array_module(delta).abs(delta).ravel(), n_bottom, n_bottom + target).reshape(delta.shape), density
+    magnitudes = get_array_module(delta).abs(delta).ravel()
+    return rank_mask(magnitudes, n_bottom, n_bottom + target).reshape(delta.shape), density
 
+# %% ../nbs/03_merge.ipynb #d30e1379
 def della_mask(delta, density, epsilon=0.15, rng=None, **_):
-    "Keep with probability rising with the magnitude rank within each row, from density-epsilon to density+epsilon (DELLA)"
-    if not (0 < density - epsilon and density + epsilon < 1): raise MergeError(f"della needs 0 < density ± epsilon < 1, got density {density}, epsilon {epsilon}")
+    "Keep with probability rising with the magnitude rank in each row, density-epsilon to density+epsilon (DELLA)"
+    if not (0 < density - epsilon and density + epsilon < 1):
+        raise MergeError(f"della needs 0 < density ± epsilon < 1, got density {density}, epsilon {epsilon}")
     xp = get_array_module(delta)
     rows = delta if delta.ndim >= 2 else delta.reshape(1, -1)
-    ranks = xp.argsort(xp.argsort(xp.abs(rows), axis=1, kind='stable'), axis=1, kind='stable').astype(delta.dtype)   # ties by position
+    # ties by position
+    ranks = xp.argsort(xp.argsort(xp.abs(rows), axis=1, kind='stable'), axis=1, kind='stable').astype(delta.dtype)
     m = rows.shape[1]
     prob = ((density - epsilon) + (ranks / (m - 1) if m > 1 else ranks * 0) * (2 * epsilon)).astype(delta.dtype)
     return (uniform(rng, rows.shape, delta) < prob).reshape(delta.shape), prob.reshape(delta.shape)
 
-SPARSIFIERS = dict(magnitude=magnitude_mask, random=random_mask, magnitude_outliers=outlier_mask, della_magprune=della_mask)
+SPARSIFIERS = dict(magnitude=magnitude_mask, random=random_mask, magnitude_outliers=outlier_mask,
+                   della_magprune=della_mask)
 
 # %% ../nbs/03_merge.ipynb #3b19a92b
 def sparsify(delta, # a task vector
              method:str, # a key of `SPARSIFIERS`
              density:float, # fraction to keep
              rescale:bool=False, # scale the kept values back
-             rescale_mode:str='l1', # 'l1': match the L1 norm (mergekit); 'probability': divide by the keep probability (papers)
+             rescale_mode:str='l1', # 'l1': match the L1 norm (mergekit); 'probability': divide by the keep probability
              rng=None, # generator for the random methods
              **kwargs): # gamma, epsilon
     "Drop elements of `delta` with `method`, rescaling the kept ones if asked"
@@ -390,13 +466,15 @@ def sparsify(delta, # a task vector
     kept = delta * mask
     if not rescale: return kept
     if rescale_mode == 'probability': return kept / prob
-    if delta.dtype == np.float32: before, after = abs_sum(delta), abs_sum(kept)   # one order of additions on numpy and CuPy
-    else: before, after = float(xp.abs(delta).sum()), float(xp.abs(kept).sum())
+    if delta.dtype == np.float32:
+        before, after = abs_sum(delta), abs_sum(kept)  # one order of additions on numpy and CuPy
+    else:
+        before, after = float(xp.abs(delta).sum()), float(xp.abs(kept).sum())
     return kept if before < 1e-7 or after < 1e-7 else kept * (before / after)
 
 # %% ../nbs/03_merge.ipynb #c5cbc2f2
 def _ties_select(x, b, k, scratch):
-    "The k-th largest |x - b| of flat float32 arrays by radix selection: (value, first position whose ties are kept, 1 if NaN)"
+    "The k-th largest |x - b| of flat float32 arrays by radix selection: (value, first kept tie's position, 1 if NaN)"
     n = x.size
     u = scratch.view(np.uint32)
     hist = np.zeros(65536, np.int64)
@@ -432,7 +510,8 @@ def _ties_combine(xs, b, thr, cut, w, normalize, scale, out):
     acc, div = np.empty(blk, np.float32), np.empty(blk, np.float32)
     for s0 in range(0, n, blk):
         L = min(blk, n - s0)
-        for i in range(m):   # the task vectors, times their mask (1 or 0: dropped values become ±0, as delta * mask) and weight
+        # the task vectors, times their mask (1 or 0: dropped values become ±0, as delta * mask) and weight
+        for i in range(m):
             x, t, c, wi, row = xs[i], thr[i], cut[i], w[i], d[i]
             for q in range(L):
                 di = x[s0 + q] - b[s0 + q]
@@ -462,25 +541,38 @@ def _ties_kernels():
     return jit(_ties_select), jit(_ties_combine)
 
 def _ties_device(xs, base, p):
-    "TIES by the GPU kernels of `entrenar.cuda_merge` (the same bits as `_ties_compiled`), or None where they do not apply"
+    "TIES by the GPU kernels of `entrenar.cuda_merge` (the bits of `_ties_compiled`), or None where they do not apply"
     if (base.dtype != np.float32 or any(x.dtype != np.float32 or not is_device_array(x) for x in xs)
         or p.rescale or base.size == 0 or min(p.density) <= 0): return None
     return cuda_ties(xs, base, p.density, p.weight, bool(p.normalize), float(p['lambda']))
 
 def _ties_compiled(xs, base, p):
     "TIES by the compiled loops, or None where they do not apply"
-    if (get_array_module(base, *xs) is not np or base.dtype != np.float32 or any(x.dtype != np.float32 for x in xs)
-        or p.rescale or base.size == 0 or min(p.density) <= 0): return None
+    if (
+        get_array_module(base, *xs) is not np
+        or base.dtype != np.float32
+        or any(x.dtype != np.float32 for x in xs)
+        or p.rescale
+        or base.size == 0
+        or min(p.density) <= 0
+    ):
+        return None
     select, combine = _ties_kernels()
     b = np.ascontiguousarray(base).reshape(-1)
     flat = tuple(np.ascontiguousarray(x).reshape(-1) for x in xs)
-    thr, cut, scratch = np.full(len(xs), -1, np.float32), np.zeros(len(xs), np.int64), np.empty(b.size, np.float32)
+    thr, cut, scratch = (
+        np.full(len(xs), -1, np.float32),
+        np.zeros(len(xs), np.int64),
+        np.empty(b.size, np.float32),
+    )
     for i, (x, density) in enumerate(zip(flat, p.density)):
         if density >= 1: continue   # keep everything: every magnitude beats -1
         thr[i], cut[i], nan = select(x, b, max(1, int(density * b.size)), scratch)
         if nan: return None
     out = np.empty_like(b)
-    combine(flat, b, thr, cut, np.array(p.weight, np.float32), bool(p.normalize), np.float32(p['lambda']), out)
+    combine(
+        flat, b, thr, cut, np.array(p.weight, np.float32), bool(p.normalize), np.float32(p['lambda']), out
+    )
     return out.reshape(base.shape)
 
 # %% ../nbs/03_merge.ipynb #1c2e3be0
@@ -497,7 +589,8 @@ def _combine(deltas, base, weights, elect_sign, normalize, scale):
         count = xp.zeros(base.shape, np.uint16) if normalize and uniform else None
         divisor = xp.zeros_like(base) if normalize and not uniform else None
         agreeing, agree = xp.empty_like(base), xp.empty(base.shape, bool)
-        for i, (delta, w) in enumerate(zip(deltas, weights)):   # max(delta * sign, 0) is |delta| where it agrees, else 0
+        # max(delta * sign, 0) is |delta| where it agrees, else 0
+        for i, (delta, w) in enumerate(zip(deltas, weights)):
             xp.multiply(delta, sign, out=agreeing); xp.maximum(agreeing, 0, out=mixed if i == 0 else agreeing)
             if i: mixed += agreeing
             if normalize:
@@ -507,7 +600,8 @@ def _combine(deltas, base, weights, elect_sign, normalize, scale):
         mixed *= sign
         if count is not None:   # the same sums as adding the agreeing weights one by one; none agreeing: 1
             divisor = xp.asarray(divisor_table(weights, base.dtype))[count]
-        elif divisor is not None: divisor[divisor == 0] = 1
+        elif divisor is not None:
+            divisor[divisor == 0] = 1
     else:
         divisor = sum(weights)
         if abs(divisor) < 1e-8: divisor = 1
@@ -532,29 +626,50 @@ def task_arithmetic_merge(xs, base, p, rng, sparsifier:str|None=None, elect_sign
         if p.weight[i] != 1: delta *= p.weight[i]
         deltas.append(delta.reshape(-1))
     out, flat = xp.empty_like(base), base.reshape(-1)
-    if xp is not np and base.dtype == np.float32 and all(d.dtype == np.float32 for d in deltas):   # on a GPU: one kernel, same bits
+    # on a GPU: one kernel, same bits
+    if xp is not np and base.dtype == np.float32 and all(d.dtype == np.float32 for d in deltas):
         return cuda_combine(deltas, flat, p.weight, elect_sign, p.normalize, p['lambda']).reshape(base.shape)
     for s in range(0, flat.size, _BLOCK):   # elementwise from here: block by block
         block = slice(s, s + _BLOCK)
-        out.reshape(-1)[block] = _combine([d[block] for d in deltas], flat[block], p.weight, elect_sign, p.normalize, p['lambda'])
+        out.reshape(-1)[block] = _combine(
+            [d[block] for d in deltas], flat[block], p.weight, elect_sign, p.normalize, p['lambda']
+        )
     return out
 
-_TASK_ARITHMETIC = [ # name, sparsifier, sign election, normalize default, rescale default
-    ('task_arithmetic', None, False, False, False), ('ties', 'magnitude', True, True, False),
-    ('dare_ties', 'random', True, False, True), ('dare_linear', 'random', False, False, True),
-    ('breadcrumbs', 'magnitude_outliers', False, False, False), ('breadcrumbs_ties', 'magnitude_outliers', True, False, False),
-    ('della', 'della_magprune', True, True, True), ('della_linear', 'della_magprune', False, False, True)]
+# %% ../nbs/03_merge.ipynb #2a1e423c
+_TASK_ARITHMETIC = [  # name, sparsifier, sign election, normalize default, rescale default
+    ('task_arithmetic', None, False, False, False),
+    ('ties', 'magnitude', True, True, False),
+    ('dare_ties', 'random', True, False, True),
+    ('dare_linear', 'random', False, False, True),
+    ('breadcrumbs', 'magnitude_outliers', False, False, False),
+    ('breadcrumbs_ties', 'magnitude_outliers', True, False, False),
+    ('della', 'della_magprune', True, True, True),
+    ('della_linear', 'della_magprune', False, False, True),
+]
 
 def _register_task_arithmetic():
     for name, sparsifier, elect, normalize, rescale in _TASK_ARITHMETIC:
-        params = [Param('weight', scope='model', required=True), Param('density', 1.0, 'model'),
-                  Param('normalize', normalize, type=bool), Param('rescale', rescale, type=bool), Param('lambda', 1.0),
-                  Param('int8_mask', False, type=bool), Param('rescale_mode', 'l1', type=str, choices=('l1', 'probability'))]
+        params = [
+            Param('weight', scope='model', required=True),
+            Param('density', 1.0, 'model'),
+            Param('normalize', normalize, type=bool),
+            Param('rescale', rescale, type=bool),
+            Param('lambda', 1.0),
+            Param('int8_mask', False, type=bool),
+            Param('rescale_mode', 'l1', type=str, choices=('l1', 'probability')),
+        ]
         if sparsifier == 'magnitude_outliers': params.append(Param('gamma', 0.01, 'model'))
         if sparsifier == 'della_magprune': params.append(Param('epsilon', 0.15, 'model'))
         fn = lambda xs, base, p, rng, s=sparsifier, e=elect: task_arithmetic_merge(xs, base, p, rng, s, e)
-        merge_method(name, *params, base='required', min_models=0, random=sparsifier in ('random', 'della_magprune'),
-                     aliases=('dare',) if name == 'dare_ties' else ())(fn)
+        merge_method(
+            name,
+            *params,
+            base='required',
+            min_models=0,
+            random=sparsifier in ('random', 'della_magprune'),
+            aliases=('dare',) if name == 'dare_ties' else (),
+        )(fn)
 _register_task_arithmetic()
 
 # %% ../nbs/03_merge.ipynb #efd664d0
@@ -573,7 +688,9 @@ def model_stock(xs, base, p, rng):
     return (t * (sum(xs).reshape(b.shape) / n) + (1 - t) * b).reshape(base.shape)
 
 # %% ../nbs/03_merge.ipynb #4c2e9ea2
-@merge_method('sce', Param('int8_mask', False, type=bool), Param('select_topk', 1.0), base='required', min_models=0)
+@merge_method(
+    'sce', Param('int8_mask', False, type=bool), Param('select_topk', 1.0), base='required', min_models=0
+)
 def sce(xs, base, p, rng):
     "Select high-variance positions, elect signs, weight by the task vectors' energy"
     if not xs: return base.copy()
@@ -581,7 +698,9 @@ def sce(xs, base, p, rng):
     tv = xp.stack([x - base for x in xs])
     if p.select_topk < 1:
         var = tv.var(0).ravel(); n_nonzero = int(xp.count_nonzero(var)); k = int(n_nonzero * p.select_topk)
-        keep = rank_mask(xp.abs(var), var.size - k, var.size) if p.select_topk > 0 else xp.zeros(var.size, bool)
+        keep = (
+            rank_mask(xp.abs(var), var.size - k, var.size) if p.select_topk > 0 else xp.zeros(var.size, bool)
+        )
         tv = tv * keep.reshape(base.shape)
     positive = tv.sum(0) >= 0
     agree = xp.where(positive, tv > 0, tv < 0)
@@ -601,7 +720,10 @@ def methods_table() -> list:
     "One row per registered method: name, aliases, base, parameters with defaults"
     rows = []
     for m in METHODS.values():
-        ps = ', '.join(f"{p.name}{'' if p.scope == 'shared' else '[' + p.scope + ']'}={'required' if p.required else p.default}" for p in m.params)
+        ps = ', '.join(
+            f"{p.name}{'' if p.scope == 'shared' else '[' + p.scope + ']'}={'required' if p.required else p.default}"
+            for p in m.params
+        )
         rows.append((m.name, ','.join(a for a, n in ALIASES.items() if n == m.name), m.base, ps))
     return rows
 
@@ -613,17 +735,24 @@ def evaluate_setting(setting, # scalar, list (gradient), {filter, value} or a li
     "The value a recipe parameter takes for tensor `name` at layer position `t` (None if no filter matches)"
     if isinstance(setting, dict): setting = [setting]
     if setting is None or isinstance(setting, (bool, int, float, str)): return setting
-    if not isinstance(setting, list): raise MergeError(f"a parameter must be a number, a list or {{filter, value}} entries, got {short_repr(setting)}")
+    if not isinstance(setting, list):
+        raise MergeError(
+            f"a parameter must be a number, a list or {{filter, value}} entries, got {short_repr(setting)}"
+        )
     if not setting: return None
     if all(isinstance(e, (bool, int, float, str)) for e in setting):
-        if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in setting): return setting[int(t * (len(setting) - 1))]
+        if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in setting):
+            return setting[int(t * (len(setting) - 1))]
         s = t * (len(setting) - 1); i0 = int(s); i1 = min(len(setting) - 1, i0 + 1); f = s - i0
         return (1 - f) * setting[i0] + f * setting[i1]
     for cond in setting:
         if not isinstance(cond, dict) or 'value' not in cond or set(cond) - {'filter', 'value'}:
-            raise MergeError(f"a parameter list mixes {{filter, value}} entries with other things: {short_repr(cond)}")
+            raise MergeError(
+                f"a parameter list mixes {{filter, value}} entries with other things: {short_repr(cond)}"
+            )
         flt = cond.get('filter')
-        if flt is None or flt == '*' or (name and str(flt) in name): return evaluate_setting(cond['value'], name, t)
+        if flt is None or flt == '*' or (name and str(flt) in name):
+            return evaluate_setting(cond['value'], name, t)
     return None
 
 # %% ../nbs/03_merge.ipynb #14ca8023
@@ -634,6 +763,7 @@ def layer_index(name:str) -> int|None:
     m = _LAYER.search(name)
     return None if m is None else int(m.group(3))
 
+# %% ../nbs/03_merge.ipynb #072f376a
 def with_layer(name:str, index:int) -> str:
     "`name` with its layer number replaced by `index`"
     return _LAYER.sub(lambda m: f"{m.group(1)}{m.group(2)}.{index}", name, count=1)
@@ -646,6 +776,7 @@ class Source:
     layer_range: tuple|None = None
     parameters: dict = field(default_factory=dict)
 
+# %% ../nbs/03_merge.ipynb #20476fd1
 @dataclass
 class Slice:
     "A block of output layers, merged from its sources"
@@ -653,6 +784,7 @@ class Slice:
     parameters: dict = field(default_factory=dict)
     base_model: str|None = None
 
+# %% ../nbs/03_merge.ipynb #2345c497
 @dataclass
 class Recipe:
     "A merge as a mergekit YAML recipe describes it"
@@ -668,14 +800,22 @@ class Recipe:
     @property
     def models(self) -> list:
         "Every model the recipe names, base first, without repeats"
-        refs = [self.base_model] + [sl.base_model for sl in self.slices] + [s.model for sl in self.slices for s in sl.sources]
+        refs = (
+            [self.base_model]
+            + [sl.base_model for sl in self.slices]
+            + [s.model for sl in self.slices for s in sl.sources]
+        )
         return list(dict.fromkeys(r for r in refs if r is not None))
 
 # %% ../nbs/03_merge.ipynb #efe23489
 def _fields(d, allowed, where):
     if not isinstance(d, dict): raise MergeError(f"{where} must be a mapping, got {type(d).__name__}")
     for k, v in d.items():
-        if k not in allowed and v is not None: raise MergeError(f"recipe field {short_repr(k)}{' in ' + where if where != 'the recipe' else ''} is not supported (supported: {', '.join(allowed)})")
+        if k not in allowed and v is not None:
+            raise MergeError(
+                f"recipe field {short_repr(k)}{' in ' + where if where != 'the recipe' else ''} is not supported "
+                f"(supported: {', '.join(allowed)})"
+            )
     return d
 
 def _params(d, where):
@@ -688,20 +828,48 @@ _MAX_REF = 4096   # PATH_MAX: no model path or hf:// reference is longer
 def _ref(v, where):
     "`v`, checked to be a model reference: a path or hf:// name, not empty and not too long to be one"
     if not isinstance(v, str) or not v or len(v) > _MAX_REF:
-        raise MergeError(f"{where} must name a model path, got {short_repr(v)}" + (f" ({len(v):,} characters)" if isinstance(v, str) and v else ''))
+        raise MergeError(
+            f"{where} must name a model path, got {short_repr(v)}"
+            + (f" ({len(v):,} characters)" if isinstance(v, str) and v else '')
+        )
     return v
 
+# %% ../nbs/03_merge.ipynb #ad30d7a9
 def parse_recipe(recipe, # a dict, or YAML text, of a mergekit recipe
                 ) -> Recipe:
     "A `Recipe` from mergekit's YAML structure; unsupported fields are errors that name them"
     if isinstance(recipe, str):
         recipe = parse_yaml(recipe, error=MergeError, what='reading the recipe YAML')
-    _fields(recipe, ('merge_method', 'base_model', 'models', 'slices', 'parameters', 'dtype', 'out_dtype', 'tokenizer_source', 'tokenizer'), 'the recipe')
+    _fields(
+        recipe,
+        (
+            'merge_method',
+            'base_model',
+            'models',
+            'slices',
+            'parameters',
+            'dtype',
+            'out_dtype',
+            'tokenizer_source',
+            'tokenizer',
+        ),
+        'the recipe',
+    )
     if not recipe.get('merge_method'): raise MergeError("the recipe has no 'merge_method'")
-    if bool(recipe.get('models')) == bool(recipe.get('slices')): raise MergeError("the recipe needs exactly one of 'models' or 'slices'")
+    if bool(recipe.get('models')) == bool(recipe.get('slices')):
+        raise MergeError("the recipe needs exactly one of 'models' or 'slices'")
     if recipe.get('models'):
-        srcs = [Source(_ref(_fields(e, ('model', 'parameters'), 'models').get('model') if isinstance(e, dict) else e, 'models[].model'), None,
-                       _params(e, 'models') if isinstance(e, dict) else {}) for e in recipe['models']]
+        srcs = [
+            Source(
+                _ref(
+                    _fields(e, ('model', 'parameters'), 'models').get('model') if isinstance(e, dict) else e,
+                    'models[].model',
+                ),
+                None,
+                _params(e, 'models') if isinstance(e, dict) else {},
+            )
+            for e in recipe['models']
+        ]
         slices, layered = [Slice(srcs)], False
     else:
         slices, layered = [], True
@@ -711,23 +879,51 @@ def parse_recipe(recipe, # a dict, or YAML text, of a mergekit recipe
             for e in s.get('sources') or []:
                 _fields(e, ('model', 'layer_range', 'parameters'), f'slices[{i}].sources')
                 lr = e.get('layer_range')
-                if not (isinstance(lr, (list, tuple)) and len(lr) == 2 and all(isinstance(v, int) and v >= 0 for v in lr) and lr[0] < lr[1]):
-                    raise MergeError(f"slices[{i}]: layer_range must be [start, stop) with 0 <= start < stop, got {short_repr(lr)}")
-                srcs.append(Source(_ref(e.get('model'), f'slices[{i}].sources[].model'), tuple(lr), _params(e, f'slices[{i}].sources')))
+                if not (
+                    isinstance(lr, (list, tuple))
+                    and len(lr) == 2
+                    and all(isinstance(v, int) and v >= 0 for v in lr)
+                    and lr[0] < lr[1]
+                ):
+                    raise MergeError(
+                        f"slices[{i}]: layer_range must be [start, stop) with 0 <= start < stop, got {short_repr(lr)}"
+                    )
+                srcs.append(
+                    Source(
+                        _ref(e.get('model'), f'slices[{i}].sources[].model'),
+                        tuple(lr),
+                        _params(e, f'slices[{i}].sources'),
+                    )
+                )
             if not srcs: raise MergeError(f"slices[{i}] has no sources")
             base = s.get('base_model')
-            slices.append(Slice(srcs, _params(s, f'slices[{i}]'), None if base is None else _ref(base, f'slices[{i}].base_model')))
+            slices.append(
+                Slice(
+                    srcs,
+                    _params(s, f'slices[{i}]'),
+                    None if base is None else _ref(base, f'slices[{i}].base_model'),
+                )
+            )
     get_method(recipe['merge_method'])
     base = recipe.get('base_model')
-    return Recipe(str(recipe['merge_method']), slices, None if base is None else _ref(base, 'base_model'), _params(recipe, 'the recipe'),
-                  recipe.get('dtype'), recipe.get('out_dtype'), layered, parse_tokenizer(recipe.get('tokenizer_source'), recipe.get('tokenizer')))
+    return Recipe(
+        str(recipe['merge_method']),
+        slices,
+        None if base is None else _ref(base, 'base_model'),
+        _params(recipe, 'the recipe'),
+        recipe.get('dtype'),
+        recipe.get('out_dtype'),
+        layered,
+        parse_tokenizer(recipe.get('tokenizer_source'), recipe.get('tokenizer')),
+    )
 
 # %% ../nbs/03_merge.ipynb #0973b42f
-def _from_method(cls, method, # a method name or alias
-                 models:list, # model references (paths, or keys)
-                 base=None, # the base's reference; default: the first model, for methods that need a base
-                 note=None, # called with a message when the first model becomes the base
-                 **params) -> Recipe:
+@patch(cls_method=True)
+def from_method(cls:Recipe, method, # a method name or alias
+                models:list, # model references (paths, or keys)
+                base=None, # the base's reference; default: the first model, for methods that need a base
+                note=None, # called with a message when the first model becomes the base
+                **params) -> Recipe:
     "A one-slice `Recipe` from a method name and keyword parameters"
     m = get_method(method); models = list(models)
     if not models: raise MergeError("no models to merge")
@@ -743,11 +939,16 @@ def _from_method(cls, method, # a method name or alias
         else: shared[k] = v
     others = [mm for mm in models if mm != base] if m.base != 'none' else models
     for k, v in per.items():
-        if len(v) not in (len(models), len(others)): raise MergeError(f"{len(v)} values for '{k}', but there are {len(models)} models")
-    pick = lambda k, v, i, mm: v[i] if len(v) == len(models) else (v[others.index(mm)] if mm in others else None)
-    srcs = [Source(mm, None, {k: pick(k, v, i, mm) for k, v in per.items() if pick(k, v, i, mm) is not None}) for i, mm in enumerate(models)]
+        if len(v) not in (len(models), len(others)):
+            raise MergeError(f"{len(v)} values for '{k}', but there are {len(models)} models")
+    pick = lambda k, v, i, mm: (
+        v[i] if len(v) == len(models) else (v[others.index(mm)] if mm in others else None)
+    )
+    srcs = [
+        Source(mm, None, {k: pick(k, v, i, mm) for k, v in per.items() if pick(k, v, i, mm) is not None})
+        for i, mm in enumerate(models)
+    ]
     return cls(m.name, [Slice(srcs)], base, shared)
-Recipe.from_method = classmethod(_from_method)
 
 # %% ../nbs/03_merge.ipynb #67b7514b
 @dataclass
@@ -759,15 +960,33 @@ class TensorTask:
     params: AttrDict|None = None # bound parameters; None: a non-float tensor, copied
     vocab: Any = None # a `VocabPlan` (entrenar.vocab): the inputs' rows are gathered into the output vocabulary first
     @property
-    def name(self): return self.spec.name
+    def name(self):
+        return self.spec.name
 
+# %% ../nbs/03_merge.ipynb #0ee9274b
 def parse_dtype(name) -> np.dtype|None:
     "A numpy dtype from a recipe/command name: float32, fp16, bfloat16, bf16, F16…"
     if name is None: return None
     key = str(name).lower().replace('torch.', '')
-    aliases = dict(float32='F32', fp32='F32', float='F32', float16='F16', fp16='F16', half='F16', bfloat16='BF16', bf16='BF16', float64='F64', fp64='F64', double='F64')
-    try: return dtype_from_code(aliases.get(key, key))
-    except EntrenarError: raise MergeError(f"unknown dtype {short_repr(name)}: use float32, float16, bfloat16 or float64") from None
+    aliases = dict(
+        float32='F32',
+        fp32='F32',
+        float='F32',
+        float16='F16',
+        fp16='F16',
+        half='F16',
+        bfloat16='BF16',
+        bf16='BF16',
+        float64='F64',
+        fp64='F64',
+        double='F64',
+    )
+    try:
+        return dtype_from_code(aliases.get(key, key))
+    except EntrenarError:
+        raise MergeError(
+            f"unknown dtype {short_repr(name)}: use float32, float16, bfloat16 or float64"
+        ) from None
 
 # %% ../nbs/03_merge.ipynb #8313dfbf
 def _model_label(models, ref):
@@ -790,7 +1009,10 @@ def _check_param_names(recipe, m):
     for sl in recipe.slices:
         for scope in [recipe.parameters, sl.parameters, *(s.parameters for s in sl.sources)]:
             for k in scope:
-                if k not in known: raise MergeError(f"{m.name} has no parameter {short_repr(k)} (it takes: {', '.join(sorted(known)) or 'none'})")
+                if k not in known:
+                    raise MergeError(
+                        f"{m.name} has no parameter {short_repr(k)} (it takes: {', '.join(sorted(known)) or 'none'})"
+                    )
 
 # %% ../nbs/03_merge.ipynb #41cbb5b8
 def _make_task(recipe, m, models, sl, out_name, inputs, t, in_dtype, out_dtype, vocab=None):
@@ -799,26 +1021,32 @@ def _make_task(recipe, m, models, sl, out_name, inputs, t, in_dtype, out_dtype, 
     specs = []
     for src, nm in inputs:
         mdl = models[src.model]
-        if nm not in mdl: raise MergeError("is missing from this model", path=_model_label(models, src.model), tensor=nm)
+        if nm not in mdl:
+            raise MergeError("is missing from this model", path=_model_label(models, src.model), tensor=nm)
         specs.append(mdl.spec(nm))
     s0 = specs[0]
     if vocab is not None and out_name in VOCAB_TENSORS:   # rows per token: the output vocabulary's shape
-        s0 = TensorSpec(s0.name, s0.dtype, vocab_shape(vocab, {src.model: s.shape for (src, _), s in zip(inputs, specs)}, out_name))
+        shapes = {src.model: s.shape for (src, _), s in zip(inputs, specs)}
+        s0 = TensorSpec(s0.name, s0.dtype, vocab_shape(vocab, shapes, out_name))
     else: vocab = None
     for (src, nm), s in zip(inputs, specs):
         if vocab is None and s.shape != s0.shape:
-            raise MergeError(f"shape {list(s.shape)} in {_model_label(models, src.model)} but {list(s0.shape)} in {_model_label(models, inputs[0][0].model)}", tensor=out_name)
+            raise MergeError(f"shape {list(s.shape)} in {_model_label(models, src.model)} but {list(s0.shape)} "
+                             f"in {_model_label(models, inputs[0][0].model)}", tensor=out_name)
     floats = [is_float_dtype(s.dtype) for s in specs]
     if not all(floats):
         if any(floats) or len({s.dtype for s in specs}) > 1:
-            raise MergeError(f"mixes dtypes {', '.join(sorted({str(s.dtype) for s in specs}))}: only float tensors can be merged", tensor=out_name)
+            raise MergeError(f"mixes dtypes {', '.join(sorted({str(s.dtype) for s in specs}))}: "
+                             "only float tensors can be merged", tensor=out_name)
         ref = next(((src.model, nm) for src, nm in inputs if src.model == base_ref), (inputs[0][0].model, inputs[0][1]))
         return TensorTask(TensorSpec(out_name, s0.dtype, s0.shape), [(src.model, nm) for src, nm in inputs], ref, None)
     is_base = [m.base != 'none' and src.model == base_ref for src, _ in inputs]
     base = next(((src.model, nm) for (src, nm), b in zip(inputs, is_base) if b), None)
     others = [(src, nm) for (src, nm), b in zip(inputs, is_base) if not b]
     if m.base == 'required' and base is None:
-        raise MergeError(f"{m.name} needs a base model" + (f", and {base_ref} is not among this slice's sources" if base_ref else " (base_model)"), tensor=out_name)
+        raise MergeError(f"{m.name} needs a base model"
+                         + (f", and {base_ref} is not among this slice's sources" if base_ref else " (base_model)"),
+                         tensor=out_name)
     check_inputs(m, len(others), base is not None, tensor=out_name)
     values = {}
     for p in m.params:
@@ -830,7 +1058,8 @@ def _make_task(recipe, m, models, sl, out_name, inputs, t, in_dtype, out_dtype, 
     params = bind_params(m, values, len(others), tensor=out_name)
     first = specs[[(src.model, nm) for src, nm in inputs].index(base)] if base else specs[0]
     dt = out_dtype or in_dtype or first.dtype
-    return TensorTask(TensorSpec(out_name, np.dtype(dt), s0.shape), [(src.model, nm) for src, nm in others], base, params, vocab)
+    return TensorTask(TensorSpec(out_name, np.dtype(dt), s0.shape), [(src.model, nm) for src, nm in others], base,
+                      params, vocab)
 
 # %% ../nbs/03_merge.ipynb #097466d2
 _PRE = re.compile(r'embed|wte|wpe|word_embeddings|tok_embeddings')
@@ -875,8 +1104,15 @@ def plan_merge(recipe:Recipe, # what to merge, how
         base_ref = sl.base_model or recipe.base_model
         tmpl = base_ref if base_ref in [s.model for s in sl.sources] else sl.sources[0].model
         n = max(_layers(models[tmpl]) or [0]) + 1
-        tasks = [mk(sl, name, [(s, name) for s in sl.sources], 0.0 if layer_index(name) is None else (layer_index(name) / (n - 1) if n > 1 else 1.0))
-                 for name in models[tmpl].names]
+        tasks = [
+            mk(
+                sl,
+                name,
+                [(s, name) for s in sl.sources],
+                0.0 if layer_index(name) is None else (layer_index(name) / (n - 1) if n > 1 else 1.0),
+            )
+            for name in models[tmpl].names
+        ]
     else:
         first, last = recipe.slices[0], recipe.slices[-1]
         outside = [n for n in models[first.sources[0].model].names if layer_index(n) is None]
@@ -885,15 +1121,29 @@ def plan_merge(recipe:Recipe, # what to merge, how
         body, out_layer = [], 0
         for i, sl in enumerate(recipe.slices):
             lengths = {s.layer_range[1] - s.layer_range[0] for s in sl.sources}
-            if len(lengths) > 1: raise MergeError(f"slices[{i}]: every source must span the same number of layers, got {sorted(lengths)}")
+            if len(lengths) > 1:
+                raise MergeError(
+                    f"slices[{i}]: every source must span the same number of layers, got {sorted(lengths)}"
+                )
             L = lengths.pop()
             for idx in range(L):
                 t = idx / (L - 1) if L > 1 else 1.0
                 src0, lay0 = sl.sources[0], sl.sources[0].layer_range[0] + idx
                 names = _layers(models[src0.model]).get(lay0)
-                if not names: raise MergeError(f"has no layer {lay0} (slices[{i}] asks for it)", path=_model_label(models, src0.model))
+                if not names:
+                    raise MergeError(
+                        f"has no layer {lay0} (slices[{i}] asks for it)",
+                        path=_model_label(models, src0.model),
+                    )
                 for nm in names:
-                    body.append(mk(sl, with_layer(nm, out_layer), [(s, with_layer(nm, s.layer_range[0] + idx)) for s in sl.sources], t))
+                    body.append(
+                        mk(
+                            sl,
+                            with_layer(nm, out_layer),
+                            [(s, with_layer(nm, s.layer_range[0] + idx)) for s in sl.sources],
+                            t,
+                        )
+                    )
                 out_layer += 1
         tasks = pre + body + post
     return tasks
@@ -904,16 +1154,24 @@ def _read(models, ref, name, in_dtype, allow_nonfinite, raw, checks):
     a = models[ref].get_parameter(name); raw.append(a)
     if in_dtype is not None and a.dtype != in_dtype: a = a.astype(in_dtype)
     if get_backend() != 'numpy' and not is_device_array(a):   # 16-bit floats go as they are and widen on the GPU
-        a = upload(a if a.dtype.kind in 'fiub' or (is_float_dtype(a.dtype) and a.dtype.itemsize == 2) else a.astype(np.float32))
-    if is_float_dtype(a.dtype) and a.dtype.itemsize < 4: a = a.astype(np.float32)  # the compute dtype; checks run faster there too
+        as_is = a.dtype.kind in 'fiub' or (is_float_dtype(a.dtype) and a.dtype.itemsize == 2)
+        a = upload(a if as_is else a.astype(np.float32))
+    # the compute dtype; checks run faster there too
+    if is_float_dtype(a.dtype) and a.dtype.itemsize < 4: a = a.astype(np.float32)
     if not allow_nonfinite:
         finite = get_array_module(a).isfinite(a).all()
-        if is_device_array(finite): checks.append((ref, name, finite))   # on a GPU: looked at once the task's work is queued
-        elif not bool(finite): _nonfinite(models, ref, name)
+        if is_device_array(finite):
+            checks.append((ref, name, finite))  # on a GPU: looked at once the task's work is queued
+        elif not bool(finite):
+            _nonfinite(models, ref, name)
     return a
 
 def _nonfinite(models, ref, name):
-    raise MergeError("holds NaN or infinite values (allow them with allow_nonfinite / --allow-nonfinite)", path=_model_label(models, ref), tensor=name)
+    raise MergeError(
+        "holds NaN or infinite values (allow them with allow_nonfinite / --allow-nonfinite)",
+        path=_model_label(models, ref),
+        tensor=name,
+    )
 
 def _run_task(task, m, models, seed, in_dtype, allow_nonfinite):
     "Read, check and merge one task's tensors: (output, the arrays read)"
@@ -921,7 +1179,11 @@ def _run_task(task, m, models, seed, in_dtype, allow_nonfinite):
         arrays = [models[r].get_parameter(n) for r, n in [task.base, *task.inputs]]
         for (r, n), a in zip(task.inputs, arrays[1:]):
             if not bool((get_array_module(a).asarray(a) == arrays[0]).all()):
-                raise MergeError(f"is a {a.dtype} tensor that differs between {_model_label(models, task.base[0])} and {_model_label(models, r)}: it cannot be merged", tensor=task.name)
+                raise MergeError(
+                    f"is a {a.dtype} tensor that differs between {_model_label(models, task.base[0])} "
+                    f"and {_model_label(models, r)}: it cannot be merged",
+                    tensor=task.name,
+                )
         return arrays[0], arrays
     raw, checks = [], []
     xs = [_read(models, r, n, in_dtype, allow_nonfinite, raw, checks) for r, n in task.inputs]
@@ -948,6 +1210,7 @@ def _task_reads(task:TensorTask) -> list:
     "The `(model reference, tensor name)` pairs a task reads, base last: the runner reads them ahead"
     return [*task.inputs, *([task.base] if task.base is not None else [])]
 
+# %% ../nbs/03_merge.ipynb #455af606
 def merge_plan(tasks:list, # from `plan_merge`
                method:str, # the recipe's method
                models, # reference -> `Model` or path
@@ -955,22 +1218,43 @@ def merge_plan(tasks:list, # from `plan_merge`
               ) -> Plan:
     "The runner `Plan` of a merge: one `merge_task` per output tensor"
     sizes = [t.spec.nbytes * (len(t.inputs) + (t.base is not None)) for t in tasks]
-    return Plan(merge_task, tasks, models if isinstance(models, Sources) else Sources(models),
-                (get_method(method).name, seed, in_dtype, allow_nonfinite), sizes, f"merge ({get_method(method).name})", MergeError,
-                reads=_task_reads)
+    return Plan(
+        merge_task,
+        tasks,
+        models if isinstance(models, Sources) else Sources(models),
+        (get_method(method).name, seed, in_dtype, allow_nonfinite),
+        sizes,
+        f"merge ({get_method(method).name})",
+        MergeError,
+        reads=_task_reads,
+    )
 
 # %% ../nbs/03_merge.ipynb #8fcb6be1
 def _merge_metadata(recipe, models, seed, name='merged', labels=None):
     "Output metadata: the base's architecture, and the merge (method, parameters, inputs) in `custom['merge']`"
     ref = recipe.base_model or recipe.models[0]
     label = lambda r: str(labels[r]) if labels else _model_label(models, r)
-    info = dict(method=recipe.merge_method, base=label(ref) if recipe.base_model else None,
-                inputs=[label(r) for r in recipe.models], parameters=recipe.parameters,
-                models=[dict(model=label(s.model), **({'layer_range': list(s.layer_range)} if s.layer_range else {}),
-                             **({'parameters': s.parameters} if s.parameters else {})) for sl in recipe.slices for s in sl.sources],
-                seed=seed, dtype=recipe.dtype, out_dtype=recipe.out_dtype)
+    info = dict(
+        method=recipe.merge_method,
+        base=label(ref) if recipe.base_model else None,
+        inputs=[label(r) for r in recipe.models],
+        parameters=recipe.parameters,
+        models=[
+            dict(
+                model=label(s.model),
+                **({'layer_range': list(s.layer_range)} if s.layer_range else {}),
+                **({'parameters': s.parameters} if s.parameters else {}),
+            )
+            for sl in recipe.slices
+            for s in sl.sources
+        ],
+        seed=seed,
+        dtype=recipe.dtype,
+        out_dtype=recipe.out_dtype,
+    )
     info = json.loads(json.dumps(info, default=str))
     return ModelMetadata(name, models[ref].metadata.architecture).with_custom('merge', info)
+
 
 def merge_models(models:list, # `Model`s to merge (lazy ones are fine)
                  method='linear', # a method name, or a `Recipe` whose model references are indices '0', '1', …
@@ -982,13 +1266,16 @@ def merge_models(models:list, # `Model`s to merge (lazy ones are fine)
     if base is not None:
         bref = next((k for k, mm in pool.items() if mm is base), None)
         if bref is None: bref = 'base'; pool = {'base': base, **pool}
-    else: bref = None
-    recipe = method if isinstance(method, Recipe) else Recipe.from_method(method, [k for k in pool if k != 'base'], bref, **params)
+    else:
+        bref = None
+    if isinstance(method, Recipe): recipe = method
+    else: recipe = Recipe.from_method(method, [k for k in pool if k != 'base'], bref, **params)
     if dtype is not None: recipe.dtype = dtype
     if out_dtype is not None: recipe.out_dtype = out_dtype
     tasks = plan_merge(recipe, pool)
     with executor(workers, error=MergeError) as ex:   # on a GPU: GPU_STREAMS tasks in flight
-        run_plan(merge_plan(tasks, recipe.merge_method, pool, seed, parse_dtype(recipe.dtype), allow_nonfinite), out := DictSink(), ex)
+        run_plan(merge_plan(tasks, recipe.merge_method, pool, seed, parse_dtype(recipe.dtype), allow_nonfinite),
+                 out := DictSink(), ex)
     return Model(_merge_metadata(recipe, pool, seed), [(t.name, out[t.name]) for t in tasks])
 
 # %% ../nbs/03_merge.ipynb #984cc4a9
@@ -1004,13 +1291,19 @@ class MergeSummary:
     gguf: QuantizeReport|None = None # the llama.cpp GGUF written in the same pass, if any
     def __str__(self):
         if self.gguf is None:
-            return f"{self.method}: merged {self.merged} tensors, copied {self.copied}, wrote {self.bytes / 1e6:,.1f} MB to {self.output} in {self.seconds:.2f} s"
+            return (f"{self.method}: merged {self.merged} tensors, copied {self.copied}, "
+                    f"wrote {self.bytes / 1e6:,.1f} MB to {self.output} in {self.seconds:.2f} s")
         g = self.gguf
         also = '' if str(g.path) == self.output else f" and {self.bytes / 1e6:,.1f} MB to {self.output}"
-        text = (f"{self.method}: merged {self.merged} tensors, copied {self.copied}, wrote {g.path} "
-                f"({g.settings['scheme'].upper()}, llama.cpp architecture {g.settings['architecture']}){also} in {self.seconds:.2f} s\n" + summary_text(g))
+        text = (
+            f"{self.method}: merged {self.merged} tensors, copied {self.copied}, wrote {g.path} "
+            f"({g.settings['scheme'].upper()}, llama.cpp architecture {g.settings['architecture']}){also} "
+            f"in {self.seconds:.2f} s\n"
+            + summary_text(g)
+        )
         return text + ('\n' + check_text(g) if g.settings.get('checked') else '')
 
+# %% ../nbs/03_merge.ipynb #7137f2fb
 def load_recipe(path) -> tuple[Recipe, Path]:
     "Read a mergekit YAML recipe file"
     p = Path(path)
@@ -1018,17 +1311,21 @@ def load_recipe(path) -> tuple[Recipe, Path]:
     with reraise_as(MergeError, path=p, what='reading the recipe'): text = p.read_text('utf-8')
     try: r = parse_recipe(text)
     except MergeError as e: raise MergeError(e.message, path=p, tensor=e.tensor) from None
-    if r.tokenizer is not None and r.tokenizer.models and r.tokenizer.source not in r.models:   # a path beside the recipe
+    # a path beside the recipe
+    if r.tokenizer is not None and r.tokenizer.models and r.tokenizer.source not in r.models:
         r.tokenizer.source = str(_local(r.tokenizer.source, p.parent))
     return r, p.parent
 
 def _local(ref, root):
     model, adapter = split_reference(ref)   # mergekit's model+adapter: both sides found the same way
     if adapter is not None: return f"{_local(model, root)}+{_local(adapter, root)}"
-    if str(ref).startswith('hf://') or is_url(str(ref)): return str(ref)   # load_model fetches those, or reads them through fsspec
+    if str(ref).startswith('hf://') or is_url(str(ref)):
+        return str(ref)  # load_model fetches those, or reads them through fsspec
     p = Path(ref).expanduser()
-    if not (p.is_absolute() or p.exists()) and root is not None and (Path(root) / p).exists(): return Path(root) / p
-    return hub_reference(str(ref)) or p   # a plain org/name[@revision] that is no local path: a Hub model, as in mergekit
+    if not (p.is_absolute() or p.exists()) and root is not None and (Path(root) / p).exists():
+        return Path(root) / p
+    # a plain org/name[@revision] that is no local path: a Hub model, as in mergekit
+    return hub_reference(str(ref)) or p
 
 def _folder(ref) -> Path:
     "A model reference's local folder; for an hf:// one, its snapshot with the config and tokenizer files fetched"
@@ -1037,23 +1334,38 @@ def _folder(ref) -> Path:
     return fetch_model_files(str(ref)) or Path(ref)
 
 # %% ../nbs/03_merge.ipynb #e999fe61
-TOKENIZER_FILES = ('tokenizer.model', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
-                   'added_tokens.json', 'generation_config.json', 'merges.txt', 'vocab.json', 'chat_template.jinja')
+TOKENIZER_FILES = (
+    'tokenizer.model',
+    'tokenizer.json',
+    'tokenizer_config.json',
+    'special_tokens_map.json',
+    'added_tokens.json',
+    'generation_config.json',
+    'merges.txt',
+    'vocab.json',
+    'chat_template.jinja',
+)
 
 def _config_files(recipe, paths, tasks) -> dict:
     "config.json (updated) and the tokenizer files of the base's (or first model's) folder: file name -> contents"
-    src = _folder(split_reference(str(paths[recipe.base_model or recipe.models[0]]))[0])   # a model+adapter: the model's files
+    # a model+adapter: the model's files
+    src = _folder(split_reference(str(paths[recipe.base_model or recipe.models[0]]))[0])
     if not (src.is_dir() and (src / 'config.json').is_file()): return {}
-    with reraise_as(SerializationError, path=src / 'config.json', what='reading'): cfg = json.loads((src / 'config.json').read_text('utf-8'))
+    with reraise_as(SerializationError, path=src / 'config.json', what='reading'):
+        cfg = json.loads((src / 'config.json').read_text('utf-8'))
     if not isinstance(cfg, dict): raise SerializationError("is not a JSON object", path=src / 'config.json')
-    if recipe.layered and 'num_hidden_layers' in cfg: cfg['num_hidden_layers'] = len({layer_index(t.name) for t in tasks} - {None})
-    if (recipe.out_dtype or recipe.dtype) and 'torch_dtype' in cfg: cfg['torch_dtype'] = parse_dtype(recipe.out_dtype or recipe.dtype).name
+    if recipe.layered and 'num_hidden_layers' in cfg:
+        cfg['num_hidden_layers'] = len({layer_index(t.name) for t in tasks} - {None})
+    if (recipe.out_dtype or recipe.dtype) and 'torch_dtype' in cfg:
+        cfg['torch_dtype'] = parse_dtype(recipe.out_dtype or recipe.dtype).name
     vocab = next((t.vocab for t in tasks if t.vocab is not None), None)
     if vocab is not None:   # tokenizer_source: the chosen tokenizer's files and size (entrenar.vocab)
         for c in (cfg, cfg.get('text_config')):
             if isinstance(c, dict) and 'vocab_size' in c: c['vocab_size'] = vocab.size
     files = {'config.json': json.dumps(cfg, indent=2) + '\n'}
-    for name in TOKENIZER_FILES:   # so the merge can be loaded by transformers and converted for llama.cpp as it is
+    for (
+        name
+    ) in TOKENIZER_FILES:  # so the merge can be loaded by transformers and converted for llama.cpp as it is
         if (src / name).is_file() and (vocab is None or name == 'generation_config.json'):
             with reraise_as(IoError, path=src / name, what='reading'): files[name] = (src / name).read_bytes()
     return {**files, **(tokenizer_files(vocab) if vocab is not None else {})}
@@ -1070,22 +1382,44 @@ def recipe_yaml(info:dict, # the `merge` entry of a merge's metadata (`_merge_me
         if info.get(k): d[k] = info[k]
     return yaml.safe_dump(d, sort_keys=False)
 
+# %% ../nbs/03_merge.ipynb #4f92f47b
 def model_card(name:str, # the merged model's name
                info:dict, # the `merge` entry of its metadata
                recipe:str, # the recipe, as YAML
                recipe_file:str='mergekit_config.yml', # where the output folder keeps the recipe
               ) -> str:
     "A Hugging Face model card (README.md) for a merge, as mergekit writes one"
-    hub = lambda r: r[len('hf://'):].split('@')[0] if r.startswith('hf://') else r   # the Hub's own names in the front matter
+    # the Hub's own names in the front matter
+    hub = lambda r: r[len('hf://'):].split('@')[0] if r.startswith('hf://') else r
     merged = list(dict.fromkeys(m['model'] for m in info['models']))
     bases = list(dict.fromkeys(hub(r) for r in ([info['base']] if info.get('base') else []) + merged))
-    front = yaml.safe_dump(dict(base_model=bases, library_name='transformers', tags=['merge', 'mergekit', 'entrenar']), sort_keys=False)
+    front = yaml.safe_dump(
+        dict(base_model=bases, library_name='transformers', tags=['merge', 'mergekit', 'entrenar']),
+        sort_keys=False,
+    )
     base = f" using {info['base']} as a base" if info.get('base') else ''
-    lines = [f"---\n{front}---", f"# {name}", "", "This is a merge of pre-trained language models made with "
-             "[entrenar](https://github.com/entrenar/entrenar), whose methods follow [mergekit](https://github.com/arcee-ai/mergekit).",
-             "", "## Merge details", f"This model was merged with the `{info['method']}` method{base}.", "",
-             "The models merged:", *[f"* {m}" for m in merged], "", "## Configuration",
-             f"The recipe (also in `{recipe_file}`):", "", "```yaml", recipe.rstrip('\n'), "```", ""]
+    lines = [
+        f"---\n{front}---",
+        f"# {name}",
+        "",
+        "This is a merge of pre-trained language models made with "
+        "[entrenar](https://github.com/entrenar/entrenar), whose methods follow "
+        "[mergekit](https://github.com/arcee-ai/mergekit).",
+        "",
+        "## Merge details",
+        f"This model was merged with the `{info['method']}` method{base}.",
+        "",
+        "The models merged:",
+        *[f"* {m}" for m in merged],
+        "",
+        "## Configuration",
+        f"The recipe (also in `{recipe_file}`):",
+        "",
+        "```yaml",
+        recipe.rstrip('\n'),
+        "```",
+        "",
+    ]
     return '\n'.join(lines)
 
 # %% ../nbs/03_merge.ipynb #c567e9df
@@ -1110,19 +1444,21 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
                 progress:bool|None=None, # show a progress bar (default: unless `quiet`)
                 client=None, # a Dask `Client`, 'local:N' or 'tcp://HOST:PORT': the tensors are merged on its workers
                 notes:list|None=None, # notes to print with the merge's own (e.g. the command's defaults)
-                type:str|None=None, # llama-quantize's type for a GGUF output: f16 (default), q8_0, q4_k_m, … (`GGUF_OUTPUT_TYPES`)
+                type:str|None=None, # llama-quantize's type for a GGUF output: f16 (default), q8_0, q4_k_m, …
                 gguf=None, # also write the merge as this llama.cpp .gguf, from the same read of the inputs
                 imatrix=None, # an importance matrix (`Imatrix` or a llama-imatrix file) for the GGUF's quantization
-                check:bool=False, # measure each GGUF tensor against the merged one and read the file back (`check_text`)
+                check:bool=False, # measure each GGUF tensor against the merged one, read the file back (`check_text`)
                 **params) -> MergeSummary:
     "Merge checkpoints on disk into `output`, one tensor at a time; nothing is written unless everything checks out"
     start, root, notes = time.perf_counter(), None, list(notes or [])
-    is_recipe = isinstance(method, Recipe) or (isinstance(method, (str, Path)) and str(method).lower().endswith(('.yml', '.yaml')))
+    is_recipe = isinstance(method, Recipe) or (isinstance(method, (str, Path))
+                                               and str(method).lower().endswith(('.yml', '.yaml')))
     if is_recipe and inputs: raise MergeError("a recipe names its own models: pass no inputs with it")
     if isinstance(method, Recipe): recipe = method
     elif is_recipe: recipe, root = load_recipe(method)
     else:
-        recipe = Recipe.from_method(method, [str(i) for i in inputs or []], None if base is None else str(base), note=notes.append, **params)
+        recipe = Recipe.from_method(method, [str(i) for i in inputs or []], None if base is None else str(base),
+                                    note=notes.append, **params)
     if dtype is not None: recipe.dtype = dtype
     if out_dtype is not None: recipe.out_dtype = out_dtype
     paths = {ref: _local(ref, root) for ref in recipe.models}
@@ -1130,38 +1466,50 @@ def merge_files(inputs:list, # model files or folders (sharded checkpoints too);
     check_output_is_not_input(output, [*paths.values(), *(mm.path for mm in models.values() if mm.path is not None)])
     tasks = plan_merge(recipe, models)
     if not quiet:
-        for msg in notes: print(f"note: {msg}")  # on stdout, once the merge is known to be valid: errors stay one line on stderr
+        # on stdout, once the merge is known to be valid: errors stay one line on stderr
+        for msg in notes: print(f"note: {msg}")
     name = Path(output).name.split('.')[0] if Path(output).suffix else Path(output).name
     config = SaveConfig().with_shard_size(shard_size) if shard_size else None
     meta = _merge_metadata(recipe, models, seed, name or 'merged', paths)
     recipe_text = Path(method).read_text('utf-8') if is_recipe and not isinstance(method, Recipe) else None
     gguf_out = output if str(output).lower().endswith('.gguf') else gguf
-    if gguf_out is None and (type or imatrix or check): raise MergeError("--type, --imatrix and --check are for a GGUF output: name a .gguf (--output or --gguf)")
-    if gguf_out is output and shard_size: raise MergeError("--shard-size cuts SafeTensors shards; a .gguf output is one file (split it with `entrenar quantize --split-max-size`)", path=output)
+    if gguf_out is None and (type or imatrix or check):
+        raise MergeError("--type, --imatrix and --check are for a GGUF output: name a .gguf (--output or --gguf)")
+    if gguf_out is output and shard_size:
+        raise MergeError("--shard-size cuts SafeTensors shards; a .gguf output is one file "
+                         "(split it with `entrenar quantize --split-max-size`)", path=output)
     if gguf_out is not None:   # planned and checked before anything is read or written
         if gguf is not None: check_output_is_not_input(gguf, [*paths.values()])
         gplan = plan_merge_gguf(recipe, paths, tasks, meta, type or 'f16', imatrix, recipe_text)
         if not quiet and gplan.fallbacks:   # stated before anything is read
             pairs = collections.Counter((w.upper(), g.upper()) for _, w, g in gplan.fallbacks)
-            print(f"note: {len(gplan.fallbacks)} tensors have rows that do not divide into their type's blocks and are written as llama-quantize "
-                  f"writes them ({', '.join(f'{w} -> {g}: {n}' for (w, g), n in pairs.items())}; e.g. {gplan.fallbacks[0][0]})")
-    writer, bar = None if gguf_out is output else ModelWriter(output, [t.spec for t in tasks], meta, config), not quiet if progress is None else progress
-    if writer is not None and writer.is_dir:   # read and checked before anything is written; published with the tensors, all at once
-        for n, data in {**_config_files(recipe, paths, tasks), **_card_files(meta, recipe_text)}.items(): writer.add_file(n, data)
+            print(f"note: {len(gplan.fallbacks)} tensors have rows that do not divide into their type's blocks "
+                  f"and are written as llama-quantize writes them "
+                  f"({', '.join(f'{w} -> {g}: {n}' for (w, g), n in pairs.items())}; e.g. {gplan.fallbacks[0][0]})")
+    writer = None if gguf_out is output else ModelWriter(output, [t.spec for t in tasks], meta, config)
+    bar = not quiet if progress is None else progress
+    # read and checked before anything is written; published with the tensors, all at once
+    if writer is not None and writer.is_dir:
+        for n, data in {**_config_files(recipe, paths, tasks), **_card_files(meta, recipe_text)}.items():
+            writer.add_file(n, data)
     merge_args = (get_method(recipe.merge_method).name, seed, parse_dtype(recipe.dtype), allow_nonfinite)
     report = None
     with executor(workers, client, MergeError) as ex:
-        if gguf_out is None: run_plan(merge_plan(tasks, recipe.merge_method, models, seed, parse_dtype(recipe.dtype), allow_nonfinite), writer, ex, progress=bar)
+        if gguf_out is None:
+            run_plan(merge_plan(tasks, recipe.merge_method, models, seed, parse_dtype(recipe.dtype), allow_nonfinite),
+                     writer, ex, progress=bar)
         else:
             sinks = dict(gguf=GgufSink(gplan, gguf_out), **({} if writer is None else dict(model=writer)))
-            rows = run_plan(merge_gguf_plan(tasks, gplan, models, merge_args, check, writer is not None), MultiSink(**sinks), ex, progress=bar)
+            rows = run_plan(merge_gguf_plan(tasks, gplan, models, merge_args, check, writer is not None),
+                            MultiSink(**sinks), ex, progress=bar)
             settings = dict(scheme=type or 'f16', format='gguf', architecture=gplan.arch, fallbacks=gplan.fallbacks)
             if gplan.imatrix is not None: settings.update(imatrix=len(gplan.imatrix), unweighted=gplan.unweighted)
             report = QuantizeReport(settings, [r for r in rows if r is not None], None, Path(gguf_out))
             if check: settings['checked'] = verify_gguf(report)
     copied = sum(t.params is None for t in tasks)
     nbytes = sum(t.spec.nbytes for t in tasks) if writer is not None else Path(gguf_out).stat().st_size
-    return MergeSummary(str(output), recipe.merge_method, len(tasks) - copied, copied, nbytes, time.perf_counter() - start, report)
+    return MergeSummary(str(output), recipe.merge_method, len(tasks) - copied, copied, nbytes,
+                        time.perf_counter() - start, report)
 
 # %% ../nbs/03_merge.ipynb #1ba34da9
 def plan_merge_gguf(recipe:Recipe, # the merge
@@ -1174,29 +1522,42 @@ def plan_merge_gguf(recipe:Recipe, # the merge
                    ):
     "The llama.cpp `GgufPlan` of a merge's output, as `to_gguf` would plan it from the merged checkpoint folder"
     folder = _folder(split_reference(str(paths[recipe.base_model or recipe.models[0]]))[0])
-    files = _config_files(recipe, paths, tasks)   # config.json and the tokenizer (the base's, or the recipe's tokenizer_source)
+    # config.json and the tokenizer (the base's, or the recipe's tokenizer_source)
+    files = _config_files(recipe, paths, tasks)
     if 'config.json' not in files:
-        raise MergeError("a llama.cpp GGUF needs the base's config.json (the model's hyperparameters): merge checkpoint folders", path=folder)
-    shell = Model(meta, [(t.name, lazy_tensor(t.spec, None)) for t in tasks])   # specs only: nothing is read to plan
-    with tempfile.TemporaryDirectory() as d:   # what the merged folder would hold: the converter reads its card, config and tokenizer there
+        raise MergeError(
+            "a llama.cpp GGUF needs the base's config.json (the model's hyperparameters): merge checkpoint folders",
+            path=folder,
+        )
+    # specs only: nothing is read to plan
+    shell = Model(meta, [(t.name, lazy_tensor(t.spec, None)) for t in tasks])
+    # what the merged folder would hold: the converter reads its card, config and tokenizer there
+    with tempfile.TemporaryDirectory() as d:
         out = Path(d) / meta.name
         out.mkdir()
-        for n, data in {**files, **_card_files(meta, recipe_text)}.items(): (out / n).write_bytes(data.encode() if isinstance(data, str) else data)
-        try: return plan_gguf(shell, json.loads(files['config.json']), type, out, path=folder, folder=out, imatrix=imatrix)
-        except EntrenarError as e:   # name the user's folder, not this temporary one
+        for n, data in {**files, **_card_files(meta, recipe_text)}.items():
+            (out / n).write_bytes(data.encode() if isinstance(data, str) else data)
+        try:
+            return plan_gguf(
+                shell, json.loads(files['config.json']), type, out, path=folder, folder=out, imatrix=imatrix
+            )
+        except EntrenarError as e:  # name the user's folder, not this temporary one
             if e.path is None or Path(e.path) != out: raise
-            msg = e.message.split('; pass --tensors-only')[0] + "; a merge takes it from the base or the recipe's tokenizer_source"
+            msg = (e.message.split('; pass --tensors-only')[0]
+                   + "; a merge takes it from the base or the recipe's tokenizer_source")
             raise e.__class__(msg, path=folder, tensor=e.tensor) from None
 
+
 def merge_gguf_task(sources, # reference -> `Model`
-                    task:tuple, # (a `TensorTask` or None, the GGUF plan entry or None, an array the plan computes or None, importance weights or None)
+                    task:tuple, # (`TensorTask`, GGUF plan entry, computed array, importance weights), each or None
                     merge_args:tuple, # `merge_task`'s arguments: method, seed, in_dtype, allow_nonfinite
                     measure:bool=False, # measure the GGUF tensor's error against the merged one
                     keep:bool=False, # also output the merged tensor (for a SafeTensors output beside the GGUF)
                    ) -> tuple:
-    "Runner work: merge one tensor and encode it for the GGUF: `([(('gguf', name), bytes), (('model', name), array)], report row)`"
+    "Runner work: merge one tensor, encode it: `([(('gguf', name), bytes), (('model', name), array)], report row)`"
     tensor_task, entry, extra, weights = task
-    merged = None if tensor_task is None else merge_task(sources, tensor_task, *merge_args)[0][0][1]   # on a GPU it stays there
+    # on a GPU it stays there
+    merged = None if tensor_task is None else merge_task(sources, tensor_task, *merge_args)[0][0][1]
     outputs, row = [], None
     if entry is not None:
         data, row = encode_gguf_tensor(entry, merged if extra is None else extra, weights, measure)
@@ -1206,15 +1567,30 @@ def merge_gguf_task(sources, # reference -> `Model`
     return outputs, row
 
 def merge_gguf_plan(tasks:list, gplan, models, merge_args:tuple, measure:bool=False, keep:bool=False) -> Plan:
-    "The runner `Plan` of a one-pass merge: the GGUF's tensors in its order, then any tensor only the SafeTensors output holds"
+    "The runner `Plan` of a one-pass merge: the GGUF's tensors in order, then those only the SafeTensors output holds"
     by_name, im, extra = {t.name: t for t in tasks}, gplan.imatrix, gplan.extra or {}
-    items = [(by_name.get(e[0]), e, extra.get(e[0]), im[e[1]] if im is not None and e[1] in im and e[3] in BLOCK_FORMATS else None)
-             for e in gplan.tensors]
+    items = [
+        (
+            by_name.get(e[0]),
+            e,
+            extra.get(e[0]),
+            im[e[1]] if im is not None and e[1] in im and e[3] in BLOCK_FORMATS else None,
+        )
+        for e in gplan.tensors
+    ]
     in_gguf = {e[0] for e in gplan.tensors}
     if keep: items += [(t, None, None, None) for t in tasks if t.name not in in_gguf]
     sizes = [0 if t is None else t.spec.nbytes * (len(t.inputs) + 1) for t, *_ in items]
-    return Plan(merge_gguf_task, items, Sources(models), (merge_args, measure, keep), sizes, f"merge ({merge_args[0]}) to gguf", MergeError,
-                reads=lambda item: [] if item[0] is None else _task_reads(item[0]))
+    return Plan(
+        merge_gguf_task,
+        items,
+        Sources(models),
+        (merge_args, measure, keep),
+        sizes,
+        f"merge ({merge_args[0]}) to gguf",
+        MergeError,
+        reads=lambda item: [] if item[0] is None else _task_reads(item[0]),
+    )
 
 # %% ../nbs/03_merge.ipynb #22ed5084
 def verify_gguf(report:QuantizeReport) -> int:
@@ -1222,8 +1598,13 @@ def verify_gguf(report:QuantizeReport) -> int:
     tensors = {t.name: t for t in GgufFile(report.path).reader.tensors}
     hashes = {r['name']: r['sha256'] for r in report.rows if 'sha256' in r}
     for name, want in hashes.items():
-        if hashlib.sha256(np.ascontiguousarray(tensors[name].data).reshape(-1).view(np.uint8)).hexdigest() != want:
-            raise MergeError("the written tensor does not hold the bytes that were encoded", path=report.path, tensor=name)
+        if (
+            hashlib.sha256(np.ascontiguousarray(tensors[name].data).reshape(-1).view(np.uint8)).hexdigest()
+            != want
+        ):
+            raise MergeError(
+                "the written tensor does not hold the bytes that were encoded", path=report.path, tensor=name
+            )
     return len(hashes)
 
 def check_text(report:QuantizeReport, # a one-pass merge's GGUF report, measured (`check=True`)
@@ -1232,14 +1613,22 @@ def check_text(report:QuantizeReport, # a one-pass merge's GGUF report, measured
     "The quantization error of the GGUF against the merged tensors: overall, and the worst tensors by SQNR"
     q = sorted((r for r in report.rows if 'sqnr_db' in r), key=lambda r: r['sqnr_db'])
     if not q: return "check: no quantized tensors"
-    mean = sum(r['sqnr_db'] for r in q if math.isfinite(r['sqnr_db'])) / max(1, sum(math.isfinite(r['sqnr_db']) for r in q))
+    mean = (sum(r['sqnr_db'] for r in q if math.isfinite(r['sqnr_db']))
+            / max(1, sum(math.isfinite(r['sqnr_db']) for r in q)))
     lines = [f"check: {report.settings['checked']} tensors read back from {report.path}, bytes as encoded; "
              f"{len(q)} quantized, mean SQNR {mean:.1f} dB; worst:"]
-    lines += [f"  {r['name']:<32} {r['scheme']:<6} SQNR {r['sqnr_db']:6.2f} dB  rel RMSE {r['rel_rmse']:.2%}" for r in q[:worst]]
+    lines += [
+        f"  {r['name']:<32} {r['scheme']:<6} SQNR {r['sqnr_db']:6.2f} dB  rel RMSE {r['rel_rmse']:.2%}"
+        for r in q[:worst]
+    ]
     return '\n'.join(lines)
 
 # %% ../nbs/03_merge.ipynb #39b78a63
-CLI_DEFAULTS = {'slerp': {'t': 0.5}, 'ties': {'density': 0.2}, 'dare_ties': {'density': 0.5}}   # the Rust crate's command line
+CLI_DEFAULTS = {
+    'slerp': {'t': 0.5},
+    'ties': {'density': 0.2},
+    'dare_ties': {'density': 0.5},
+}  # the Rust crate's command line
 
 def cli_defaults(method:str, # a method name or alias, as given to --method
                  params:dict, # the parameters the command line gave
@@ -1247,8 +1636,11 @@ def cli_defaults(method:str, # a method name or alias, as given to --method
     "`params` completed with `CLI_DEFAULTS` for what the command line left out, and a note for each default used"
     name = ALIASES.get(method, method)
     added = {k: v for k, v in CLI_DEFAULTS.get(name, {}).items() if k not in params}
-    return {**params, **added}, [f"{name}: {k} = {v}, the command's default (set it with --{k})" for k, v in added.items()]
+    return {**params, **added}, [
+        f"{name}: {k} = {v}, the command's default (set it with --{k})" for k, v in added.items()
+    ]
 
+# %% ../nbs/03_merge.ipynb #d0f85c2f
 def _numbers(text, opt):
     if text is None: return None
     try: vals = [float(v) for v in str(text).split(',') if v.strip()]
@@ -1257,30 +1649,76 @@ def _numbers(text, opt):
 
 def register_cli(subparsers):
     "Add the `merge` subcommand to the `entrenar` command"
-    p = subparsers.add_parser('merge', help='merge checkpoints (TIES, DARE, SLERP, average, …) or run a mergekit YAML recipe',
-                              description='Merge model checkpoints tensor by tensor, with mergekit\'s methods and recipes.')
-    p.add_argument('models', nargs='*', help='input models: .safetensors/.json/.yaml files or checkpoint folders')
+    p = subparsers.add_parser(
+        'merge',
+        help='merge checkpoints (TIES, DARE, SLERP, average, …) or run a mergekit YAML recipe',
+        description='Merge model checkpoints tensor by tensor, with mergekit\'s methods and recipes.',
+    )
+    p.add_argument(
+        'models', nargs='*', help='input models: .safetensors/.json/.yaml files or checkpoint folders'
+    )
     p.add_argument('--config', help='a mergekit YAML recipe (instead of models and --method)')
     short = {v: k for k, v in ALIASES.items()}   # dare_ties is `dare` on the command line
-    defaults = ', '.join(f"{short.get(m, m)} --{k} {v}" for m, d in CLI_DEFAULTS.items() for k, v in d.items())
-    p.add_argument('--method', help=f"merge method: {', '.join(sorted([*METHODS, *ALIASES]))}; defaults when omitted: {defaults}")
+    defaults = ', '.join(
+        f"{short.get(m, m)} --{k} {v}" for m, d in CLI_DEFAULTS.items() for k, v in d.items()
+    )
+    p.add_argument(
+        '--method',
+        help=f"merge method: {', '.join(sorted([*METHODS, *ALIASES]))}; defaults when omitted: {defaults}",
+    )
     p.add_argument('--base', help='base model (default: the first model, for methods that need one)')
     p.add_argument('--weights', help='weights, one per model, comma-separated (default: 1 each)')
-    for opt in ('density', 't', 'lambda', 'gamma', 'epsilon'): p.add_argument(f'--{opt}', dest=f'p_{opt}', metavar=opt.upper(), help=f"the method's {opt} (per-model ones take a comma-separated list)")
-    p.add_argument('--param', action='append', default=[], metavar='NAME=VALUE', help='any other parameter of the method (repeatable)')
-    p.add_argument('--seed', type=int, default=0, help='seed for the random methods (per tensor name; default 0)')
+    for opt in ('density', 't', 'lambda', 'gamma', 'epsilon'):
+        p.add_argument(
+            f'--{opt}',
+            dest=f'p_{opt}',
+            metavar=opt.upper(),
+            help=f"the method's {opt} (per-model ones take a comma-separated list)",
+        )
+    p.add_argument(
+        '--param',
+        action='append',
+        default=[],
+        metavar='NAME=VALUE',
+        help='any other parameter of the method (repeatable)',
+    )
+    p.add_argument(
+        '--seed', type=int, default=0, help='seed for the random methods (per tensor name; default 0)'
+    )
     p.add_argument('--dtype', help='cast inputs to this dtype first: float32, float16, bfloat16')
     p.add_argument('--out-dtype', help='output dtype (default: the inputs\')')
     p.add_argument('--shard-size', help='split the output into shards of at most this size, e.g. 5GB')
     p.add_argument('--workers', type=int, default=1, help='tensors merged in parallel threads')
-    p.add_argument('--scheduler', help='run on Dask: tcp://HOST:PORT, or local:N for N local worker processes')
+    p.add_argument(
+        '--scheduler', help='run on Dask: tcp://HOST:PORT, or local:N for N local worker processes'
+    )
     p.add_argument('--allow-nonfinite', action='store_true', help='accept NaN/inf values in the inputs')
     p.add_argument('--quiet', '-q', action='store_true', help='no progress bar or summary')
-    p.add_argument('--type', help="llama-quantize's type for a .gguf output (f16 default, q8_0, q4_0, q4_k_m, q6_k, …): merged, quantized and written in one pass")
-    p.add_argument('--gguf', metavar='FILE.gguf', help='also write the merge as a llama.cpp GGUF, from the same read of the inputs')
-    p.add_argument('--imatrix', help='an importance matrix (llama-imatrix .gguf/.dat, or `entrenar imatrix`) for the GGUF')
-    p.add_argument('--check', action='store_true', help="measure each GGUF tensor against the merged one (RMSE, SQNR), read the file back, name the worst")
-    p.add_argument('--output', '-o', required=True, help='output .safetensors/.json/.yaml file or folder, or a .gguf for llama.cpp')
+    p.add_argument(
+        '--type',
+        help="llama-quantize's type for a .gguf output (f16 default, q8_0, q4_0, q4_k_m, q6_k, …): "
+        "merged, quantized and written in one pass",
+    )
+    p.add_argument(
+        '--gguf',
+        metavar='FILE.gguf',
+        help='also write the merge as a llama.cpp GGUF, from the same read of the inputs',
+    )
+    p.add_argument(
+        '--imatrix',
+        help='an importance matrix (llama-imatrix .gguf/.dat, or `entrenar imatrix`) for the GGUF',
+    )
+    p.add_argument(
+        '--check',
+        action='store_true',
+        help="measure each GGUF tensor against the merged one (RMSE, SQNR), read the file back, name the worst",
+    )
+    p.add_argument(
+        '--output',
+        '-o',
+        required=True,
+        help='output .safetensors/.json/.yaml file or folder, or a .gguf for llama.cpp',
+    )
     p.set_defaults(func=merge_command)
     return p
 
@@ -1289,26 +1727,47 @@ def tune_allocator():
     "For the command: have glibc reuse freed memory for big arrays rather than map (and fault in) fresh pages for each"
     try: mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError): return   # not glibc
-    for option, value in ((-8, 1), (-4, 0), (-1, 2**31 - 1)): mallopt(option, value)  # M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD
+    for option, value in ((-8, 1), (-4, 0), (-1, 2**31 - 1)):
+        mallopt(option, value)  # M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD
 
+# %% ../nbs/03_merge.ipynb #846fa4ec
 def merge_command(args):
     "Run `entrenar merge` from parsed arguments"
     tune_allocator()
-    params = {k[2:]: _numbers(v, f'--{k[2:]}') for k, v in vars(args).items() if k.startswith('p_') and v is not None}
+    params = {
+        k[2:]: _numbers(v, f'--{k[2:]}')
+        for k, v in vars(args).items()
+        if k.startswith('p_') and v is not None
+    }
     for item in args.param:
         k, eq, v = item.partition('=')
         if not eq or not k: raise MergeError(f"--param takes NAME=VALUE, got {short_repr(item)}")
         params[k.strip()] = parse_yaml(v, error=MergeError, what=f'--param {k.strip()}')
     if args.weights is not None: params['weight'] = _numbers(args.weights, '--weights')
-    common = dict(seed=args.seed, dtype=args.dtype, out_dtype=args.out_dtype, shard_size=args.shard_size, workers=args.workers,
-                  allow_nonfinite=args.allow_nonfinite, quiet=args.quiet, progress=not args.quiet and sys.stderr.isatty(), client=args.scheduler,
-                  type=args.type, gguf=args.gguf, imatrix=args.imatrix, check=args.check)
+    common = dict(
+        seed=args.seed,
+        dtype=args.dtype,
+        out_dtype=args.out_dtype,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        allow_nonfinite=args.allow_nonfinite,
+        quiet=args.quiet,
+        progress=not args.quiet and sys.stderr.isatty(),
+        client=args.scheduler,
+        type=args.type,
+        gguf=args.gguf,
+        imatrix=args.imatrix,
+        check=args.check,
+    )
     if args.config:
-        if args.models or args.method or args.base or params: raise MergeError("--config gives the models, method and parameters: drop the others")
+        if args.models or args.method or args.base or params:
+            raise MergeError("--config gives the models, method and parameters: drop the others")
         s = merge_files(None, args.output, args.config, **common)
     else:
         if not args.models: raise MergeError("name the models to merge, or give a recipe with --config")
         if not args.method: raise MergeError(f"choose a --method: {', '.join(sorted([*METHODS, *ALIASES]))}")
         params, notes = cli_defaults(args.method, params)
-        s = merge_files(args.models, args.output, args.method, base=args.base, notes=notes, **common, **params)
+        s = merge_files(
+            args.models, args.output, args.method, base=args.base, notes=notes, **common, **params
+        )
     if not args.quiet or args.check: print(s)

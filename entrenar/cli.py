@@ -16,8 +16,11 @@ from .io import load_model, save_model, SaveConfig, ModelFormat, dtype_code, che
 __all__ = ['COMMAND_MODULES', 'info_command', 'convert_command', 'register_cli', 'build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #ad7483e9
-COMMAND_MODULES = ['entrenar.cli', 'entrenar.merge', 'entrenar.lora', 'entrenar.quantize', 'entrenar.gguf', 'entrenar.imatrix', 'entrenar.moe', 'entrenar.hf_pipeline']   # gguf extends quantize, convert, info, dequantize
+# gguf extends quantize, convert, info, dequantize
+COMMAND_MODULES = ['entrenar.cli', 'entrenar.merge', 'entrenar.lora', 'entrenar.quantize', 'entrenar.gguf',
+                   'entrenar.imatrix', 'entrenar.moe', 'entrenar.hf_pipeline']
 
+# %% ../nbs/10_cli.ipynb #5dbb60b5
 def _fmt_bytes(n:int) -> str:
     "A byte count for people: 1.84 MB"
     for unit, k in (('TB', 1e12), ('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
@@ -30,7 +33,8 @@ def info_command(args):
     m = load_model(args.model, lazy=True)
     s = m.summary()
     if args.json:
-        if args.tensors: s['tensor_table'] = [dict(name=t.name, shape=list(t.shape), dtype=dtype_code(t.dtype)) for t in m.specs]
+        if args.tensors:
+            s['tensor_table'] = [dict(name=t.name, shape=list(t.shape), dtype=dtype_code(t.dtype)) for t in m.specs]
         print(json.dumps(s, indent=2)); return
     print(f"name:         {s['name']}\narchitecture: {s['architecture']}\nversion:      {s['version']}")
     print(f"tensors:      {s['tensors']}\nparameters:   {s['parameters']:,}\nbytes:        {_fmt_bytes(s['bytes'])}")
@@ -58,12 +62,14 @@ def register_cli(sub):
     p.add_argument('--tensors', action='store_true', help='also list every tensor with its shape and dtype')
     p.add_argument('--json', action='store_true', help='print the description as JSON')
     p.set_defaults(func=info_command)
-    p = sub.add_parser('convert', help='convert a model between SafeTensors, JSON, YAML and GGUF (formats from the extensions)')
+    p = sub.add_parser('convert',
+                       help='convert a model between SafeTensors, JSON, YAML and GGUF (formats from the extensions)')
     p.add_argument('model', help='input model')
     p.add_argument('output', help='output file (.safetensors, .json, .yaml, .json.gz, .yaml.gz, .gguf) or folder')
     p.add_argument('--pretty', action='store_true', help='indent JSON output')
     p.add_argument('--compress', action='store_true', help='gzip JSON/YAML output')
-    p.add_argument('--shard-size', default=None, help='split SafeTensors output into shards of at most this size, e.g. 5GB')
+    p.add_argument('--shard-size', default=None,
+                   help='split SafeTensors output into shards of at most this size, e.g. 5GB')
     p.add_argument('--quiet', action='store_true', help='print nothing on success')
     p.set_defaults(func=convert_command)
 
@@ -77,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     for mod in COMMAND_MODULES: importlib.import_module(mod).register_cli(sub)
     return parser
 
+# %% ../nbs/10_cli.ipynb #d2ada856
 def main(argv:list|None=None, # arguments (default: sys.argv[1:])
         ) -> int:
     "Run the `entrenar` command; return its exit status"
@@ -98,4 +105,5 @@ def main(argv:list|None=None, # arguments (default: sys.argv[1:])
         return 0
     except Exception as e:
         if debug: raise
-        print(f"error: internal error ({type(e).__name__}: {e}); run with --debug for a traceback", file=sys.stderr); return 1
+        print(f"error: internal error ({type(e).__name__}: {e}); run with --debug for a traceback", file=sys.stderr)
+        return 1

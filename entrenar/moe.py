@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 from .errors import MergeError, IoError, reraise_as, short_repr
-from .io import check_output_is_not_input, TensorSpec, ModelMetadata, SaveConfig, ModelWriter, load_model, atomic_path, release_pages
+from .io import (check_output_is_not_input, TensorSpec, ModelMetadata, SaveConfig, ModelWriter, load_model,
+                         atomic_path, release_pages)
 from .runner import Plan, run_plan
 from .merge import TOKENIZER_FILES, model_card, parse_dtype, tensor_rng, tune_allocator
 
@@ -82,7 +83,8 @@ def _check_sanity(c:MoEConfig, allow_same:bool):
     if c.gate_mode not in GATE_MODES:
         raise MergeError(f"unknown gate_mode {short_repr(c.gate_mode)}: use one of {', '.join(GATE_MODES)}")
     if c.gate_mode in ('random', 'uniform_random'): return
-    named = [(f"experts[{i}]", e) for i, e in enumerate(c.experts)] + [("shared_experts[0]", e) for e in c.shared_experts[:1]]
+    named = ([(f"experts[{i}]", e) for i, e in enumerate(c.experts)]
+             + [("shared_experts[0]", e) for e in c.shared_experts[:1]])
     for where, e in named:
         if not e.positive_prompts:
             raise MergeError(f"{where} ({e.source_model}) has no positive_prompts, which gate_mode {c.gate_mode} needs")
@@ -186,7 +188,8 @@ def _sentencepiece_encoder(path:Path, tcfg:dict):
         import sentencepiece as spm
         from sentencepiece import sentencepiece_model_pb2 as pb
     except ImportError as e:
-        raise MergeError(f"tokenizing with {path} needs sentencepiece and protobuf (pip install entrenar[moe]): {e}") from None
+        raise MergeError(f"tokenizing with {path} needs sentencepiece and protobuf (pip install entrenar[moe]): "
+                         f"{e}") from None
     proto = pb.ModelProto()
     with reraise_as(MergeError, path=path, what='reading the tokenizer'): proto.ParseFromString(path.read_bytes())
     proto.normalizer_spec.add_dummy_prefix = False   # transformers' Metaspace adds the prefix itself
@@ -346,6 +349,7 @@ def _cast(a, dtype):
     out = a.astype(dtype); release_pages(a)
     return out
 
+# %% ../nbs/03c_moe.ipynb #7e86c804
 def _expert_weight(models, e_idx, experts, layer, proj, seed, out_dtype):
     "One expert's MLP weight, with mergekit's noise_scale and residual_scale"
     e, name = experts[e_idx], f"model.layers.{layer}.mlp.{proj}.weight"
@@ -366,6 +370,7 @@ class _Layer:
     def spec(self, name, shape): return TensorSpec(name, self.dtype, tuple(shape))
     def weight(self, proj, e, experts=None): return lambda: self.expert(self.i, proj, e, experts)
 
+# %% ../nbs/03c_moe.ipynb #21bf1b98
 def _mixtral_layer(L:_Layer) -> list:
     pre = f"model.layers.{L.i}.block_sparse_moe"
     out = [(L.spec(f"{pre}.gate.weight", L.gate.shape), lambda: L.gate)]
@@ -387,12 +392,14 @@ def _fused_layer(L:_Layer) -> list:
             (L.spec(f"{pre}.experts.gate_up_proj", (L.E, 2 * I, H)), gate_up),
             (L.spec(f"{pre}.experts.down_proj", (L.E, H, I)), down)]
 
+# %% ../nbs/03c_moe.ipynb #10e2b7ba
 def _qwen_layer(L:_Layer, shared_experts:list) -> list:
     pre = f"model.layers.{L.i}.mlp"
     out = [(L.spec(f"{pre}.gate.weight", L.gate.shape), lambda: L.gate)]
     out += [(L.spec(f"{pre}.experts.{e}.{p}.weight", L.shapes[p]), L.weight(p, e))
             for e in range(L.E) for p in MLP_PROJS]
-    out += [(L.spec(f"{pre}.shared_expert.{p}.weight", L.shapes[p]), L.weight(p, 0, shared_experts)) for p in MLP_PROJS]
+    out += [(L.spec(f"{pre}.shared_expert.{p}.weight", L.shapes[p]), L.weight(p, 0, shared_experts))
+            for p in MLP_PROJS]
     return out + [(L.spec(f"{pre}.shared_expert_gate.weight", L.shared.shape), lambda: L.shared)]
 
 # %% ../nbs/03c_moe.ipynb #26cf9c38
@@ -401,7 +408,7 @@ _MLP = re.compile(r'^model\.layers\.(\d+)\.mlp\.')
 def plan_moe(c:MoEConfig, # the configuration
              models:dict, # path -> (lazy) `Model`
              gates:np.ndarray, # router rows, (n_layers, n_experts, hidden_size)
-             shared_gates:np.ndarray|None=None, # Qwen2-MoE: the shared expert's router rows, (n_layers, 1, hidden_size)
+             shared_gates:np.ndarray|None=None, # Qwen2-MoE's shared-expert router rows, (n_layers, 1, hidden_size)
              layout:str='mixtral', # 'mixtral' or 'fused' (Mixtral output only)
              seed:int=0, # seeds noise_scale
              out_dtype=None, # the output's dtype (None: each tensor's own)
@@ -423,7 +430,8 @@ def plan_moe(c:MoEConfig, # the configuration
         if c.shared_experts: plan += _qwen_layer(L, c.shared_experts)
         else: plan += _mixtral_layer(L) if layout == 'mixtral' else _fused_layer(L)
     if missing := sorted(set(range(len(gates))) - done):
-        raise MergeError(f"the base {c.base_model} has no MLP tensors in layers {missing}: nowhere to put their experts")
+        raise MergeError(f"the base {c.base_model} has no MLP tensors in layers {missing}: "
+                         "nowhere to put their experts")
     return plan
 
 def _copied(c, base, s, out_dtype) -> list:
@@ -470,7 +478,8 @@ def _extras(out:Path, c:MoEConfig, base_cfg:dict, out_dtype, arch:str, text:str)
     files = {'config.json': json.dumps(moe_config_json(base_cfg, c, out_dtype), indent=2) + '\n'}
     for n in TOKENIZER_FILES:   # transformers loads the output as it is; llama.cpp's converter finds the vocabulary
         if (Path(c.base_model) / n).is_file():
-            with reraise_as(IoError, path=Path(c.base_model) / n, what='reading'): files[n] = (Path(c.base_model) / n).read_bytes()
+            with reraise_as(IoError, path=Path(c.base_model) / n, what='reading'):
+                files[n] = (Path(c.base_model) / n).read_bytes()
     return {**files, 'mergekit_moe_config.yml': text, 'README.md': _moe_card(out.name, c, arch, text)}
 
 def _make(sources, task) -> tuple:
@@ -486,7 +495,8 @@ def load_moe_config(config, # a path to mergekit-moe YAML, YAML text, a dict or 
     "`(MoEConfig, its YAML text)`"
     if isinstance(config, MoEConfig):
         return config, yaml.safe_dump(json.loads(json.dumps(config, default=vars)), sort_keys=False)
-    if isinstance(config, dict): return parse_moe_config(config, None, allow_same), yaml.safe_dump(config, sort_keys=False)
+    if isinstance(config, dict):
+        return parse_moe_config(config, None, allow_same), yaml.safe_dump(config, sort_keys=False)
     is_file = isinstance(config, str) and '\n' not in config and config.lower().endswith(('.yml', '.yaml'))
     if isinstance(config, Path) or is_file:
         p = Path(config)
@@ -522,7 +532,8 @@ def build_moe(config, # a path to mergekit-moe YAML, YAML text, a dict or an `Mo
     save = SaveConfig().with_shard_size(shard_size) if shard_size else None
     writer = ModelWriter(out, [s for s, _ in plan], meta, save)
     if not writer.is_dir: raise MergeError("the MoE output is a folder, not a file", path=out)
-    for name, data in _extras(out, c, base_cfg, out_dtype, arch, text).items(): writer.add_file(name, data)   # published with the tensors
+    for name, data in _extras(out, c, base_cfg, out_dtype, arch, text).items():
+        writer.add_file(name, data)   # published with the tensors
     run_plan(Plan(_make, plan, desc='moe', error=MergeError), writer, progress=progress)
     notes = [f"layers {bad} have near-parallel router rows (condition number > 5): some experts will be underused"
              for bad in [degenerate_layers(gates[:, :len(c.experts)])] if bad]
@@ -542,7 +553,8 @@ def register_cli(sub):
     p = sub.add_parser('moe', help='build a Mixtral-style mixture of experts from dense models (a mergekit-moe config)',
                        description='Build a sparse mixture-of-experts checkpoint from dense Llama/Mistral experts, '
                                    'as mergekit-moe does.')
-    p.add_argument('config', help="mergekit-moe YAML: base_model, gate_mode, experts (source_model, positive_prompts…)")
+    p.add_argument('config',
+                   help="mergekit-moe YAML: base_model, gate_mode, experts (source_model, positive_prompts…)")
     p.add_argument('output', help='output folder')
     p.add_argument('--seed', type=int, default=0, help='seed of random gates and noise_scale (default 0)')
     p.add_argument('--layout', choices=LAYOUTS, default='mixtral',

@@ -49,7 +49,8 @@ class Sources:
     def __repr__(self): return f"Sources({', '.join(map(str, self.paths))})"
     def __getstate__(self):
         held = [r for r, p in self.paths.items() if p is None]
-        if held: raise EntrenarError(f"model {held[0]!r} is held in memory: a cluster run reads its inputs from files every worker can open; pass paths")
+        if held: raise EntrenarError(f"model {held[0]!r} is held in memory: a cluster run reads its inputs from files "
+                                     "every worker can open; pass paths")
         return {'_given': {}, 'paths': self.paths}
 
 def _portable(m) -> str|None:
@@ -81,9 +82,11 @@ class Failure:
     path: str|None = None
     tensor: str|None = None
     @classmethod
-    def of(cls, e:EntrenarError): return cls(type(e).__name__, e.message, None if e.path is None else str(e.path), e.tensor)
+    def of(cls, e:EntrenarError):
+        return cls(type(e).__name__, e.message, None if e.path is None else str(e.path), e.tensor)
     def reraise(self): raise getattr(errors, self.kind, EntrenarError)(self.message, path=self.path, tensor=self.tensor)
 
+# %% ../nbs/02c_runner.ipynb #3a57f335
 def _host(v): return download(v) if is_device_array(v) else v
 
 def run_group(work:Callable, sources:Sources|None, args:tuple, # the plan's
@@ -110,7 +113,8 @@ class Threads:
     def __repr__(self): return f"Threads({self.n})"
     def map(self, fn:Callable, groups):
         if self.n == 1: yield from map(fn, groups); return
-        if (backend := get_backend()) != 'numpy': fn = functools.partial(_on_backend, backend, fn)   # threads start on numpy
+        if (backend := get_backend()) != 'numpy':
+            fn = functools.partial(_on_backend, backend, fn)   # threads start on numpy
         ex = ThreadPoolExecutor(self.n)
         try: yield from in_order(lambda g: ex.submit(fn, g), groups, 2 * self.n, lambda f: f.result())
         finally: ex.shutdown(wait=True, cancel_futures=True)
@@ -132,12 +136,14 @@ class NullSink:
     def write(self, name, value): pass
     def __exit__(self, *exc): return False
 
+# %% ../nbs/02c_runner.ipynb #0725674a
 class DictSink(dict):
     "A sink that keeps every output in memory, by name"
     def __enter__(self): return self
     def write(self, name, value): self[name] = value
     def __exit__(self, *exc): return False
 
+# %% ../nbs/02c_runner.ipynb #23cd1476
 class MultiSink:
     "Several sinks as one: an output named `(key, name)` goes to `sinks[key]` as `name`; all open and close together"
     def __init__(self, **sinks): self.sinks = sinks
@@ -187,11 +193,12 @@ def _groups(plan:Plan, group_bytes:int) -> list:
         cur.append(t); size += s
     return groups + ([cur] if cur else [])
 
+# %% ../nbs/02c_runner.ipynb #e24b90d4
 def run_plan(plan:Plan, # the tasks and their work
              sink=None, # where the outputs go (default: nowhere, `NullSink`)
              executor=None, # `Threads(n)`, a `DaskExecutor` (default: `Threads(1)`)
              progress:bool|None=False, # a progress bar over tasks (None: where tqdm can show one)
-             read_ahead:int|None=None, # bytes of the coming tasks' inputs asked of the kernel ahead (None: `READ_AHEAD`; 0: none)
+             read_ahead:int|None=None, # bytes of the coming tasks' inputs to prefetch (None: `READ_AHEAD`; 0: none)
             ) -> list:
     "Run every task of `plan` on `executor`, writing their outputs to `sink` in plan order; each task's info"
     ex, infos = executor or Threads(1), []
@@ -199,14 +206,17 @@ def run_plan(plan:Plan, # the tasks and their work
     limit = READ_AHEAD if read_ahead is None else read_ahead
     if limit > 0 and plan.reads is not None and plan.sources is not None and getattr(ex, 'local', False):
         groups = _reading_ahead(plan, groups, limit)
-    bar = dict(total=len(plan.tasks), desc=plan.desc, unit='tensor', leave=False, disable={True: False, None: None}.get(progress, True))
-    with (sink if sink is not None else NullSink()) as out, tqdm(**bar) as pbar, contextlib.closing(ex.map(fn, groups)) as results:
+    bar = dict(total=len(plan.tasks), desc=plan.desc, unit='tensor', leave=False,
+               disable={True: False, None: None}.get(progress, True))
+    with (sink if sink is not None else NullSink()) as out, tqdm(**bar) as pbar, \
+         contextlib.closing(ex.map(fn, groups)) as results:
         for done in results:
             if isinstance(done, Failure): done.reraise()
             for outputs, info in done:
                 for name, value in outputs:
                     out.write(name, value)
-                    if isinstance(value, np.ndarray): release_pages(value)   # an input's tensor passed on as it is: its pages go
+                    # an input's tensor passed on as it is: its pages go
+                    if isinstance(value, np.ndarray): release_pages(value)
                 infos.append(info)
             pbar.update(len(done))
     return infos

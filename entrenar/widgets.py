@@ -16,8 +16,8 @@ from .errors import EntrenarError, MergeError, TensorNotFoundError
 from .backend import to_numpy
 from .io import Model, load_model, is_float_dtype
 from .merge import METHODS, get_method, check_inputs, merge_tensors
-from .quantize import (GRANULARITIES, METHODS as QUANT_METHODS, quantize_model, quantize_tensor, resolve_scheme,
-                               scheme_bits, tensor_error)
+from .quantize import (GRANULARITIES, METHODS as QUANT_METHODS, quantize_model, quantize_tensor,
+                               resolve_scheme, scheme_bits, tensor_error)
 
 # %% auto #0
 __all__ = ['figure_png', 'html_table', 'Explorer', 'merge_stats', 'MergeExplorer', 'QuantExplorer']
@@ -30,12 +30,15 @@ def figure_png(fig:Figure, # a matplotlib figure
     fig.savefig(buf, format='png', dpi=dpi)
     return buf.getvalue()
 
+# %% ../nbs/06_widgets.ipynb #02ea8098
 def html_table(header:list, # column titles
                rows:list, # lists of cells (already formatted strings)
               ) -> str:
     "A small HTML table, escaped"
     th = ''.join(f'<th style="text-align:left;padding:2px 8px">{html.escape(str(h))}</th>' for h in header)
-    trs = ''.join('<tr>' + ''.join(f'<td style="padding:2px 8px;font-family:monospace">{html.escape(str(c))}</td>' for c in r) + '</tr>' for r in rows)
+    trs = ''.join('<tr>' + ''.join(f'<td style="padding:2px 8px;font-family:monospace">{html.escape(str(c))}</td>'
+                                   for c in r) + '</tr>'
+                  for r in rows)
     return f'<table class="entrenar-table"><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>'
 
 # %% ../nbs/06_widgets.ipynb #3630b503
@@ -62,7 +65,8 @@ class Explorer:
         return f'<div class="entrenar-explorer">{self.status.value}{self.summary.value}{self.table.value}{fig}</div>'
     def _repr_mimebundle_(self, **kwargs):
         if _live_kernel(): return {**self.ui._repr_mimebundle_(**kwargs), 'text/html': self.snapshot()}
-        return {'text/html': self.snapshot(), 'text/plain': f"{type(self).__name__}: {html.unescape(re.sub('<[^>]+>', '', self.status.value))}"}
+        return {'text/html': self.snapshot(),
+                'text/plain': f"{type(self).__name__}: {html.unescape(re.sub('<[^>]+>', '', self.status.value))}"}
 
 # %% ../nbs/06_widgets.ipynb #6255e470
 def _cosine(a, b) -> float:
@@ -83,12 +87,6 @@ def merge_stats(merged, # the merged tensor
                 sign_agreement=float(np.mean(rates)) if rates else math.nan)
 
 # %% ../nbs/06_widgets.ipynb #da66d7a2
-def _method_fits(m, n:int) -> bool:
-    "Whether method `m` accepts `n` models (the first as base when it uses one)"
-    try: check_inputs(m, n if m.base == 'none' else n - 1, m.base != 'none')
-    except MergeError: return False
-    return True
-
 def _as_model(m) -> Model: return m if isinstance(m, Model) else load_model(m, lazy=True)
 
 class MergeExplorer(Explorer):
@@ -103,7 +101,8 @@ class MergeExplorer(Explorer):
         if len(self.models) < 2: raise MergeError(f"MergeExplorer needs at least two models, got {len(self.models)}")
         self.labels = list(labels or [m.metadata.name for m in self.models])
         names = [s.name for s in self.models[0].specs if is_float_dtype(s.dtype)]
-        if tensor is not None and tensor not in names: raise TensorNotFoundError(f"no float tensor {tensor!r} in {self.labels[0]}", tensor=tensor)
+        if tensor is not None and tensor not in names:
+            raise TensorNotFoundError(f"no float tensor {tensor!r} in {self.labels[0]}", tensor=tensor)
         self.names, self.bins, self.progress = [tensor] if tensor else names, bins, progress
         self.inputs = {n: [to_numpy(m.get_parameter(n)) for m in self.models] for n in self.names}
         self.merged, self.rows, self.error = {}, [], None
@@ -111,11 +110,19 @@ class MergeExplorer(Explorer):
         self.update()
 
 # %% ../nbs/06_widgets.ipynb #ae48f2a8
+def _method_fits(m, n:int) -> bool:
+    "Whether method `m` accepts `n` models (the first as base when it uses one)"
+    try: check_inputs(m, n if m.base == 'none' else n - 1, m.base != 'none')
+    except MergeError: return False
+    return True
+
+# %% ../nbs/06_widgets.ipynb #35bc6104
 @patch
 def _build(self:MergeExplorer, method:str):
     n, W = len(self.models), widgets
     options = [m.name for m in METHODS.values() if _method_fits(m, n)]
-    if method not in options: raise MergeError(f"{method} does not take {n} models: choose one of {', '.join(options)}")
+    if method not in options:
+        raise MergeError(f"{method} does not take {n} models: choose one of {', '.join(options)}")
     self.method = W.Dropdown(options=options, value=method, description='method')
     self.t = W.FloatSlider(value=0.5, min=0, max=1, step=0.05, description='t')
     self.density = W.FloatSlider(value=0.5, min=0.05, max=1, step=0.05, description='density')
@@ -126,9 +133,11 @@ def _build(self:MergeExplorer, method:str):
     self.log = W.Output()
     for w in (self.method, self.t, self.density, self.seed, *self.weights): w.observe(self.update, names='value')
     self.tensor.observe(self.redraw, names='value')   # another tensor: the same merge, another figure
-    controls = W.VBox([self.method, self.t, self.density, W.HTML('<b>weights</b>'), *self.weights, self.seed, self.tensor])
+    controls = W.VBox([self.method, self.t, self.density, W.HTML('<b>weights</b>'), *self.weights, self.seed,
+                       self.tensor])
     self.ui = W.VBox([W.HBox([controls, W.VBox([self.status, self.table])]), self.plot, self.log])
 
+# %% ../nbs/06_widgets.ipynb #e9c56784
 @patch
 def params(self:MergeExplorer) -> dict:
     "The current method's parameters from the widgets (and greys out the widgets it does not use)"
@@ -139,7 +148,8 @@ def params(self:MergeExplorer) -> dict:
     p = {}
     if 't' in used: p['t'] = self.t.value
     if 'density' in used: p['density'] = self.density.value
-    if 'weight' in used: p['weight'] = [w.value for w in (self.weights if m.base == 'none' else self.weights[1:])]
+    if 'weight' in used:
+        p['weight'] = [w.value for w in (self.weights if m.base == 'none' else self.weights[1:])]
     return p
 
 # %% ../nbs/06_widgets.ipynb #c728b39f
@@ -149,17 +159,23 @@ def update(self:MergeExplorer, *_):
     method, params, seed = self.method.value, self.params(), int(self.seed.value)
     with self.log:
         try:
-            bar = tqdm(self.names, desc='merge', unit='tensor', leave=False, disable=None if self.progress and len(self.names) > 8 else True)
-            merged = {n: to_numpy(merge_tensors(method, self.inputs[n][1:], base=self.inputs[n][0], name=n, seed=seed, **params)) for n in bar}
+            bar = tqdm(self.names, desc='merge', unit='tensor', leave=False,
+                       disable=None if self.progress and len(self.names) > 8 else True)
+            merged = {n: to_numpy(merge_tensors(method, self.inputs[n][1:], base=self.inputs[n][0], name=n, seed=seed,
+                                                **params))
+                      for n in bar}
         except EntrenarError as e:
             self.error = str(e); self.status.value = f'<p style="color:#b00020">error: {html.escape(self.error)}</p>'
             return
     self.merged, self.error = merged, None
     self.rows = [dict(name=n, **merge_stats(merged[n], self.inputs[n])) for n in self.names]
     shown = ', '.join(f'{k}={v if not isinstance(v, list) else [round(x, 3) for x in v]}' for k, v in params.items())
-    self.status.value = f'<p><b>{html.escape(method)}</b> {html.escape(shown)}{f" seed={seed}" if get_method(method).random else ""}</p>'
+    self.status.value = (f'<p><b>{html.escape(method)}</b> {html.escape(shown)}'
+                         f'{f" seed={seed}" if get_method(method).random else ""}</p>')
     self.table.value = html_table(['tensor', 'norm', *[f'cos {l}' for l in self.labels], 'sign agreement'],
-                                  [[r['name'], f"{r['norm']:.4f}", *[f'{c:.5f}' for c in r['cosine']], f"{r['sign_agreement']:.2%}"] for r in self.rows])
+                                  [[r['name'], f"{r['norm']:.4f}", *[f'{c:.5f}' for c in r['cosine']],
+                                    f"{r['sign_agreement']:.2%}"]
+                                   for r in self.rows])
     self.redraw()
 
 # %% ../nbs/06_widgets.ipynb #d8d77d21
@@ -173,7 +189,8 @@ def figure(self:MergeExplorer) -> Figure:
     for x, l in zip(xs, self.labels): ax0.hist(x.ravel().astype(np.float32), bins=bins, histtype='step', label=l)
     ax0.hist(m.ravel().astype(np.float32), bins=bins, alpha=0.35, color='k', label='merged')
     ax0.set(title=f'values of {name}', yscale='log'); ax0.legend(fontsize=7)
-    for x, l in zip(xs[1:], self.labels[1:]): ax1.hist((x - xs[0]).ravel().astype(np.float32), bins=self.bins, histtype='step', label=l)
+    for x, l in zip(xs[1:], self.labels[1:]):
+        ax1.hist((x - xs[0]).ravel().astype(np.float32), bins=self.bins, histtype='step', label=l)
     ax1.hist((m - xs[0]).ravel().astype(np.float32), bins=self.bins, alpha=0.35, color='k', label='merged')
     ax1.set(title=f'task vectors (minus {self.labels[0]})', yscale='log'); ax1.legend(fontsize=7)
     fig.tight_layout()
@@ -189,18 +206,22 @@ class QuantExplorer(Explorer):
                  bins:int=80, # histogram bins
                  progress:bool=True): # a progress bar while quantizing
         self.model = model if isinstance(model, Model) else load_model(model)
-        specs = [s for s in self.model.specs if is_float_dtype(s.dtype) and len(s.shape) >= (1 if include_1d else 2)]
+        specs = [s for s in self.model.specs
+                 if is_float_dtype(s.dtype) and len(s.shape) >= (1 if include_1d else 2)]
         if not specs: raise EntrenarError(f"{self.model.metadata.name} has no tensor to quantize")
         names = [s.name for s in specs]
-        if tensor is not None and tensor not in names: raise TensorNotFoundError(f"no quantizable tensor {tensor!r}", tensor=tensor)
+        if tensor is not None and tensor not in names:
+            raise TensorNotFoundError(f"no quantizable tensor {tensor!r}", tensor=tensor)
         self.include_1d, self.bins, self.progress, self.report, self.error = include_1d, bins, progress, None, None
         W = widgets
         self.bits = W.Dropdown(options=list(range(2, 9)), value=bits, description='bits')
         self.method = W.Dropdown(options=list(QUANT_METHODS), value=method, description='method')
         self.granularity = W.Dropdown(options=list(GRANULARITIES), value=granularity, description='granularity')
         self.block_size = W.Dropdown(options=[16, 32, 64, 128], value=block_size, description='block size')
-        self.tensor = W.Dropdown(options=names, value=tensor or max(specs, key=lambda s: s.size).name, description='tensor')
-        self.status, self.summary, self.table, self.plot, self.log = W.HTML(), W.HTML(), W.HTML(), W.Image(format='png'), W.Output()
+        self.tensor = W.Dropdown(options=names, value=tensor or max(specs, key=lambda s: s.size).name,
+                                 description='tensor')
+        self.status, self.summary, self.table, self.plot, self.log = (W.HTML(), W.HTML(), W.HTML(),
+                                                                      W.Image(format='png'), W.Output())
         for w in (self.bits, self.method, self.granularity, self.block_size): w.observe(self.update, names='value')
         self.tensor.observe(self.redraw, names='value')
         controls = W.VBox([self.bits, self.method, self.granularity, self.block_size, self.tensor])
@@ -210,16 +231,19 @@ class QuantExplorer(Explorer):
 # %% ../nbs/06_widgets.ipynb #f059707f
 @patch
 def scheme(self:QuantExplorer, bits=None) -> str:
-    return resolve_scheme(self.bits.value if bits is None else bits, self.method.value, self.granularity.value, self.block_size.value)
+    return resolve_scheme(self.bits.value if bits is None else bits, self.method.value, self.granularity.value,
+                          self.block_size.value)
 
+# %% ../nbs/06_widgets.ipynb #0818e42d
 @patch
 def update(self:QuantExplorer, *_):
     "Quantize again with the widgets' values and refresh the summary, the table and the figure"
     with self.log:
         try:
             scheme = self.scheme()
-            rep = quantize_model(self.model, bits=self.bits.value, method=self.method.value, granularity=self.granularity.value,
-                                 block_size=self.block_size.value, include_1d=self.include_1d, report=True, quiet=not self.progress)
+            rep = quantize_model(self.model, bits=self.bits.value, method=self.method.value,
+                                 granularity=self.granularity.value, block_size=self.block_size.value,
+                                 include_1d=self.include_1d, report=True, quiet=not self.progress)
         except EntrenarError as e:
             self.error = str(e); self.status.value = f'<p style="color:#b00020">error: {html.escape(self.error)}</p>'
             return
@@ -228,12 +252,14 @@ def update(self:QuantExplorer, *_):
     self.summary.value = (f"<p>bytes: {s['bytes_before']:,} → {s['bytes_after']:,} ({s['ratio']:.2f}× smaller); "
                           f"{s['tensors_quantized']} tensors quantized, {s['tensors_kept']} kept</p>")
     rows = [[r['name'], r['scheme'], f"{r['bytes_before']:,}", f"{r['bytes_after']:,}",
-             *((f"{r['rmse']:.4g}", f"{r['sqnr_db']:.2f}", f"{r['max_abs_error']:.4g}") if r['scheme'] != 'none' else (f"kept: {r['reason']}", '', ''))]
+             *((f"{r['rmse']:.4g}", f"{r['sqnr_db']:.2f}", f"{r['max_abs_error']:.4g}") if r['scheme'] != 'none'
+               else (f"kept: {r['reason']}", '', ''))]
             for r in rep.rows]
-    self.table.value = html_table(['tensor', 'scheme', 'bytes before', 'bytes after', 'RMSE', 'SQNR dB', 'max error'], rows)
+    self.table.value = html_table(['tensor', 'scheme', 'bytes before', 'bytes after', 'RMSE', 'SQNR dB', 'max error'],
+                                  rows)
     self.redraw()
 
-# %% ../nbs/06_widgets.ipynb #0818e42d
+# %% ../nbs/06_widgets.ipynb #f471783a
 @patch
 def bits_curve(self:QuantExplorer, x) -> list:
     "(scheme, bits per weight, relative RMSE) for each width 2..8 that the current method and granularity allow"
@@ -244,6 +270,7 @@ def bits_curve(self:QuantExplorer, x) -> list:
         out.append((s, scheme_bits(s), tensor_error(x, quantize_tensor(x, s).dequantize())['rel_rmse']))
     return out
 
+# %% ../nbs/06_widgets.ipynb #f733c5ca
 @patch
 def figure(self:QuantExplorer) -> Figure:
     "Error histogram of the chosen tensor, and its bits-vs-error curve"
@@ -258,6 +285,7 @@ def figure(self:QuantExplorer) -> Figure:
     for s, b, e in curve: ax1.annotate(s, (b, e * 100), fontsize=7, xytext=(3, 3), textcoords='offset points')
     cur = [c for c in curve if c[0] == scheme]
     if cur: ax1.plot([cur[0][1]], [cur[0][2] * 100], 'o', color='tab:red', markersize=10, label='current')
-    ax1.set(title=f'bits vs error ({self.method.value}, {self.granularity.value})', xlabel='bits per weight', ylabel='relative RMSE (%)', yscale='log')
+    ax1.set(title=f'bits vs error ({self.method.value}, {self.granularity.value})', xlabel='bits per weight',
+            ylabel='relative RMSE (%)', yscale='log')
     fig.tight_layout()
     return fig

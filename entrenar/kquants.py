@@ -29,6 +29,7 @@ def nearest_int(v):
 
 def _round(v): return nearest_int(v).astype(_F32)
 
+# %% ../nbs/04a_kquants.ipynb #cfd3a7a7
 def ssum(a, # float32 `(n, m)`: n terms for each of m sums
          start:bool=True, # start from 0.0 as a C loop does (else from the first term)
         ):
@@ -40,8 +41,10 @@ def ssum(a, # float32 `(n, m)`: n terms for each of m sums
     for r in a[1:]: acc += r
     return acc
 
+# %% ../nbs/04a_kquants.ipynb #74fc48d9
 def _absmax(X):
-    "The signed value of largest magnitude in each column (the first on ties; C's `fabsf(x) > amax` never picks a NaN)"
+    ("The signed value of largest magnitude in each column "
+     "(the first on ties; C's `fabsf(x) > amax` never picks a NaN)")
     xp = get_array_module(X)
     a = abs(X)
     a[a != a] = 0
@@ -114,7 +117,7 @@ def make_q3_quants(X, # float32 `(n, m)` sub-blocks as columns
 def make_qkx2_quants(X, # float32 `(n, m)` sub-blocks as columns
                      W, # their weights, like X
                      nmax:int, # levels run from 0 to nmax
-                     rmin:float, rdelta:float, nstep:int, # the tries: iscale = (rmin + rdelta*i + nmax)/range, i = 0..nstep
+                     rmin:float, rdelta:float, nstep:int, # tries: iscale = (rmin + rdelta*i + nmax)/range, i <= nstep
                      mad:bool, # weigh absolute errors (else squared)
                     ):
     "ggml's `make_qkx2_quants`: scale (m,), minimum to subtract (m,), levels (n, m) uint8"
@@ -154,7 +157,8 @@ def make_qkx2_quants(X, # float32 `(n, m)` sub-blocks as columns
             better = (D > 0) & (cur < best) & ~flat
             if not better.any(): continue
             xp.copyto(L, l, where=better)
-            best, scale, mn = xp.where(better, cur, best), xp.where(better, this_scale, scale), xp.where(better, this_min, mn)
+            best, scale, mn = (xp.where(better, cur, best), xp.where(better, this_scale, scale),
+                               xp.where(better, this_min, mn))
             xp.subtract(X, mn, out=XM, where=better)   # the next tries start from the new minimum, as in C
     L[:, flat] = 0; scale[flat] = 0
     return scale, -mn, L.astype(np.uint8)
@@ -171,7 +175,8 @@ def _rows(L, n):
 def _f16(v): return v.astype(np.float16)
 def _f32(h): return h.astype(_F32)
 def _put(out, off, h): out[:, off:off + 2] = h.view(np.uint8).reshape(-1, 2)
-def _get(data, off): return get_array_module(data).ascontiguousarray(data[:, off:off + 2]).view(np.float16).astype(_F32)   # (n, 1)
+def _get(data, off):   # (n, 1)
+    return get_array_module(data).ascontiguousarray(data[:, off:off + 2]).view(np.float16).astype(_F32)
 
 def _requantize(xb, d, dm, lo:int, hi:int, L, shift:int):
     "Quantize (n, 256) values again with the stored sub-scales `d` (n, k) (and mins `dm`), where d != 0"
@@ -196,7 +201,8 @@ def _unpack2(qs):
 COMPILED = True   # numpy arrays take the compiled loops where there are some
 
 def _qkx2_rows(x, rms, nmax, rmin, rdelta, nstep, mad, scales, mins, L):
-    "make_qkx2_quants of every row of x (m, S); weights |x|, or rms + |x| (Q4_K/Q5_K); C's float32 operations in C's order"
+    ("make_qkx2_quants of every row of x (m, S); weights |x|, or rms + |x| (Q4_K/Q5_K); "
+     "C's float32 operations in C's order")
     m, S = x.shape
     laux, w = np.empty(S, np.uint8), np.empty(S, np.float32)
     zero, one, magic = np.float32(0), np.float32(1), np.float32(12582912.0)
@@ -230,7 +236,8 @@ def _qkx2_rows(x, rms, nmax, rmin, rdelta, nstep, mad, scales, mins, L):
             finite = np.isfinite(iscale)
             sum_l, sum_l2, sum_xl = zero, zero, zero
             for i in range(S):
-                l = min(max(int(np.float32(np.float32(iscale * (xs[i] - mn) + magic) - magic)), 0), nmax) if finite else 0
+                l = (min(max(int(np.float32(np.float32(iscale * (xs[i] - mn) + magic) - magic)), 0), nmax)
+                     if finite else 0)
                 laux[i] = l
                 wl = w[i] * np.float32(l)
                 sum_l += wl; sum_l2 += wl * np.float32(l); sum_xl += wl * xs[i]
@@ -279,7 +286,9 @@ def _qx_rows(x, nmax, scales, L):
                 w = xs[i] * xs[i]
                 sumlx += w * xs[i] * np.float32(l); suml2 += w * np.float32(l) * np.float32(l)
             if suml2 > zero and sumlx * sumlx > best * suml2:
-                for i in range(S): L[j, i] = min(max(int(np.float32(np.float32(iscale * xs[i] + magic) - magic)), -nmax), nmax - 1) + nmax
+                for i in range(S):
+                    L[j, i] = (min(max(int(np.float32(np.float32(iscale * xs[i] + magic) - magic)), -nmax), nmax - 1)
+                               + nmax)
                 scale = sumlx / suml2; best = scale * sumlx
         scales[j] = scale
 
@@ -362,7 +371,8 @@ def _qkx2_subblocks(xb, # float32 (n, 256) super-blocks
 
 # %% ../nbs/04a_kquants.ipynb #231e9a03
 def _scales_q6_k(scales):
-    "int8 sub-scales against d = -max/128 (max: the sub-scale of largest magnitude, signed), d as f16, and the all-zero blocks"
+    ("int8 sub-scales against d = -max/128 (max: the sub-scale of largest magnitude, signed), "
+     "d as f16, and the all-zero blocks")
     xp = get_array_module(scales)
     mxs = _absmax(xp.ascontiguousarray(scales.T))
     blank = abs(mxs) < _EPS
@@ -421,7 +431,8 @@ def _unpack_k4(s):
     return sc.astype(_F32), m.astype(_F32)
 
 def _pack_k45(xb, L, ls, lm, d16, m16, nmax):
-    "Requantize with the stored sub-scales and mins, as `get_scale_min_k4` reads them back, and pack Q4_K (nmax 15) or Q5_K (31)"
+    ("Requantize with the stored sub-scales and mins, as `get_scale_min_k4` reads them back, "
+     "and pack Q4_K (nmax 15) or Q5_K (31)")
     xp = get_array_module(L)
     n, packed = L.shape[0], _pack_k4(ls, lm)
     sc, m = _unpack_k4(packed)
@@ -487,7 +498,8 @@ def dequantize_q5_k(data, # uint8 (n, 176)
 def _pack_q2_k(xb, L, sc, d16, m16):
     "Requantize with the stored nibble scales and mins `sc` (n, 16) and pack: scales, qs, d, dmin"
     n = L.shape[0]
-    _requantize(xb, _f32(d16)[:, None] * (sc & 15).astype(_F32), _f32(m16)[:, None] * (sc >> 4).astype(_F32), 0, 3, L, 0)
+    _requantize(xb, _f32(d16)[:, None] * (sc & 15).astype(_F32), _f32(m16)[:, None] * (sc >> 4).astype(_F32),
+                0, 3, L, 0)
     out = get_array_module(L).empty((n, 84), np.uint8)
     out[:, :16] = sc
     out[:, 16:80] = _pack2(L.reshape(n, 2, 4, 32))
@@ -616,7 +628,8 @@ def make_qkx3_quants(X, # float32 `(n, m)` sub-blocks as columns
         better = (D > 0) & (cur < best) & ~flat
         if not better.any(): continue
         xp.copyto(L, l, where=better)
-        best, scale, mn = xp.where(better, cur, best), xp.where(better, this_scale, scale), xp.where(better, this_min, mn)
+        best, scale, mn = (xp.where(better, cur, best), xp.where(better, this_scale, scale),
+                           xp.where(better, this_min, mn))
     L[:, flat] = 0; scale[flat] = 0
     return scale, -mn, L.astype(np.uint8)
 
@@ -732,7 +745,8 @@ def weighted_levels(x, # float32 (rows, n), n a multiple of 32
                     symmetric:bool, # Q4_0/Q5_0, else Q4_1/Q5_1
                     imatrix, # float32 (n,): each column's importance
                    ) -> tuple:
-    "The legacy types' weighted search: per block of 32, the float32 scale, the minimum (asymmetric) and the levels (n, 32)"
+    ("The legacy types' weighted search: per block of 32, the float32 scale, the minimum (asymmetric) "
+     "and the levels (n, 32)")
     xp = get_array_module(x)
     with np.errstate(all='ignore'):
         W = _weights(x, xp.asarray(imatrix, dtype=_F32)[None, :], False).reshape(-1, 32)

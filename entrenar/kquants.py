@@ -292,6 +292,7 @@ def _qx_rows(x, nmax, scales, L):
                 scale = sumlx / suml2; best = scale * sumlx
         scales[j] = scale
 
+# %% ../nbs/04a_kquants.ipynb #2f153171
 def _q3_rows(x, nmax, scales, L):
     "make_q3_quants (with its refinement passes) of every row of x (m, S), as C computes it"
     m, S = x.shape
@@ -341,6 +342,7 @@ def _kernels():
     jit = numba.njit(nogil=True, cache=True, error_model='numpy')
     return jit(_qkx2_rows), jit(_qx_rows), jit(_q3_rows)
 
+# %% ../nbs/04a_kquants.ipynb #d22438e8
 def _symmetric_subblocks(xb, nmax:int, q3:bool):
     "make_qx_quants (Q6_K) or make_q3_quants (Q3_K) on every sub-block of 16: scales (n*16,), levels (n, 256) uint8"
     xp, n = get_array_module(xb), xb.shape[0]
@@ -352,6 +354,7 @@ def _symmetric_subblocks(xb, nmax:int, q3:bool):
     scale, L = (make_q3_quants if q3 else make_qx_quants)(_cols(xb, 16), nmax)
     return scale, _rows(L, n)
 
+# %% ../nbs/04a_kquants.ipynb #74f82659
 def _qkx2_subblocks(xb, # float32 (n, 256) super-blocks
                     size:int, # values per sub-block
                     rms:bool, # weights rms + |x| (Q4_K, Q5_K), else |x| (Q2_K)
@@ -398,12 +401,14 @@ def _pack_q6_k(xb, L, sc, d16, blank):
     out[blank] = 0
     return out
 
+# %% ../nbs/04a_kquants.ipynb #ae2e855f
 def quantize_q6_k(xb, # float32 (n, 256)
                  ):
     "Q6_K bytes (n, 210) of super-blocks, as ggml's `quantize_row_q6_K_ref`"
     scale, L = _symmetric_subblocks(xb, 32, False)
     return _pack_q6_k(xb, L, *_scales_q6_k(scale.reshape(-1, 16)))
 
+# %% ../nbs/04a_kquants.ipynb #13ea2e37
 def dequantize_q6_k(data, # uint8 (n, 210)
                    ):
     "Float32 values (n, 256) of Q6_K super-blocks, as ggml's `dequantize_row_q6_K`"
@@ -430,6 +435,7 @@ def _unpack_k4(s):
     m = xp.concatenate([s[:, 4:8] & 63, (s[:, 8:] >> 4) | (s[:, 4:8] >> 6) << 4], axis=1)
     return sc.astype(_F32), m.astype(_F32)
 
+# %% ../nbs/04a_kquants.ipynb #2975fc14
 def _pack_k45(xb, L, ls, lm, d16, m16, nmax):
     ("Requantize with the stored sub-scales and mins, as `get_scale_min_k4` reads them back, "
      "and pack Q4_K (nmax 15) or Q5_K (31)")
@@ -469,22 +475,26 @@ def _values_k45(data, q):
     y = dl[:, :, None] * q.reshape(n, 8, 32).astype(_F32); y -= ml[:, :, None]
     return y.reshape(n, 256)
 
+# %% ../nbs/04a_kquants.ipynb #cf17299b
 def quantize_q4_k(xb, # float32 (n, 256)
                  ):
     "Q4_K bytes (n, 144), as ggml's `quantize_row_q4_K_ref`"
     return _quantize_k45(xb, 15, -1.0, 20)
 
+# %% ../nbs/04a_kquants.ipynb #10120e52
 def dequantize_q4_k(data, # uint8 (n, 144)
                    ):
     "Float32 values (n, 256) of Q4_K super-blocks"
     qs = data[:, 16:].reshape(data.shape[0], 4, 1, 32)
     return _values_k45(data, get_array_module(data).concatenate([qs & 15, qs >> 4], axis=2))
 
+# %% ../nbs/04a_kquants.ipynb #35016856
 def quantize_q5_k(xb, # float32 (n, 256)
                  ):
     "Q5_K bytes (n, 176), as ggml's `quantize_row_q5_K_ref`"
     return _quantize_k45(xb, 31, -0.5, 15)
 
+# %% ../nbs/04a_kquants.ipynb #81f3f6bf
 def dequantize_q5_k(data, # uint8 (n, 176)
                    ):
     "Float32 values (n, 256) of Q5_K super-blocks"
@@ -506,6 +516,7 @@ def _pack_q2_k(xb, L, sc, d16, m16):
     _put(out, 80, d16); _put(out, 82, m16)
     return out
 
+# %% ../nbs/04a_kquants.ipynb #96cd64cc
 def _pack_q3_k(xb, L, l, d16):
     "Requantize with the stored 6-bit scales `l` (n, 16, offset by 32) and pack: hmask, qs, scales, d"
     xp = get_array_module(L)
@@ -525,6 +536,7 @@ def _pack_q3_k(xb, L, l, d16):
     _put(out, 108, d16)
     return out
 
+# %% ../nbs/04a_kquants.ipynb #a1ed7958
 def quantize_q2_k(xb, # float32 (n, 256)
                  ):
     "Q2_K bytes (n, 84), as ggml's `quantize_row_q2_K_ref`"
@@ -540,6 +552,7 @@ def quantize_q2_k(xb, # float32 (n, 256)
     d16, m16 = _f16(xp.where(ms > 0, ms / _F32(15), _F32(0))), _f16(xp.where(mm > 0, mm / _F32(15), _F32(0)))
     return _pack_q2_k(xb, L, sc, d16, m16)
 
+# %% ../nbs/04a_kquants.ipynb #050faeb3
 def dequantize_q2_k(data, # uint8 (n, 84)
                    ):
     "Float32 values (n, 256) of Q2_K super-blocks"
@@ -549,6 +562,7 @@ def dequantize_q2_k(data, # uint8 (n, 84)
     y = dl[:, :, None] * _unpack2(data[:, 16:80]).reshape(n, 16, 16).astype(_F32); y -= ml[:, :, None]
     return y.reshape(n, 256)
 
+# %% ../nbs/04a_kquants.ipynb #14ca51e9
 def quantize_q3_k(xb, # float32 (n, 256)
                  ):
     "Q3_K bytes (n, 110), as ggml's `quantize_row_q3_K_ref`"
@@ -566,6 +580,7 @@ def quantize_q3_k(xb, # float32 (n, 256)
     l[~some] = 0
     return _pack_q3_k(xb, L, l, d16)
 
+# %% ../nbs/04a_kquants.ipynb #3de4f1d8
 def dequantize_q3_k(data, # uint8 (n, 110)
                    ):
     "Float32 values (n, 256) of Q3_K super-blocks"

@@ -692,7 +692,7 @@ def make_qp_quants(X, # float32 `(n, m)`: non-negative values (sub-scales or min
     L[:, zero] = 0; scale[zero] = 0
     return scale, L.astype(np.uint8)
 
-# %% ../nbs/04a_kquants.ipynb #f360e6f5
+# %% ../nbs/04a_kquants.ipynb #b04b892e
 def _weights(x, # float32 (rows, n): statistics run over each row
              qw, # importances, broadcast against x
              two:bool, # sigma2 = 2 * mean square (Q3_K..Q5_K), else the mean square
@@ -744,6 +744,7 @@ def _weighted_q6_k(xb, qw):
 _WEIGHTED_K = {10: _weighted_q2_k, 11: _weighted_q3_k, 12: lambda xb, qw: _weighted_k45(xb, qw, 15),
                13: lambda xb, qw: _weighted_k45(xb, qw, 31), 14: _weighted_q6_k}
 
+# %% ../nbs/04a_kquants.ipynb #654fd8f1
 def quantize_weighted(x, # float32 (rows, n): whole rows (the weights' statistics span a row)
                       ggml_type:int, # 10..14 (Q2_K..Q6_K)
                       imatrix, # float32 (n,): each column's importance
@@ -755,6 +756,7 @@ def quantize_weighted(x, # float32 (rows, n): whole rows (the weights' statistic
     with np.errstate(all='ignore'):   # huge rows make sigma2 inf: that is part of what C computes
         return _WEIGHTED_K[int(ggml_type)](x.reshape(-1, 256), qw).reshape(rows, -1)
 
+# %% ../nbs/04a_kquants.ipynb #5bc40cbb
 def weighted_levels(x, # float32 (rows, n), n a multiple of 32
                     bits:int, # 4 or 5
                     symmetric:bool, # Q4_0/Q5_0, else Q4_1/Q5_1

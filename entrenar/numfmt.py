@@ -194,6 +194,7 @@ def _ascii8(v):
     t = ((x * np.uint64(103)) >> np.uint64(10)) & np.uint64(0x000F000F000F000F)     # each // 10
     return (t | ((x - t * np.uint64(10)) << np.uint64(8))) | np.uint64(0x3030303030303030)
 
+# %% ../nbs/02b_numfmt.ipynb #b3163842
 @njit(**_JIT, inline='always')
 def _digits9(dig, N):
     "The 9 decimal digits of N < 10**9, zero-padded, into dig[0:9]"
@@ -325,6 +326,7 @@ def format_float32_into(values:np.ndarray, # float32, contiguous
     offsets = np.cumsum([0] + [len(t) for t in toks])
     return _splice(out, end, fb[1::2].copy(), np.frombuffer(b''.join(toks), np.uint8), offsets)
 
+# %% ../nbs/02b_numfmt.ipynb #395bca78
 def format_float32(values:np.ndarray, # any float32 array
                    nonfinite=JSON_NONFINITE, # spellings of NaN, inf, -inf
                   ) -> bytes:

@@ -385,6 +385,7 @@ def _scales_q6_k(scales):
     sc = xp.minimum(127, nearest_int(iscale[:, None] * scales)).astype(np.int8)
     return sc, d16, blank
 
+# %% ../nbs/04a_kquants.ipynb #e2add5c8
 def _pack_q6_k(xb, L, sc, d16, blank):
     "Requantize with the stored sub-scales and pack: ql, qh, scales, d"
     xp = get_array_module(L)
@@ -428,6 +429,7 @@ def _pack_k4(ls, lm):
     s[:, 8:] = (ls[:, 4:] & 15) | (lm[:, 4:] & 15) << 4
     return s
 
+# %% ../nbs/04a_kquants.ipynb #6a3a2d83
 def _unpack_k4(s):
     "12 bytes -> eight scales and eight mins, float32 (n, 8) each"
     xp = get_array_module(s)
@@ -454,6 +456,7 @@ def _pack_k45(xb, L, ls, lm, d16, m16, nmax):
     out[:, -128:] = (q[:, :, 0] | q[:, :, 1] << 4).reshape(n, 128)
     return out
 
+# %% ../nbs/04a_kquants.ipynb #007ad7fb
 def _quantize_k45(xb, nmax, rmin, nstep):
     "Q4_K or Q5_K bytes, as ggml's `quantize_row_q4_K_ref`/`quantize_row_q5_K_ref`"
     xp = get_array_module(xb)
@@ -467,6 +470,7 @@ def _quantize_k45(xb, nmax, rmin, nstep):
     lm = xp.minimum(nearest_int(inv_m[:, None] * mins) & 255, 63).astype(np.uint8)
     return _pack_k45(xb, L, ls, lm, _f16(ms / _F32(63)), _f16(mm / _F32(63)), nmax)
 
+# %% ../nbs/04a_kquants.ipynb #05e9e899
 def _values_k45(data, q):
     "Values of Q4_K/Q5_K super-blocks from their levels (n, 256)"
     n = data.shape[0]
@@ -610,6 +614,7 @@ def _cmin_cmax(X):
     for r in X[1:]: xp.copyto(mn, r, where=r < mn); xp.copyto(mx, r, where=r > mx)
     return mn, mx
 
+# %% ../nbs/04a_kquants.ipynb #1bcc4527
 def make_qkx3_quants(X, # float32 `(n, m)` sub-blocks as columns
                      W, # their weights
                      nmax:int, # levels run from 0 to nmax

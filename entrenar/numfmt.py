@@ -184,6 +184,7 @@ def _store8(typingctx, arr, idx, word):
         return context.get_dummy_value()
     return types.void(arr, idx, word), codegen
 
+# %% ../nbs/02b_numfmt.ipynb #b6ad011e
 @njit(**_JIT, inline='always')
 def _ascii8(v):
     "The 8 digits of v < 10**8, zero-padded, as ASCII bytes of a uint64, the first digit in the low byte"
@@ -203,6 +204,7 @@ def _digits9(dig, N):
         dig[8 - 2 * i] = _PAIRS[r + _U1]; dig[7 - 2 * i] = _PAIRS[r]
     dig[0] = np.uint8(48) + np.uint8(N)
 
+# %% ../nbs/02b_numfmt.ipynb #27dbe039
 @njit(**_JIT, inline='always')
 def _ndigits9(N):
     "How many digits N < 10**9 has"
@@ -210,6 +212,7 @@ def _ndigits9(N):
     for i in range(8): L += np.int64(N >= _P10I[i])
     return L
 
+# %% ../nbs/02b_numfmt.ipynb #1dc82960
 @njit(**_JIT, inline='always')
 def _copy9(out, pos, dig, start):
     "out[pos:pos+9] = dig[start:start+9]"

@@ -29,7 +29,8 @@ _P5B = np.array([float((5**i) & ((1 << 26) - 1)) for i in range(23)])
 _P2A = np.array([2.0**(26 + i) for i in range(23)])
 _P2 = np.array([2.0**i for i in range(23)])
 _POW2 = np.array([2.0**(i - 200) for i in range(400)])               # 2**q for the exponents of float32
-_N0 = np.array([math.ceil(-(e - 150) * math.log10(2)) - 1 for e in range(256)], np.int64)  # a first scale to try, per biased exponent
+# a first scale to try, per biased exponent
+_N0 = np.array([math.ceil(-(e - 150) * math.log10(2)) - 1 for e in range(256)], np.int64)
 _P10I = np.array([10**i for i in range(1, 9)], np.uint64)
 _PAIRS = np.frombuffer(b''.join(b'%02d' % i for i in range(100)), np.uint8).copy()  # '00' to '99'
 _U0, _U1, _U2, _U5, _U9, _U10 = (np.uint64(i) for i in (0, 1, 2, 5, 9, 10))
@@ -91,7 +92,8 @@ _FALLBACK, _ZERO, _NAN, _INF = 99, 100, 101, 102   # codes in place of n
 
 @njit(**_JIT, inline='always')
 def _shortest(a):
-    "(N, n): the shortest N / 10**n that reads back as the positive normal float32 with bits `a`, the nearest of those"
+    ("(N, n): the shortest N / 10**n that reads back as the positive normal float32 with bits `a`, "
+     "the nearest of those")
     ex = (a >> 23) & 0xFF
     mant = a & 0x7FFFFF
     q = np.int64(ex) - 150
@@ -116,7 +118,8 @@ def _shortest(a):
 # %% ../nbs/02b_numfmt.ipynb #f3ec68f2
 @njit(**_JIT)
 def _fewer_digits(vm, vp, c, last, zeros, n):
-    "Remove digits while [vm, vp] holds a multiple of 10: (N, n), rounded by the digits removed (`last`, all `zeros` below it)"
+    ("Remove digits while [vm, vp] holds a multiple of 10: (N, n), "
+     "rounded by the digits removed (`last`, all `zeros` below it)")
     while vp // _U10 >= (vm + _U9) // _U10:
         vm = (vm + _U9) // _U10; vp //= _U10; n -= 1
         zeros = zeros and last == _U0
@@ -129,7 +132,8 @@ def _fewer_digits(vm, vp, c, last, zeros, n):
 # %% ../nbs/02b_numfmt.ipynb #790efd70
 @njit(**_JIT, inline='always')
 def _shortest_fast(ex, mant):
-    "(N, n) as `_shortest`, for 0 <= _N0[ex] <= 10; n = _FALLBACK when the interval holds no integer at n0 (the bottom of a binade)"
+    ("(N, n) as `_shortest`, for 0 <= _N0[ex] <= 10; "
+     "n = _FALLBACK when the interval holds no integer at n0 (the bottom of a binade)")
     q = np.int64(ex) - 150
     n = _N0[ex] + 1
     xd = float(mant | 0x800000) * _POW2[q + 200]
@@ -180,6 +184,7 @@ def _store8(typingctx, arr, idx, word):
         return context.get_dummy_value()
     return types.void(arr, idx, word), codegen
 
+# %% ../nbs/02b_numfmt.ipynb #b6ad011e
 @njit(**_JIT, inline='always')
 def _ascii8(v):
     "The 8 digits of v < 10**8, zero-padded, as ASCII bytes of a uint64, the first digit in the low byte"
@@ -190,6 +195,7 @@ def _ascii8(v):
     t = ((x * np.uint64(103)) >> np.uint64(10)) & np.uint64(0x000F000F000F000F)     # each // 10
     return (t | ((x - t * np.uint64(10)) << np.uint64(8))) | np.uint64(0x3030303030303030)
 
+# %% ../nbs/02b_numfmt.ipynb #b3163842
 @njit(**_JIT, inline='always')
 def _digits9(dig, N):
     "The 9 decimal digits of N < 10**9, zero-padded, into dig[0:9]"
@@ -198,6 +204,7 @@ def _digits9(dig, N):
         dig[8 - 2 * i] = _PAIRS[r + _U1]; dig[7 - 2 * i] = _PAIRS[r]
     dig[0] = np.uint8(48) + np.uint8(N)
 
+# %% ../nbs/02b_numfmt.ipynb #27dbe039
 @njit(**_JIT, inline='always')
 def _ndigits9(N):
     "How many digits N < 10**9 has"
@@ -205,6 +212,7 @@ def _ndigits9(N):
     for i in range(8): L += np.int64(N >= _P10I[i])
     return L
 
+# %% ../nbs/02b_numfmt.ipynb #1dc82960
 @njit(**_JIT, inline='always')
 def _copy9(out, pos, dig, start):
     "out[pos:pos+9] = dig[start:start+9]"
@@ -228,7 +236,8 @@ def _put_number(out, pos, N, n, dig):
         _store8(out, first, w >> np.uint64(8 * max(s - 1, 0)))
         dot = pos + kk if after else pos + 1
         out[dot] = 46
-        _store8(out, dot + 1 if after else first, w >> np.uint64(8 * (s + kk - 1) if after else 8 * max(s - 1, 0)))   # 12.34: the digits after the point
+        # 12.34: the digits after the point
+        _store8(out, dot + 1 if after else first, w >> np.uint64(8 * (s + kk - 1) if after else 8 * max(s - 1, 0)))
         return pos + L + 1 if after else pos + 2 - kk + L
     _digits9(dig, N)
     if L <= kk <= 13:                          # 1234e2 -> 123400.0
@@ -299,7 +308,8 @@ def _nonfinite_arrays(nonfinite):
     "The spellings of NaN, inf and -inf as uint8 arrays for the kernel (cached)"
     arrs = _TOKENS.get(nonfinite)
     if arrs is None:
-        if len(nonfinite) != 3 or max(map(len, nonfinite)) > MAX_TEXT - 2: raise ValueError(f"bad spellings of NaN and infinity: {nonfinite!r}")
+        if len(nonfinite) != 3 or max(map(len, nonfinite)) > MAX_TEXT - 2:
+            raise ValueError(f"bad spellings of NaN and infinity: {nonfinite!r}")
         arrs = _TOKENS[nonfinite] = tuple(np.frombuffer(bytes(t), np.uint8) for t in nonfinite)
     return arrs
 
@@ -311,13 +321,15 @@ def format_float32_into(values:np.ndarray, # float32, contiguous
                        ) -> int:
     "Write the values as shortest round-trip decimals separated by commas into `out`; the length written"
     values = values.reshape(-1)
-    if out.size < _capacity(values.size): raise ValueError(f"the buffer holds {out.size} bytes, {_capacity(values.size)} needed")
+    if out.size < _capacity(values.size):
+        raise ValueError(f"the buffer holds {out.size} bytes, {_capacity(values.size)} needed")
     end, fb = _format_kernel(values.view(np.uint32), out, *_nonfinite_arrays(nonfinite))
     if not fb.size: return end
     toks = orjson.dumps(values[fb[0::2]], option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b',')
     offsets = np.cumsum([0] + [len(t) for t in toks])
     return _splice(out, end, fb[1::2].copy(), np.frombuffer(b''.join(toks), np.uint8), offsets)
 
+# %% ../nbs/02b_numfmt.ipynb #395bca78
 def format_float32(values:np.ndarray, # any float32 array
                    nonfinite=JSON_NONFINITE, # spellings of NaN, inf, -inf
                   ) -> bytes:
@@ -329,17 +341,21 @@ def format_float32(values:np.ndarray, # any float32 array
 # %% ../nbs/02b_numfmt.ipynb #370e891c
 def awkward_float32(n:int, # about how many
                     seed:int=0) -> np.ndarray:
-    "Finite float32 values that stress a decimal formatter: all exponents, edges of layouts, neighbours of powers of 2 and 10"
+    ("Finite float32 values that stress a decimal formatter: all exponents, edges of layouts, "
+     "neighbours of powers of 2 and 10")
     rng = np.random.default_rng(seed)
     k = max(n // 8, 1)
-    edges = np.float32([1e-6, 1e-5, 1e-4, 1.5e-4, 1e-3, 1, 8e6, 2**23, 2**24, 1e7, 1e9, 1e12, 1e13, 1e15, 1e16, 1e17, 3.4e38, 1e-38, 1.2e-38, 1e-45])
+    edges = np.float32([1e-6, 1e-5, 1e-4, 1.5e-4, 1e-3, 1, 8e6, 2**23, 2**24, 1e7, 1e9, 1e12, 1e13, 1e15, 1e16,
+                        1e17, 3.4e38, 1e-38, 1.2e-38, 1e-45])
     near = np.concatenate([edges, np.float32(2.0) ** np.arange(-149, 128).astype(np.float32)]).view(np.int32)
     near = (near[:, None] + np.arange(-3, 4)).reshape(-1)
     parts = [rng.integers(0, 2**32, 3 * k, dtype=np.uint64).astype(np.uint32).view(np.float32),      # random bits
              rng.integers(0, 2**23, k, dtype=np.int64).astype(np.uint32).view(np.float32),            # subnormals
              np.abs(near).astype(np.uint32).view(np.float32),                                         # beside edges
-             rng.standard_normal(k).astype(np.float32) * np.float32(10.0) ** rng.integers(-12, 16, k).astype(np.float32),
-             rng.integers(0, 2**26, k).astype(np.float32), rng.integers(0, 10**6, k).astype(np.float32) / np.float32(1000),
+             rng.standard_normal(k).astype(np.float32)
+             * np.float32(10.0) ** rng.integers(-12, 16, k).astype(np.float32),
+             rng.integers(0, 2**26, k).astype(np.float32),
+             rng.integers(0, 10**6, k).astype(np.float32) / np.float32(1000),
              np.float32([0.0, -0.0, 1048576.25, 1048576.75])]
     v = np.concatenate(parts)
     v = np.where(rng.random(v.size) < 0.5, v, -v).astype(np.float32)
@@ -352,7 +368,8 @@ def _pool():
     "One thread pool for formatting, made on first use"
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None: _POOL = concurrent.futures.ThreadPoolExecutor(CPU_THREADS, thread_name_prefix='entrenar-numfmt')
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(CPU_THREADS, thread_name_prefix='entrenar-numfmt')
     return _POOL
 
 def _take_buffer(nbytes):
@@ -371,7 +388,8 @@ def float32_text_chunks(values:np.ndarray, # float32, contiguous
                         nonfinite=JSON_NONFINITE, # spellings of NaN, inf, -inf
                         chunk_size:int=1 << 20, # values per chunk
                        ):
-    "The text of `format_float32` in chunks (memoryviews, each valid until the next is asked for), formatted ahead in threads"
+    ("The text of `format_float32` in chunks (memoryviews, each valid until the next is asked for), "
+     "formatted ahead in threads")
     values = values.reshape(-1)
     starts = range(0, values.size, chunk_size)
     if len(starts) <= 1:

@@ -16,7 +16,8 @@ __all__ = ['BACKENDS', 'CPU_THREADS', 'get_backend', 'set_backend', 'use_backend
 
 # %% ../nbs/01_backend.ipynb #03d39461
 BACKENDS = ('numpy', 'cupy')
-CPU_THREADS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1), 8))
+CPU_THREADS = max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+                         else (os.cpu_count() or 1), 8))
 _state = threading.local()
 
 def _load_cupy():

@@ -148,8 +148,10 @@ class Kernels:
         from cupy.cuda import compiler, function
         dev = cp.cuda.Device()
         with self._lock:
-            if dev.id not in self._modules:   # not cp.RawModule: it adds -ftz=true after our options, flushing subnormals
-                ptx = compiler.compile_using_nvrtc(KERNEL_PRELUDE + self.source, GPU_OPTIONS, arch=dev.compute_capability)
+            # not cp.RawModule: it adds -ftz=true after our options, flushing subnormals
+            if dev.id not in self._modules:
+                ptx = compiler.compile_using_nvrtc(KERNEL_PRELUDE + self.source, GPU_OPTIONS,
+                                                   arch=dev.compute_capability)
                 module = function.Module()
                 module.load(ptx[0] if isinstance(ptx, tuple) else ptx)
                 self._modules[dev.id] = (module, {})
@@ -222,7 +224,7 @@ def convert(x, # float32, float16 or bfloat16 (as ml_dtypes' dtype or raw uint16
 def gpu_compile(source:str, # kernel source (without the prelude)
                 arch:str='sm_90', # the GPU architecture: sm_90 is Hopper (H100, H200)
                 nvcc:str|None=None): # the compiler; default `nvcc` on the PATH
-    "Compile `source` with nvcc for `arch` as NVRTC would (no FMA contraction); return ptxas' report, or raise `BackendError`"
+    "Compile `source` with nvcc for `arch` as NVRTC would (no FMA contraction): ptxas' report, or `BackendError`"
     nvcc = nvcc or shutil.which('nvcc') or ('/usr/local/cuda/bin/nvcc'
                                             if Path('/usr/local/cuda/bin/nvcc').exists() else None)
     if nvcc is None: raise BackendError("gpu_compile needs CUDA's nvcc")
@@ -285,7 +287,8 @@ def download(v, # a CuPy array (a host array is returned as it is, or cast)
     if not is_device_array(v): return v if dtype is None else np.asarray(v).astype(dtype)
     import cupy as cp
     dtype = None if dtype is None else np.dtype(dtype)
-    if dtype in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)):   # narrowed by the prelude's kernels: numpy's bits
+    # narrowed by the prelude's kernels: numpy's bits
+    if dtype in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)):
         v, view = convert(v.astype(np.float32, copy=False), dtype.name), dtype
     elif dtype is not None and dtype.kind not in 'fiub': return download(v).astype(dtype)   # float8: cast on the host
     else: v, view = (v if dtype is None else v.astype(dtype, copy=False)), None

@@ -444,7 +444,7 @@ def _aligned(x):
 def quantize_blocks(name:str, # 'q8_0', 'q4_0', 'q5_0', 'q4_1' or 'q5_1'
                     x, # float32 array (numpy or CuPy) of a multiple of 32 values
                     grid:tuple=(1, 1)): # on the CPU: (blocks, threads) to step through
-    "ggml's blocks of `x`, uint8 `(n_blocks, type_size)` on the device of `x`: `get_block_format(name).quantize`'s bytes"
+    "ggml's blocks of `x`, uint8 `(n_blocks, type_size)` on its device: `get_block_format(name).quantize`'s bytes"
     block, size = _block_format(name, QUANTIZE_FORMATS)
     if getattr(x, 'dtype', None) != np.float32:
         raise QuantizeError(f"{name.upper()} kernels quantize float32 arrays, "

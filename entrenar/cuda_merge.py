@@ -208,7 +208,7 @@ def radix_select(mode:int, # 0: the magnitudes |x - b| (a NaN sets the flag); 1:
                  base, # a flat float32 array of n elements for mode 0 (unused for mode 1)
                  queries:list, # (source index, ascending rank) pairs; rank -1: no query
                  grid:tuple=(1, 1)): # on the CPU: (blocks, threads) to step through
-    "The element of each queried rank by two histogram passes, and its position among equal keys: device arrays (ranks, state, values, nan flag)"
+    "Each queried rank's element by two histogram passes, and its position among equal keys (device arrays)"
     xp, n, nq = get_array_module(base, *sources), sources[0].size, len(queries)
     if n >= 1 << 32: raise BackendError(f"radix_select counts in 32 bits: {n} elements are too many")
     src = _pointers(xp, sources)
@@ -400,7 +400,8 @@ def combine(deltas:list, # the models' thinned, weighted task vectors: float32 a
     xp, m = get_array_module(base, *deltas), len(deltas)
     if not m or len(weights) != m: raise MergeError(f"combine: {m} task vectors need {m} weights, got {len(weights)}")
     if any(d.shape != base.shape for d in deltas):
-        raise MergeError(f"combine: the task vectors' shapes {[d.shape for d in deltas]} differ from the base's {base.shape}")
+        shapes = [d.shape for d in deltas]
+        raise MergeError(f"combine: the task vectors' shapes {shapes} differ from the base's {base.shape}")
     b, ds = _flat32(base, 'combine base'), [_flat32(d, f'combine task vector {i}') for i, d in enumerate(deltas)]
     n, out = b.size, xp.empty(b.size, np.float32)
     uniform = bool(elect_sign and normalize and len(set(weights)) == 1)

@@ -36,8 +36,10 @@ def connect(scheduler, # a `Client`, 'local:N' (N worker processes here) or 'tcp
     s, cluster = str(scheduler).strip(), None
     if s.startswith('local'):
         n = s.partition(':')[2] or str(os.cpu_count() or 1)
-        if not n.isdigit() or int(n) < 1: raise error(f"the scheduler 'local:N' needs a number of worker processes N, got {s!r}")
-        kw = dict(n_workers=int(n), threads_per_worker=1, processes=True, host='127.0.0.1', dashboard_address=':0', silence_logs=logging.ERROR)
+        if not n.isdigit() or int(n) < 1:
+            raise error(f"the scheduler 'local:N' needs a number of worker processes N, got {s!r}")
+        kw = dict(n_workers=int(n), threads_per_worker=1, processes=True, host='127.0.0.1', dashboard_address=':0',
+                  silence_logs=logging.ERROR)
         with reraise_as(error, what='starting a local Dask cluster'), _keep_malloc():
             cluster = dd.LocalCluster(**{**kw, **cluster_kwargs}); client = dd.Client(cluster)
     else:
@@ -73,7 +75,8 @@ class DaskExecutor:
                  error:type=EntrenarError, # the class of errors the run raises
                 ):
         self.client, self.group_bytes, self.window, self.error = client, group_bytes, window, error
-    def __repr__(self): return f"DaskExecutor({self.client.scheduler.address}, {sum(self.client.nthreads().values())} threads)"
+    def __repr__(self):
+        return f"DaskExecutor({self.client.scheduler.address}, {sum(self.client.nthreads().values())} threads)"
     def _result(self, future):
         with reraise_as(self.error, what='a cluster task'): r = future.result()
         future.release()

@@ -61,7 +61,8 @@ def reraise_as(cls:type, # the `EntrenarError` subclass to raise
     except Exception as e:
         if isinstance(e, OSError) and isinstance(e.errno, int):
             name = errno.errorcode.get(e.errno, f"errno {e.errno}")
-            raise IoError(f"{what + ': ' if what else ''}{e.strerror or os.strerror(e.errno)} ({name})", path=path, tensor=tensor) from e
+            message = f"{what + ': ' if what else ''}{e.strerror or os.strerror(e.errno)} ({name})"
+            raise IoError(message, path=path, tensor=tensor) from e
         if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError)):
             raise IoError(f"{what + ': ' if what else ''}{type(e).__name__}", path=path, tensor=tensor) from e
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

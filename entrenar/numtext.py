@@ -27,7 +27,8 @@ _E10, _E17 = 10 ** 10, 10 ** 17
 # eight digits at once: the masks that find the leading digits of a little-endian word, and the three
 # multiply-and-mask steps that add them up (SWAR)
 _U = np.uint64
-_U0, _LOW4, _HI4, _SIX, _THREE = _U(0), _U(0x0F0F0F0F0F0F0F0F), _U(0xF0F0F0F0F0F0F0F0), _U(0x0606060606060606), _U(0x3333333333333333)
+_U0, _LOW4, _HI4 = _U(0), _U(0x0F0F0F0F0F0F0F0F), _U(0xF0F0F0F0F0F0F0F0)
+_SIX, _THREE = _U(0x0606060606060606), _U(0x3333333333333333)
 _LO7, _TOP, _IDX = _U(0x7F7F7F7F7F7F7F7F), _U(0x8080808080808080), _U(0x0001020304050607)
 _K1, _K2, _K3 = _U(2561), _U(6553601), _U(42949672960001)
 _M2, _M3 = _U(0x00FF00FF00FF00FF), _U(0x0000FFFF0000FFFF)
@@ -160,7 +161,8 @@ def _kernel():
 # %% ../nbs/02a_numtext.ipynb #ac7ecc2c
 def _fill(a, pos, hi, out, k, n, release=None, block=1 << 24):
     "Parse values into out[k:n] from a[pos:hi], a block at a time"
-    if not 0 <= k < n <= len(out): raise ValueError(f'no room for values in out[{k}:{n}]')   # the loop writes before it checks
+    # the loop writes before it checks
+    if not 0 <= k < n <= len(out): raise ValueError(f'no room for values in out[{k}:{n}]')
     scan, slow = _kernel(), np.empty((1024, 3), np.int64)
     while True:
         why, p, k, ns = scan(a, pos, hi, min(pos + block, hi), out, k, n, slow)
@@ -206,7 +208,7 @@ def read_numbers(a, # the text, a uint8 array (e.g. a memory map)
                  release=None, # release(lo, hi) drops pages of `a` already read
                  block=1 << 24, threads=None, min_split=1 << 18, # how the text is cut and read in parallel
                 ):
-    "`(end, k)`: k values read; `end` is `hi` when the text ran out, else the comma after the last value (a bad token: ValueError)"
+    "`(end, k)`: k values read; `end` is `hi` when the text ran out, else the comma after the last value"
     n = len(out)
     threads = CPU_THREADS if threads is None else threads
     parts = _plan(a, pos, hi, n, threads) if threads > 1 and n >= max(min_split, 1) else None

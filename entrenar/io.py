@@ -370,7 +370,7 @@ def _fsync_dir(path):
 
 def publish_dir(staging, # a complete folder, beside `target`
                 target, # where it must appear
-                replaced=lambda name: False, # names in an existing `target` that the new folder replaces (not carried over)
+                replaced=lambda name: False, # names in `target` that the new folder replaces (not carried over)
                ):
     "Make folder `staging` appear as `target` in one step, carrying over the other entries of an existing `target`"
     staging, target = Path(staging), Path(target)
@@ -434,7 +434,8 @@ def _read_header(f, path, size):
     if size < 8: raise SerializationError(f"file is {size} bytes, too short for a SafeTensors header", path=path)
     (n,) = struct.unpack('<Q', f.read(8))
     if n > size - 8:
-        raise SerializationError(f"header length {n} runs past the end of the file ({size} bytes): truncated or not SafeTensors",
+        raise SerializationError(f"header length {n} runs past the end of the file ({size} bytes): truncated or "
+                                 "not SafeTensors",
                                  path=path)
     if n > MAX_HEADER:
         raise SerializationError(f"header length {n} is larger than the {MAX_HEADER} bytes allowed", path=path)
@@ -466,7 +467,8 @@ def _check_entry(name, info, path):
                                  path=path, tensor=name)
     need = math.prod(shape) * dtype.itemsize
     if offs[1] - offs[0] != need:
-        raise SerializationError(f"data_offsets {offs} span {offs[1]-offs[0]} bytes but shape {list(shape)} of {info['dtype']} needs {need}",
+        raise SerializationError(f"data_offsets {offs} span {offs[1]-offs[0]} bytes but shape {list(shape)} of "
+                                 f"{info['dtype']} needs {need}",
                                  path=path, tensor=name)
     return name, dtype, shape, offs[0], offs[1]
 
@@ -478,11 +480,13 @@ def _check_layout(entries, data_len, path):
             raise SerializationError(f"data_offsets [{begin}, {end}] overlap the previous tensor",
                                      path=path, tensor=name)
         if begin > pos:
-            raise SerializationError(f"data_offsets [{begin}, {end}] leave a gap of {begin-pos} bytes before the tensor",
+            raise SerializationError(f"data_offsets [{begin}, {end}] leave a gap of {begin-pos} bytes before "
+                                     "the tensor",
                                      path=path, tensor=name)
         pos = end
     if pos != data_len:
-        raise SerializationError(f"the tensors cover {pos} bytes but the data section holds {data_len}: the file is truncated or has trailing bytes",
+        raise SerializationError(f"the tensors cover {pos} bytes but the data section holds {data_len}: the "
+                                 "file is truncated or has trailing bytes",
                                  path=path)
 
 # %% ../nbs/02_io.ipynb #1e95cecd
@@ -674,7 +678,8 @@ class _SafeTensorsPart:
 _NONFINITE = {ModelFormat.Json: (b'NaN', b'Infinity', b'-Infinity'), ModelFormat.Yaml: (b'.nan', b'.inf', b'-.inf')}
 
 def _as_text_array(a:np.ndarray) -> np.ndarray:
-    "The array as a flat one that orjson can print exactly: small floats widened to float32, bool as 0/1, complex as pairs"
+    ("The array as a flat one that orjson can print exactly: small floats widened to float32, bool as 0/1, "
+     "complex as pairs")
     a = np.ascontiguousarray(to_numpy(a)).reshape(-1)
     if a.dtype == np.bool_: return a.view(np.uint8)
     if a.dtype == np.complex64: return a.view(np.float32)
@@ -703,7 +708,8 @@ def format_numbers(a:np.ndarray, # any tensor
     return bytes(_number_text(a, fmt))
 
 def _number_chunks(a, fmt):
-    "The text of `format_numbers` in pieces to be joined by commas: float32 formatted ahead, in threads, while the caller writes"
+    ("The text of `format_numbers` in pieces to be joined by commas: float32 formatted ahead, in threads, "
+     "while the caller writes")
     flat = _as_text_array(a)
     if flat.dtype != np.float32: return [_number_text(flat, fmt)]
     from entrenar.numfmt import float32_text_chunks
@@ -811,7 +817,7 @@ def add_file(self:ModelWriter, name:str, # a file name in the output folder, e.g
 # %% ../nbs/02_io.ipynb #9837dc52
 @patch
 def replaced(self:ModelWriter, name:str) -> bool:
-    "True for the files of a model saved in this folder before (model.safetensors, its shards and index, model.json …)"
+    "True for the files of a model saved in this folder before (model.safetensors, shards and index, model.json …)"
     return self.is_dir and re.fullmatch(
         r"model(-\d{5}-of-\d{5})?\.(safetensors|json|yaml)(\.gz)?|model\.safetensors\.index\.json",
         name) is not None
@@ -944,7 +950,8 @@ def _cast_values(vals, spec, path):
         info = np.iinfo(dt)
         if not (np.isfinite(vals).all() and (vals == np.round(vals)).all()
                 and (vals >= info.min).all() and (vals <= info.max).all()):
-            raise SerializationError(f"{dtype_code(dt).lower()} tensor holds a value that is not an integer in its range",
+            raise SerializationError(f"{dtype_code(dt).lower()} tensor holds a value that is not an integer in "
+                                     "its range",
                                      path=path, tensor=spec.name)
         return vals.astype(dt)
     with np.errstate(over='ignore'): return vals.astype(dt, copy=False)
@@ -954,7 +961,8 @@ def _values_count(spec): return spec.size * (2 if spec.dtype == np.complex64 els
 _BLOCK = 1 << 24
 
 def _nth_comma(data, pos, hi, n, block=_BLOCK):
-    "Index of the `n`-th comma in `data[pos:hi]`, or -1 if there are fewer (64-bit integer tensors are cut out this way)"
+    ("Index of the `n`-th comma in `data[pos:hi]`, or -1 if there are fewer (64-bit integer tensors are cut "
+     "out this way)")
     while pos < hi:
         stop = min(pos + block, hi)
         hits = np.flatnonzero(np.frombuffer(data, np.uint8, stop - pos, pos) == 44)
@@ -982,7 +990,8 @@ def _to_int(t):
         return int(f)
 
 def _parse_tensor(values, spec, path):
-    "One tensor from a list of parsed JSON/YAML values, or a 64-bit integer tensor from its slice `(data, lo, hi)` of the text"
+    ("One tensor from a list of parsed JSON/YAML values, or a 64-bit integer tensor from its slice `(data, lo, "
+     "hi)` of the text")
     n, dt = _values_count(spec), spec.dtype
     # floats are exact only to 2**53: read 64-bit integers as integers
     if dt in (np.dtype(np.int64), np.dtype(np.uint64)):
@@ -1008,7 +1017,8 @@ def _parse_tensor(values, spec, path):
 
 # %% ../nbs/02_io.ipynb #bf523aec
 def _read_tensor(a, data, pos, hi, spec, path, last):
-    "(tensor, where the next one's text starts) for the tensor whose values start at `a[pos]`; `last`: no tensor after it has values"
+    ("(tensor, where the next one's text starts) for the tensor whose values start at `a[pos]`; `last`: no "
+     "tensor after it has values")
     n, dt = _values_count(spec), spec.dtype
     if n == 0: return np.zeros(spec.shape, dt), pos
     if dt in (np.dtype(np.int64), np.dtype(np.uint64)):
@@ -1031,7 +1041,8 @@ def _parse_data(data, lo, hi, specs, path):
     "{name: tensor} from the text of the data array, `data[lo:hi]`"
     need = sum(_values_count(s) for s in specs)
     if need > (hi - lo) // 2 + 1:
-        raise SerializationError(f"the parameters' shapes need {need} values but data holds at most {(hi - lo) // 2 + 1}",
+        raise SerializationError(f"the parameters' shapes need {need} values but data holds at most "
+                                 f"{(hi - lo) // 2 + 1}",
                                  path=path)
     last = max([i for i, s in enumerate(specs) if _values_count(s)], default=None)
     if last is None and bytes(data[lo:hi]).strip():
@@ -1056,7 +1067,8 @@ class _UniqueKeysLoader(_yaml_loader()):
                 try: twice = key in seen; seen.add(key)
                 except TypeError: continue    # an unhashable key: the safe loader reports it
                 if twice:
-                    raise self.error(f"duplicate key {short_repr(key)} (line {key_node.start_mark.line + 1})", path=self.path)
+                    raise self.error(f"duplicate key {short_repr(key)} (line {key_node.start_mark.line + 1})",
+                                     path=self.path)
         return super().construct_mapping(node, deep)
 
 # %% ../nbs/02_io.ipynb #30087d3a
@@ -1068,7 +1080,8 @@ def parse_yaml(text:str, # YAML text
                error:type=SerializationError, # the `EntrenarError` subclass to raise
                what:str='YAML', # what is being read, at the start of parser errors
               ):
-    "Parse YAML with the safe loader, refusing anchors and aliases, keys given twice, tags it cannot build, and over `YAML_MAX`"
+    ("Parse YAML with the safe loader, refusing anchors and aliases, keys given twice, tags it cannot build, "
+     "and over `YAML_MAX`")
     if len(text) > YAML_MAX:
         raise error(f"{what}: {len(text):,} characters of YAML to parse whole, over the {YAML_MAX:,} allowed "
                     "(PyYAML holds about 260 bytes per character)", path=path)
@@ -1172,7 +1185,8 @@ GZIP_FREE = 64 << 20         # decompressed bytes any .gz model may reach before
 GZIP_BYTES_PER_VALUE = 64    # the most text one number (with its comma and indentation) is allowed in a .gz model
 
 def _gzip_limit(out, fmt, path):
-    "How far the text of a .gz model may decompress: what its `parameters` table (read from the text before `data`) can need"
+    ("How far the text of a .gz model may decompress: what its `parameters` table (read from the text before "
+     "`data`) can need")
     def refuse(why):
         return SerializationError(f"decompresses past {GZIP_FREE:,} bytes {why}: refused as a possible gzip bomb",
                                   path=path)
@@ -1198,8 +1212,10 @@ def _gunzip(f, path, fmt, step=1 << 20):
         if len(out) > limit:
             if limit == GZIP_FREE: limit = _gzip_limit(out, fmt, path)
             if len(out) > limit:
-                raise SerializationError(f"decompresses to more than {limit:,} bytes, more than its parameters' values can take "
-                                         f"({GZIP_BYTES_PER_VALUE} bytes each): refused as a possible gzip bomb", path=path)
+                raise SerializationError(f"decompresses to more than {limit:,} bytes, more than its parameters' "
+                                         "values can take "
+                                         f"({GZIP_BYTES_PER_VALUE} bytes each): refused as a possible gzip bomb",
+                                         path=path)
         if d.eof:   # another gzip member may follow (as `cat a.gz b.gz` makes); zero padding is ignored, as gzip does
             pending = d.unused_data + pending
             if not pending.strip(b'\0'): pending = b''; continue
@@ -1209,7 +1225,8 @@ def _gunzip(f, path, fmt, step=1 << 20):
     return out
 
 def _read_text(path, fmt=ModelFormat.Json):
-    "The text of a model file: a read-only map of a plain file (its pages dropped as they are parsed), or gunzipped bytes"
+    ("The text of a model file: a read-only map of a plain file (its pages dropped as they are parsed), or "
+     "gunzipped bytes")
     with reraise_as(IoError, path=path, what='reading'), open(path, 'rb') as f:
         magic = f.read(2)
         if magic != b'\x1f\x8b':
@@ -1249,7 +1266,8 @@ def _find_in_folder(folder):
         found = sorted(folder.glob(pat))
         if len(found) == 1: return found[0]
         if len(found) > 1:
-            raise SerializationError(f"holds several candidates ({', '.join(f.name for f in found[:3])}): name the file to load",
+            raise SerializationError(f"holds several candidates ({', '.join(f.name for f in found[:3])}): name "
+                                     "the file to load",
                                      path=folder)
     raise SerializationError("holds no model file (.safetensors, index .json, model.json or model.yaml)", path=folder)
 
@@ -1351,7 +1369,7 @@ def save_model(model:Model, # the model to save
         for name in model.names: w.write(name, model.get_parameter(name))
     return Path(path)
 
-def load_model(path, # a model file, a checkpoint folder, an index .json, hf://org/name[@revision], or an fsspec URL of a .safetensors
+def load_model(path, # a file, checkpoint folder, index .json, hf://org/name[@revision] or fsspec URL of a .safetensors
                lazy:bool=False, # map the file and read each tensor only when asked
               ) -> Model:
     "Load a model from SafeTensors, JSON or YAML (format from the extension)"
@@ -1378,15 +1396,18 @@ class _GgufCursor:
     def __init__(self, buf, path, order='<'):
         self.buf, self.path, self.order, self.pos, self.items = buf, path, order, 0, 0
     def count(self, n, what):
-        "Add `n` items to the header's count (`GGUFReader` keeps about 0.7-3.6 KB for each), refusing more than `GGUF_MAX_ITEMS`"
+        ("Add `n` items to the header's count (`GGUFReader` keeps about 0.7-3.6 KB for each), refusing more "
+         "than `GGUF_MAX_ITEMS`")
         self.items += n
         if self.items > GGUF_MAX_ITEMS:
-            raise SerializationError(f"{what} bring the header to {self.items:,} items, over the {GGUF_MAX_ITEMS:,} allowed "
+            raise SerializationError(f"{what} bring the header to {self.items:,} items, over the "
+                                     f"{GGUF_MAX_ITEMS:,} allowed "
                                      "(the largest tokenizers hold under 1,000,000)", path=self.path)
     def need(self, n, what):
         left = len(self.buf) - self.pos
         if n > left:
-            raise SerializationError(f"{what} needs {n:,} bytes but {left:,} are left at offset {self.pos:,}: truncated or not GGUF",
+            raise SerializationError(f"{what} needs {n:,} bytes but {left:,} are left at offset {self.pos:,}: "
+                                     "truncated or not GGUF",
                                      path=self.path)
     def skip(self, n, what): self.need(n, what); self.pos += n
     def uint(self, size, what):
@@ -1456,7 +1477,8 @@ def _check_gguf_data(tensors, data_offset, alignment, size, path):
                                      path=path, tensor=name)
         nbytes, start = math.prod(dims) // block * block_bytes, data_offset + offset
         if start + nbytes > size:
-            raise SerializationError(f"its {nbytes:,} bytes at offset {start:,} run past the end of the file ({size:,} bytes)",
+            raise SerializationError(f"its {nbytes:,} bytes at offset {start:,} run past the end of the file "
+                                     f"({size:,} bytes)",
                                      path=path, tensor=name)
 
 # %% ../nbs/02_io.ipynb #96947965

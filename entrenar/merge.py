@@ -137,10 +137,8 @@ def bind_params(method, # a method or its name
     m = get_method(method); known = {p.name: p for p in m.params}
     for k in values:
         if k not in known:
-            raise MergeError(
-                f"{m.name} has no parameter {short_repr(k)} (it takes: {', '.join(known) or 'none'})",
-                tensor=tensor,
-            )
+            raise MergeError(f"{m.name} has no parameter {short_repr(k)} (it takes: {', '.join(known) or 'none'})",
+                             tensor=tensor)
     out = AttrDict()
     for p in m.params:
         v = values.get(p.name)
@@ -151,9 +149,7 @@ def bind_params(method, # a method or its name
             continue
         vs = list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v] * n_models
         if len(vs) != n_models:
-            raise MergeError(
-                f"parameter '{p.name}' has {len(vs)} values for {n_models} models", tensor=tensor
-            )
+            raise MergeError(f"parameter '{p.name}' has {len(vs)} values for {n_models} models", tensor=tensor)
         out[p.name] = [_coerce(p, x, tensor) for x in vs]
     return out
 
@@ -205,17 +201,11 @@ def merge_tensors(method, # a registered name (or alias), or a `MergeMethod`
     if params.get('weight') is None and any(p.name == 'weight' for p in m.params):
         params['weight'] = 1.0  # only recipes must give it
     check_inputs(m, len(tensors), base is not None, tensor=name or None)
-    return _apply(
-        m, tensors, base, bind_params(m, params, len(tensors), tensor=name or None), name, seed, out_dtype
-    )
+    return _apply(m, tensors, base, bind_params(m, params, len(tensors), tensor=name or None), name, seed, out_dtype)
 
 # %% ../nbs/03_merge.ipynb #fae29e63
-@merge_method(
-    'linear',
-    Param('weight', scope='input', required=True),
-    Param('normalize', True, type=bool),
-    aliases=('average',),
-)
+@merge_method('linear', Param('weight', scope='input', required=True), Param('normalize', True, type=bool),
+              aliases=('average',))
 def linear(xs, base, p, rng):
     "Weighted sum of the inputs, divided by the sum of the weights when `normalize`"
     out = xs[0] * p.weight[0]
@@ -256,22 +246,13 @@ def _nuslerp(t, v0, v1, row_wise=False, flatten=True, eps=1e-8):
     cos = xp.clip((unit(v0) * unit(v1)).sum(-1, keepdims=True), -1, 1)
     colinear = (1 - cos * cos) <= eps * eps
     theta = xp.arccos(xp.where(colinear, 0, cos)); s = xp.where(colinear, 1, xp.sin(theta))
-    res = xp.where(
-        colinear, (1 - t) * v0 + t * v1, (xp.sin((1 - t) * theta) * v0 + xp.sin(t * theta) * v1) / s
-    )
+    res = xp.where(colinear, (1 - t) * v0 + t * v1, (xp.sin((1 - t) * theta) * v0 + xp.sin(t * theta) * v1) / s)
     if row_wise and not flatten: res = xp.swapaxes(res, 0, -1)
     return res.reshape(shape)
 
 
-@merge_method(
-    'nuslerp',
-    Param('weight', scope='model', required=True),
-    Param('nuslerp_row_wise', False, type=bool),
-    Param('nuslerp_flatten', True, type=bool),
-    base='optional',
-    min_models=2,
-    max_models=2,
-)
+@merge_method('nuslerp', Param('weight', scope='model', required=True), Param('nuslerp_row_wise', False, type=bool),
+              Param('nuslerp_flatten', True, type=bool), base='optional', min_models=2, max_models=2)
 def nuslerp(xs, base, p, rng):
     "SLERP of two models (or of their task vectors, with a base) at t = w2/(w1+w2)"
     total = sum(p.weight)
@@ -280,14 +261,8 @@ def nuslerp(xs, base, p, rng):
     return base + _nuslerp(t, xs[0] - base, xs[1] - base, p.nuslerp_row_wise, p.nuslerp_flatten)
 
 # %% ../nbs/03_merge.ipynb #be76aca2
-@merge_method(
-    'multislerp',
-    Param('weight', scope='model', required=True),
-    Param('normalize_weights', True, type=bool),
-    Param('eps', 1e-8),
-    base='optional',
-    min_models=1,
-)
+@merge_method('multislerp', Param('weight', scope='model', required=True),
+              Param('normalize_weights', True, type=bool), Param('eps', 1e-8), base='optional', min_models=1)
 def multislerp(xs, base, p, rng):
     "Weighted spherical mean of the models (or of their task vectors, with a base)"
     if len(xs) == 1: return xs[0]
@@ -373,10 +348,8 @@ def _kth_in_range(values, rank, lo):
     "The element of ascending `rank` in `values` (all >= lo, non-negative, narrow range) by counting bit patterns"
     xp = get_array_module(values)
     if lo is not None and values.dtype.kind == 'f' and float(lo) >= 0:
-        bits, lo_bits = (
-            values.view(_UINT[values.itemsize]),
-            xp.asarray(lo, values.dtype).reshape(1).view(_UINT[values.itemsize])[0],
-        )
+        bits, lo_bits = (values.view(_UINT[values.itemsize]),
+                         xp.asarray(lo, values.dtype).reshape(1).view(_UINT[values.itemsize])[0])
         span = int(bits.max() - lo_bits) + 1   # non-negative floats sort like their bit patterns
         if span <= max(1 << 16, 64 * values.size):   # counting costs O(span); partition is slow on many ties
             counts = xp.cumsum(xp.bincount((bits - lo_bits).astype(np.int64), minlength=span))
@@ -560,19 +533,13 @@ def _ties_compiled(xs, base, p):
     select, combine = _ties_kernels()
     b = np.ascontiguousarray(base).reshape(-1)
     flat = tuple(np.ascontiguousarray(x).reshape(-1) for x in xs)
-    thr, cut, scratch = (
-        np.full(len(xs), -1, np.float32),
-        np.zeros(len(xs), np.int64),
-        np.empty(b.size, np.float32),
-    )
+    thr, cut, scratch = (np.full(len(xs), -1, np.float32), np.zeros(len(xs), np.int64), np.empty(b.size, np.float32))
     for i, (x, density) in enumerate(zip(flat, p.density)):
         if density >= 1: continue   # keep everything: every magnitude beats -1
         thr[i], cut[i], nan = select(x, b, max(1, int(density * b.size)), scratch)
         if nan: return None
     out = np.empty_like(b)
-    combine(
-        flat, b, thr, cut, np.array(p.weight, np.float32), bool(p.normalize), np.float32(p['lambda']), out
-    )
+    combine(flat, b, thr, cut, np.array(p.weight, np.float32), bool(p.normalize), np.float32(p['lambda']), out)
     return out.reshape(base.shape)
 
 # %% ../nbs/03_merge.ipynb #1c2e3be0
@@ -650,26 +617,16 @@ _TASK_ARITHMETIC = [  # name, sparsifier, sign election, normalize default, resc
 
 def _register_task_arithmetic():
     for name, sparsifier, elect, normalize, rescale in _TASK_ARITHMETIC:
-        params = [
-            Param('weight', scope='model', required=True),
-            Param('density', 1.0, 'model'),
-            Param('normalize', normalize, type=bool),
-            Param('rescale', rescale, type=bool),
-            Param('lambda', 1.0),
-            Param('int8_mask', False, type=bool),
-            Param('rescale_mode', 'l1', type=str, choices=('l1', 'probability')),
-        ]
+        params = [Param('weight', scope='model', required=True), Param('density', 1.0, 'model'),
+                  Param('normalize', normalize, type=bool), Param('rescale', rescale, type=bool),
+                  Param('lambda', 1.0), Param('int8_mask', False, type=bool),
+                  Param('rescale_mode', 'l1', type=str, choices=('l1', 'probability'))]
         if sparsifier == 'magnitude_outliers': params.append(Param('gamma', 0.01, 'model'))
         if sparsifier == 'della_magprune': params.append(Param('epsilon', 0.15, 'model'))
         fn = lambda xs, base, p, rng, s=sparsifier, e=elect: task_arithmetic_merge(xs, base, p, rng, s, e)
-        merge_method(
-            name,
-            *params,
-            base='required',
-            min_models=0,
-            random=sparsifier in ('random', 'della_magprune'),
-            aliases=('dare',) if name == 'dare_ties' else (),
-        )(fn)
+        merge_method(name, *params, base='required', min_models=0,
+                     random=sparsifier in ('random', 'della_magprune'),
+                     aliases=('dare',) if name == 'dare_ties' else ())(fn)
 _register_task_arithmetic()
 
 # %% ../nbs/03_merge.ipynb #efd664d0
@@ -688,9 +645,7 @@ def model_stock(xs, base, p, rng):
     return (t * (sum(xs).reshape(b.shape) / n) + (1 - t) * b).reshape(base.shape)
 
 # %% ../nbs/03_merge.ipynb #4c2e9ea2
-@merge_method(
-    'sce', Param('int8_mask', False, type=bool), Param('select_topk', 1.0), base='required', min_models=0
-)
+@merge_method('sce', Param('int8_mask', False, type=bool), Param('select_topk', 1.0), base='required', min_models=0)
 def sce(xs, base, p, rng):
     "Select high-variance positions, elect signs, weight by the task vectors' energy"
     if not xs: return base.copy()
@@ -698,9 +653,7 @@ def sce(xs, base, p, rng):
     tv = xp.stack([x - base for x in xs])
     if p.select_topk < 1:
         var = tv.var(0).ravel(); n_nonzero = int(xp.count_nonzero(var)); k = int(n_nonzero * p.select_topk)
-        keep = (
-            rank_mask(xp.abs(var), var.size - k, var.size) if p.select_topk > 0 else xp.zeros(var.size, bool)
-        )
+        keep = (rank_mask(xp.abs(var), var.size - k, var.size) if p.select_topk > 0 else xp.zeros(var.size, bool))
         tv = tv * keep.reshape(base.shape)
     positive = tv.sum(0) >= 0
     agree = xp.where(positive, tv > 0, tv < 0)
@@ -747,9 +700,7 @@ def evaluate_setting(setting, # scalar, list (gradient), {filter, value} or a li
         return (1 - f) * setting[i0] + f * setting[i1]
     for cond in setting:
         if not isinstance(cond, dict) or 'value' not in cond or set(cond) - {'filter', 'value'}:
-            raise MergeError(
-                f"a parameter list mixes {{filter, value}} entries with other things: {short_repr(cond)}"
-            )
+            raise MergeError(f"a parameter list mixes {{filter, value}} entries with other things: {short_repr(cond)}")
         flt = cond.get('filter')
         if flt is None or flt == '*' or (name and str(flt) in name):
             return evaluate_setting(cond['value'], name, t)
@@ -840,37 +791,16 @@ def parse_recipe(recipe, # a dict, or YAML text, of a mergekit recipe
     "A `Recipe` from mergekit's YAML structure; unsupported fields are errors that name them"
     if isinstance(recipe, str):
         recipe = parse_yaml(recipe, error=MergeError, what='reading the recipe YAML')
-    _fields(
-        recipe,
-        (
-            'merge_method',
-            'base_model',
-            'models',
-            'slices',
-            'parameters',
-            'dtype',
-            'out_dtype',
-            'tokenizer_source',
-            'tokenizer',
-        ),
-        'the recipe',
-    )
+    _fields(recipe, ('merge_method', 'base_model', 'models', 'slices', 'parameters', 'dtype', 'out_dtype',
+                     'tokenizer_source', 'tokenizer'), 'the recipe')
     if not recipe.get('merge_method'): raise MergeError("the recipe has no 'merge_method'")
     if bool(recipe.get('models')) == bool(recipe.get('slices')):
         raise MergeError("the recipe needs exactly one of 'models' or 'slices'")
     if recipe.get('models'):
-        srcs = [
-            Source(
-                _ref(
-                    _fields(e, ('model', 'parameters'), 'models').get('model') if isinstance(e, dict) else e,
-                    'models[].model',
-                ),
-                None,
-                _params(e, 'models') if isinstance(e, dict) else {},
-            )
-            for e in recipe['models']
-        ]
-        slices, layered = [Slice(srcs)], False
+        def source(e):
+            model = _fields(e, ('model', 'parameters'), 'models').get('model') if isinstance(e, dict) else e
+            return Source(_ref(model, 'models[].model'), None, _params(e, 'models') if isinstance(e, dict) else {})
+        slices, layered = [Slice([source(e) for e in recipe['models']])], False
     else:
         slices, layered = [], True
         for i, s in enumerate(recipe['slices']):
@@ -879,43 +809,21 @@ def parse_recipe(recipe, # a dict, or YAML text, of a mergekit recipe
             for e in s.get('sources') or []:
                 _fields(e, ('model', 'layer_range', 'parameters'), f'slices[{i}].sources')
                 lr = e.get('layer_range')
-                if not (
-                    isinstance(lr, (list, tuple))
-                    and len(lr) == 2
-                    and all(isinstance(v, int) and v >= 0 for v in lr)
-                    and lr[0] < lr[1]
-                ):
-                    raise MergeError(
-                        f"slices[{i}]: layer_range must be [start, stop) with 0 <= start < stop, got {short_repr(lr)}"
-                    )
-                srcs.append(
-                    Source(
-                        _ref(e.get('model'), f'slices[{i}].sources[].model'),
-                        tuple(lr),
-                        _params(e, f'slices[{i}].sources'),
-                    )
-                )
+                if not (isinstance(lr, (list, tuple)) and len(lr) == 2
+                        and all(isinstance(v, int) and v >= 0 for v in lr) and lr[0] < lr[1]):
+                    raise MergeError(f"slices[{i}]: layer_range must be [start, stop) with 0 <= start < stop, "
+                                     f"got {short_repr(lr)}")
+                srcs.append(Source(_ref(e.get('model'), f'slices[{i}].sources[].model'), tuple(lr),
+                                   _params(e, f'slices[{i}].sources')))
             if not srcs: raise MergeError(f"slices[{i}] has no sources")
             base = s.get('base_model')
-            slices.append(
-                Slice(
-                    srcs,
-                    _params(s, f'slices[{i}]'),
-                    None if base is None else _ref(base, f'slices[{i}].base_model'),
-                )
-            )
+            slices.append(Slice(srcs, _params(s, f'slices[{i}]'),
+                                None if base is None else _ref(base, f'slices[{i}].base_model')))
     get_method(recipe['merge_method'])
     base = recipe.get('base_model')
-    return Recipe(
-        str(recipe['merge_method']),
-        slices,
-        None if base is None else _ref(base, 'base_model'),
-        _params(recipe, 'the recipe'),
-        recipe.get('dtype'),
-        recipe.get('out_dtype'),
-        layered,
-        parse_tokenizer(recipe.get('tokenizer_source'), recipe.get('tokenizer')),
-    )
+    return Recipe(str(recipe['merge_method']), slices, None if base is None else _ref(base, 'base_model'),
+                  _params(recipe, 'the recipe'), recipe.get('dtype'), recipe.get('out_dtype'), layered,
+                  parse_tokenizer(recipe.get('tokenizer_source'), recipe.get('tokenizer')))
 
 # %% ../nbs/03_merge.ipynb #0973b42f
 @patch(cls_method=True)
@@ -941,9 +849,7 @@ def from_method(cls:Recipe, method, # a method name or alias
     for k, v in per.items():
         if len(v) not in (len(models), len(others)):
             raise MergeError(f"{len(v)} values for '{k}', but there are {len(models)} models")
-    pick = lambda k, v, i, mm: (
-        v[i] if len(v) == len(models) else (v[others.index(mm)] if mm in others else None)
-    )
+    pick = lambda k, v, i, mm: (v[i] if len(v) == len(models) else (v[others.index(mm)] if mm in others else None))
     srcs = [
         Source(mm, None, {k: pick(k, v, i, mm) for k, v in per.items() if pick(k, v, i, mm) is not None})
         for i, mm in enumerate(models)
@@ -968,25 +874,12 @@ def parse_dtype(name) -> np.dtype|None:
     "A numpy dtype from a recipe/command name: float32, fp16, bfloat16, bf16, F16…"
     if name is None: return None
     key = str(name).lower().replace('torch.', '')
-    aliases = dict(
-        float32='F32',
-        fp32='F32',
-        float='F32',
-        float16='F16',
-        fp16='F16',
-        half='F16',
-        bfloat16='BF16',
-        bf16='BF16',
-        float64='F64',
-        fp64='F64',
-        double='F64',
-    )
+    aliases = dict(float32='F32', fp32='F32', float='F32', float16='F16', fp16='F16', half='F16', bfloat16='BF16',
+                   bf16='BF16', float64='F64', fp64='F64', double='F64')
     try:
         return dtype_from_code(aliases.get(key, key))
     except EntrenarError:
-        raise MergeError(
-            f"unknown dtype {short_repr(name)}: use float32, float16, bfloat16 or float64"
-        ) from None
+        raise MergeError(f"unknown dtype {short_repr(name)}: use float32, float16, bfloat16 or float64") from None
 
 # %% ../nbs/03_merge.ipynb #8313dfbf
 def _model_label(models, ref):
@@ -1105,12 +998,8 @@ def plan_merge(recipe:Recipe, # what to merge, how
         tmpl = base_ref if base_ref in [s.model for s in sl.sources] else sl.sources[0].model
         n = max(_layers(models[tmpl]) or [0]) + 1
         tasks = [
-            mk(
-                sl,
-                name,
-                [(s, name) for s in sl.sources],
-                0.0 if layer_index(name) is None else (layer_index(name) / (n - 1) if n > 1 else 1.0),
-            )
+            mk(sl, name, [(s, name) for s in sl.sources],
+               0.0 if layer_index(name) is None else (layer_index(name) / (n - 1) if n > 1 else 1.0))
             for name in models[tmpl].names
         ]
     else:
@@ -1131,18 +1020,12 @@ def plan_merge(recipe:Recipe, # what to merge, how
                 src0, lay0 = sl.sources[0], sl.sources[0].layer_range[0] + idx
                 names = _layers(models[src0.model]).get(lay0)
                 if not names:
-                    raise MergeError(
-                        f"has no layer {lay0} (slices[{i}] asks for it)",
-                        path=_model_label(models, src0.model),
-                    )
+                    raise MergeError(f"has no layer {lay0} (slices[{i}] asks for it)",
+                                     path=_model_label(models, src0.model))
                 for nm in names:
                     body.append(
-                        mk(
-                            sl,
-                            with_layer(nm, out_layer),
-                            [(s, with_layer(nm, s.layer_range[0] + idx)) for s in sl.sources],
-                            t,
-                        )
+                        mk(sl, with_layer(nm, out_layer),
+                           [(s, with_layer(nm, s.layer_range[0] + idx)) for s in sl.sources], t)
                     )
                 out_layer += 1
         tasks = pre + body + post
@@ -1167,11 +1050,8 @@ def _read(models, ref, name, in_dtype, allow_nonfinite, raw, checks):
     return a
 
 def _nonfinite(models, ref, name):
-    raise MergeError(
-        "holds NaN or infinite values (allow them with allow_nonfinite / --allow-nonfinite)",
-        path=_model_label(models, ref),
-        tensor=name,
-    )
+    raise MergeError("holds NaN or infinite values (allow them with allow_nonfinite / --allow-nonfinite)",
+                     path=_model_label(models, ref), tensor=name)
 
 def _run_task(task, m, models, seed, in_dtype, allow_nonfinite):
     "Read, check and merge one task's tensors: (output, the arrays read)"
@@ -1218,16 +1098,9 @@ def merge_plan(tasks:list, # from `plan_merge`
               ) -> Plan:
     "The runner `Plan` of a merge: one `merge_task` per output tensor"
     sizes = [t.spec.nbytes * (len(t.inputs) + (t.base is not None)) for t in tasks]
-    return Plan(
-        merge_task,
-        tasks,
-        models if isinstance(models, Sources) else Sources(models),
-        (get_method(method).name, seed, in_dtype, allow_nonfinite),
-        sizes,
-        f"merge ({get_method(method).name})",
-        MergeError,
-        reads=_task_reads,
-    )
+    return Plan(merge_task, tasks, models if isinstance(models, Sources) else Sources(models),
+                (get_method(method).name, seed, in_dtype, allow_nonfinite), sizes,
+                f"merge ({get_method(method).name})", MergeError, reads=_task_reads)
 
 # %% ../nbs/03_merge.ipynb #8fcb6be1
 def _merge_metadata(recipe, models, seed, name='merged', labels=None):
@@ -1240,11 +1113,8 @@ def _merge_metadata(recipe, models, seed, name='merged', labels=None):
         inputs=[label(r) for r in recipe.models],
         parameters=recipe.parameters,
         models=[
-            dict(
-                model=label(s.model),
-                **({'layer_range': list(s.layer_range)} if s.layer_range else {}),
-                **({'parameters': s.parameters} if s.parameters else {}),
-            )
+            dict(model=label(s.model), **({'layer_range': list(s.layer_range)} if s.layer_range else {}),
+                 **({'parameters': s.parameters} if s.parameters else {}))
             for sl in recipe.slices
             for s in sl.sources
         ],
@@ -1334,17 +1204,8 @@ def _folder(ref) -> Path:
     return fetch_model_files(str(ref)) or Path(ref)
 
 # %% ../nbs/03_merge.ipynb #e999fe61
-TOKENIZER_FILES = (
-    'tokenizer.model',
-    'tokenizer.json',
-    'tokenizer_config.json',
-    'special_tokens_map.json',
-    'added_tokens.json',
-    'generation_config.json',
-    'merges.txt',
-    'vocab.json',
-    'chat_template.jinja',
-)
+TOKENIZER_FILES = ('tokenizer.model', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
+                   'added_tokens.json', 'generation_config.json', 'merges.txt', 'vocab.json', 'chat_template.jinja')
 
 def _config_files(recipe, paths, tasks) -> dict:
     "config.json (updated) and the tokenizer files of the base's (or first model's) folder: file name -> contents"
@@ -1363,9 +1224,7 @@ def _config_files(recipe, paths, tasks) -> dict:
         for c in (cfg, cfg.get('text_config')):
             if isinstance(c, dict) and 'vocab_size' in c: c['vocab_size'] = vocab.size
     files = {'config.json': json.dumps(cfg, indent=2) + '\n'}
-    for (
-        name
-    ) in TOKENIZER_FILES:  # so the merge can be loaded by transformers and converted for llama.cpp as it is
+    for name in TOKENIZER_FILES:  # so the merge can be loaded by transformers and converted for llama.cpp as it is
         if (src / name).is_file() and (vocab is None or name == 'generation_config.json'):
             with reraise_as(IoError, path=src / name, what='reading'): files[name] = (src / name).read_bytes()
     return {**files, **(tokenizer_files(vocab) if vocab is not None else {})}
@@ -1393,10 +1252,8 @@ def model_card(name:str, # the merged model's name
     hub = lambda r: r[len('hf://'):].split('@')[0] if r.startswith('hf://') else r
     merged = list(dict.fromkeys(m['model'] for m in info['models']))
     bases = list(dict.fromkeys(hub(r) for r in ([info['base']] if info.get('base') else []) + merged))
-    front = yaml.safe_dump(
-        dict(base_model=bases, library_name='transformers', tags=['merge', 'mergekit', 'entrenar']),
-        sort_keys=False,
-    )
+    front = yaml.safe_dump(dict(base_model=bases, library_name='transformers', tags=['merge', 'mergekit', 'entrenar']),
+                           sort_keys=False)
     base = f" using {info['base']} as a base" if info.get('base') else ''
     lines = [
         f"---\n{front}---",
@@ -1570,27 +1427,16 @@ def merge_gguf_plan(tasks:list, gplan, models, merge_args:tuple, measure:bool=Fa
     "The runner `Plan` of a one-pass merge: the GGUF's tensors in order, then those only the SafeTensors output holds"
     by_name, im, extra = {t.name: t for t in tasks}, gplan.imatrix, gplan.extra or {}
     items = [
-        (
-            by_name.get(e[0]),
-            e,
-            extra.get(e[0]),
-            im[e[1]] if im is not None and e[1] in im and e[3] in BLOCK_FORMATS else None,
-        )
+        (by_name.get(e[0]), e, extra.get(e[0]),
+         im[e[1]] if im is not None and e[1] in im and e[3] in BLOCK_FORMATS else None)
         for e in gplan.tensors
     ]
     in_gguf = {e[0] for e in gplan.tensors}
     if keep: items += [(t, None, None, None) for t in tasks if t.name not in in_gguf]
     sizes = [0 if t is None else t.spec.nbytes * (len(t.inputs) + 1) for t, *_ in items]
-    return Plan(
-        merge_gguf_task,
-        items,
-        Sources(models),
-        (merge_args, measure, keep),
-        sizes,
-        f"merge ({merge_args[0]}) to gguf",
-        MergeError,
-        reads=lambda item: [] if item[0] is None else _task_reads(item[0]),
-    )
+    return Plan(merge_gguf_task, items, Sources(models), (merge_args, measure, keep), sizes,
+                f"merge ({merge_args[0]}) to gguf", MergeError,
+                reads=lambda item: [] if item[0] is None else _task_reads(item[0]))
 
 # %% ../nbs/03_merge.ipynb #22ed5084
 def verify_gguf(report:QuantizeReport) -> int:
@@ -1654,44 +1500,25 @@ def register_cli(subparsers):
         help='merge checkpoints (TIES, DARE, SLERP, average, …) or run a mergekit YAML recipe',
         description='Merge model checkpoints tensor by tensor, with mergekit\'s methods and recipes.',
     )
-    p.add_argument(
-        'models', nargs='*', help='input models: .safetensors/.json/.yaml files or checkpoint folders'
-    )
+    p.add_argument('models', nargs='*', help='input models: .safetensors/.json/.yaml files or checkpoint folders')
     p.add_argument('--config', help='a mergekit YAML recipe (instead of models and --method)')
     short = {v: k for k, v in ALIASES.items()}   # dare_ties is `dare` on the command line
-    defaults = ', '.join(
-        f"{short.get(m, m)} --{k} {v}" for m, d in CLI_DEFAULTS.items() for k, v in d.items()
-    )
-    p.add_argument(
-        '--method',
-        help=f"merge method: {', '.join(sorted([*METHODS, *ALIASES]))}; defaults when omitted: {defaults}",
-    )
+    defaults = ', '.join(f"{short.get(m, m)} --{k} {v}" for m, d in CLI_DEFAULTS.items() for k, v in d.items())
+    p.add_argument('--method',
+                   help=f"merge method: {', '.join(sorted([*METHODS, *ALIASES]))}; defaults when omitted: {defaults}")
     p.add_argument('--base', help='base model (default: the first model, for methods that need one)')
     p.add_argument('--weights', help='weights, one per model, comma-separated (default: 1 each)')
     for opt in ('density', 't', 'lambda', 'gamma', 'epsilon'):
-        p.add_argument(
-            f'--{opt}',
-            dest=f'p_{opt}',
-            metavar=opt.upper(),
-            help=f"the method's {opt} (per-model ones take a comma-separated list)",
-        )
-    p.add_argument(
-        '--param',
-        action='append',
-        default=[],
-        metavar='NAME=VALUE',
-        help='any other parameter of the method (repeatable)',
-    )
-    p.add_argument(
-        '--seed', type=int, default=0, help='seed for the random methods (per tensor name; default 0)'
-    )
+        p.add_argument(f'--{opt}', dest=f'p_{opt}', metavar=opt.upper(),
+                       help=f"the method's {opt} (per-model ones take a comma-separated list)")
+    p.add_argument('--param', action='append', default=[], metavar='NAME=VALUE',
+                   help='any other parameter of the method (repeatable)')
+    p.add_argument('--seed', type=int, default=0, help='seed for the random methods (per tensor name; default 0)')
     p.add_argument('--dtype', help='cast inputs to this dtype first: float32, float16, bfloat16')
     p.add_argument('--out-dtype', help='output dtype (default: the inputs\')')
     p.add_argument('--shard-size', help='split the output into shards of at most this size, e.g. 5GB')
     p.add_argument('--workers', type=int, default=1, help='tensors merged in parallel threads')
-    p.add_argument(
-        '--scheduler', help='run on Dask: tcp://HOST:PORT, or local:N for N local worker processes'
-    )
+    p.add_argument('--scheduler', help='run on Dask: tcp://HOST:PORT, or local:N for N local worker processes')
     p.add_argument('--allow-nonfinite', action='store_true', help='accept NaN/inf values in the inputs')
     p.add_argument('--quiet', '-q', action='store_true', help='no progress bar or summary')
     p.add_argument(
@@ -1699,26 +1526,17 @@ def register_cli(subparsers):
         help="llama-quantize's type for a .gguf output (f16 default, q8_0, q4_0, q4_k_m, q6_k, …): "
         "merged, quantized and written in one pass",
     )
-    p.add_argument(
-        '--gguf',
-        metavar='FILE.gguf',
-        help='also write the merge as a llama.cpp GGUF, from the same read of the inputs',
-    )
-    p.add_argument(
-        '--imatrix',
-        help='an importance matrix (llama-imatrix .gguf/.dat, or `entrenar imatrix`) for the GGUF',
-    )
+    p.add_argument('--gguf', metavar='FILE.gguf',
+                   help='also write the merge as a llama.cpp GGUF, from the same read of the inputs')
+    p.add_argument('--imatrix',
+                   help='an importance matrix (llama-imatrix .gguf/.dat, or `entrenar imatrix`) for the GGUF')
     p.add_argument(
         '--check',
         action='store_true',
         help="measure each GGUF tensor against the merged one (RMSE, SQNR), read the file back, name the worst",
     )
-    p.add_argument(
-        '--output',
-        '-o',
-        required=True,
-        help='output .safetensors/.json/.yaml file or folder, or a .gguf for llama.cpp',
-    )
+    p.add_argument('--output', '-o', required=True,
+                   help='output .safetensors/.json/.yaml file or folder, or a .gguf for llama.cpp')
     p.set_defaults(func=merge_command)
     return p
 
@@ -1744,21 +1562,10 @@ def merge_command(args):
         if not eq or not k: raise MergeError(f"--param takes NAME=VALUE, got {short_repr(item)}")
         params[k.strip()] = parse_yaml(v, error=MergeError, what=f'--param {k.strip()}')
     if args.weights is not None: params['weight'] = _numbers(args.weights, '--weights')
-    common = dict(
-        seed=args.seed,
-        dtype=args.dtype,
-        out_dtype=args.out_dtype,
-        shard_size=args.shard_size,
-        workers=args.workers,
-        allow_nonfinite=args.allow_nonfinite,
-        quiet=args.quiet,
-        progress=not args.quiet and sys.stderr.isatty(),
-        client=args.scheduler,
-        type=args.type,
-        gguf=args.gguf,
-        imatrix=args.imatrix,
-        check=args.check,
-    )
+    common = dict(seed=args.seed, dtype=args.dtype, out_dtype=args.out_dtype, shard_size=args.shard_size,
+                  workers=args.workers, allow_nonfinite=args.allow_nonfinite, quiet=args.quiet,
+                  progress=not args.quiet and sys.stderr.isatty(), client=args.scheduler, type=args.type,
+                  gguf=args.gguf, imatrix=args.imatrix, check=args.check)
     if args.config:
         if args.models or args.method or args.base or params:
             raise MergeError("--config gives the models, method and parameters: drop the others")
@@ -1767,7 +1574,5 @@ def merge_command(args):
         if not args.models: raise MergeError("name the models to merge, or give a recipe with --config")
         if not args.method: raise MergeError(f"choose a --method: {', '.join(sorted([*METHODS, *ALIASES]))}")
         params, notes = cli_defaults(args.method, params)
-        s = merge_files(
-            args.models, args.output, args.method, base=args.base, notes=notes, **common, **params
-        )
+        s = merge_files(args.models, args.output, args.method, base=args.base, notes=notes, **common, **params)
     if not args.quiet or args.check: print(s)

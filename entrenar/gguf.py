@@ -388,6 +388,21 @@ def _plan_tensors(model, arch, interleave, c, type, path, imatrix=False):
                                 n_head, n_kv, arch, imatrix)
     return [(s, g, shape, types[g], h) for s, g, shape, h in planned], notes
 
+# %% ../nbs/08_gguf.ipynb #55ef29e3
+def _with_imatrix(plan:GgufPlan, imatrix) -> GgufPlan:
+    "`plan` with its importance matrix read and checked against every tensor it quantizes (before anything is written)"
+    if imatrix is None: return plan
+    path = None if isinstance(imatrix, Imatrix) else Path(imatrix)
+    im = plan.imatrix = imatrix if path is None else read_imatrix(path)
+    plan.unweighted = check_imatrix(im, {g: shape[-1] for _, g, shape, t, _ in plan.tensors if t in BLOCK_FORMATS},
+                                    path)
+    cut = lambda s: s.encode()[:127].decode('utf-8', 'ignore')   # llama-quantize keeps 127 bytes
+    if path is not None: plan.metadata['quantize.imatrix.file'] = cut(str(imatrix))
+    if im.datasets: plan.metadata['quantize.imatrix.dataset'] = cut(im.datasets[0])
+    plan.metadata['quantize.imatrix.entries_count'] = len(im)
+    if im.chunk_count > 0: plan.metadata['quantize.imatrix.chunks_count'] = im.chunk_count
+    return plan
+
 # %% ../nbs/08_gguf.ipynb #47cf158b
 def plan_gguf(model:Model, # the source (lazy is best: nothing is read here)
               config:dict, # its config.json
@@ -421,21 +436,6 @@ def plan_gguf(model:Model, # the source (lazy is best: nothing is read here)
                           "name the right one with --tokenizer-pre (e.g. llama-bpe, qwen2, smollm) if you know it")
         meta.update(tok)
     return _with_imatrix(GgufPlan(arch, meta, tensors, extra, notes), imatrix)
-
-# %% ../nbs/08_gguf.ipynb #55ef29e3
-def _with_imatrix(plan:GgufPlan, imatrix) -> GgufPlan:
-    "`plan` with its importance matrix read and checked against every tensor it quantizes (before anything is written)"
-    if imatrix is None: return plan
-    path = None if isinstance(imatrix, Imatrix) else Path(imatrix)
-    im = plan.imatrix = imatrix if path is None else read_imatrix(path)
-    plan.unweighted = check_imatrix(im, {g: shape[-1] for _, g, shape, t, _ in plan.tensors if t in BLOCK_FORMATS},
-                                    path)
-    cut = lambda s: s.encode()[:127].decode('utf-8', 'ignore')   # llama-quantize keeps 127 bytes
-    if path is not None: plan.metadata['quantize.imatrix.file'] = cut(str(imatrix))
-    if im.datasets: plan.metadata['quantize.imatrix.dataset'] = cut(im.datasets[0])
-    plan.metadata['quantize.imatrix.entries_count'] = len(im)
-    if im.chunk_count > 0: plan.metadata['quantize.imatrix.chunks_count'] = im.chunk_count
-    return plan
 
 # %% ../nbs/08_gguf.ipynb #7c681840
 def _encode(x:np.ndarray, t:str, imatrix=None) -> np.ndarray:

@@ -73,7 +73,7 @@ def _check_relative(name, what, repo_id=None, revision=None):
 
 # %% ../nbs/05_hub.ipynb #6cad22b4
 def check_filename(filename:str, # a path inside the repository, e.g. 'model.safetensors'
-                   allow_pickle:bool=False, # allow `.bin`/`.pt`/`.pth`/`.pkl`/`.ckpt` files
+                   allow_pickle:bool=False, # allow `.bin`/`.pt`/`.pth`/`.pkl`/`.pickle`/`.ckpt` files
                    repo_id=None, revision=None):
     "Return `filename` if it is safe to fetch, else raise `InvalidNameError` or `UnsafeFileError`"
     _check_relative(filename, 'file name', repo_id, revision)
@@ -98,7 +98,7 @@ class FetchOptions:
     "What `HfModelFetcher.download_model` fetches, and how"
     revision:str='main' # branch, tag or commit hash
     files:list|tuple|None=None # files to fetch; None: the model's weights (safetensors) + config.json
-    allow_pickle:bool=False # allow pickle files (.bin, .pt, .pth, .pkl, .ckpt)
+    allow_pickle:bool=False # allow pickle files (.bin, .pt, .pth, .pkl, .pickle, .ckpt)
     verify_sha256:str|dict|None=None # hex digest of the weights file, or {file: hex digest}
     local_files_only:bool=False # answer from the cache only (also on when HF_HUB_OFFLINE=1)
     extra_files:tuple=() # with `files` None: more files fetched when the repository has them (tokenizer, …)
@@ -552,7 +552,7 @@ def register_cli(subparsers):
     p.add_argument('--cache-dir', metavar='D',
                    help="the Hub cache folder (default: huggingface_hub's, HF_HUB_CACHE)")
     p.add_argument('--allow-pickle', action='store_true',
-                   help="allow pickle files (.bin, .pt, .pth, .pkl, .ckpt)")
+                   help="allow pickle files (.bin, .pt, .pth, .pkl, .pickle, .ckpt)")
     p.add_argument('--offline', action='store_true', help="answer from the cache only (like HF_HUB_OFFLINE=1)")
     p.add_argument('--sha256', action='append', metavar='HEX|FILE=HEX',
                    help="expected SHA-256 of the weights file, or of FILE")

@@ -277,7 +277,7 @@ def summary(self:Model) -> dict:
     m = self.metadata
     return dict(name=m.name, architecture=m.architecture, version=m.version, tensors=len(self),
                 parameters=self.num_parameters, bytes=self.nbytes, bytes_by_dtype=by_dtype, custom=m.custom)
-patch(summary)
+_ = patch(summary)
 
 # %% ../nbs/02_io.ipynb #94aa4efb
 _HOST = hashlib.blake2s(socket.gethostname().encode(), digest_size=3).hexdigest()
@@ -454,7 +454,6 @@ def _read_header(f, path, size):
 
 # %% ../nbs/02_io.ipynb #a905b8f6
 def _is_int(x): return isinstance(x, int) and not isinstance(x, bool)
-
 
 def _check_entry(name, info, path):
     "Check one header entry and return (name, dtype, shape, begin, end)"

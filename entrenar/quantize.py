@@ -14,8 +14,7 @@ import numpy as np
 import orjson
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from entrenar.errors import (QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError,
-    reraise_as)
+from .errors import QuantizeError, SerializationError, IoError, EntrenarError, TensorNotFoundError, reraise_as
 from .backend import get_array_module, to_numpy, to_device, is_device_array, get_backend, CPU_THREADS
 from .cuda import download, upload
 from .cuda_blocks import dequantize_blocks, quantize_blocks
@@ -220,12 +219,14 @@ class Q8_0(BlockFormat, ggml_type=8, type_size=34, bits=8, symmetric=True):
         get_array_module(data).multiply(data[:, 2:].view(np.int8), _get_f16(data, 0), out=out)
 
 # %% ../nbs/04_quantize.ipynb #86980377
+# `patch` hands back the module's old name: `quantize_blocks` here stays entrenar.cuda_blocks' GPU function
 @patch(cls_method=True)
 def quantize_blocks(cls:BlockFormat, blocks): # rows of whole blocks
     "`quantize` without an importance matrix"
     return cls.quantize(blocks)
 
 # %% ../nbs/04_quantize.ipynb #715faaaf
+# as above: the module name `dequantize_blocks` stays entrenar.cuda_blocks' GPU function
 @patch(cls_method=True)
 def dequantize_blocks(cls:BlockFormat, data): # packed blocks
     "`dequantize`, by its block-level name"
@@ -668,8 +669,6 @@ def _parts(entry:dict) -> list:
     n, rows = math.prod(shape), (shape[0] if per_channel and len(shape) >= 2 else 1)
     parts = [('', np.dtype(np.uint8), ((n + 1) // 2 if bits <= 4 else n,)), ('::scale', np.dtype(np.float32), (rows,))]
     return parts + ([] if symmetric else [('::zero_point', np.dtype(np.int64), (rows,))])
-
-
 
 # %% ../nbs/04_quantize.ipynb #382db6c9
 def _arrays(qt:QuantizedTensor) -> list: return [a for a in (qt.data, qt.scale, qt.zero_point) if a is not None]

@@ -20,7 +20,8 @@ class EntrenarError(Exception):
                  tensor:str|None=None, # the tensor concerned, if any
                 ):
         self.message,self.path,self.tensor = message,(None if path is None else os.fspath(path)),tensor
-        where = ': '.join(str(o) for o in (self.path, None if tensor is None else f"tensor '{tensor}'") if o is not None)
+        parts = (self.path, None if tensor is None else f"tensor '{tensor}'")
+        where = ': '.join(str(o) for o in parts if o is not None)
         super().__init__(f"{where}: {message}" if where else message)
 
 # %% ../nbs/00_errors.ipynb #11f8828d

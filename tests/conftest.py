@@ -7,11 +7,6 @@ MODELS = ROOT / 'models'
 
 NVCC = shutil.which('nvcc') or shutil.which('/usr/local/cuda/bin/nvcc')
 
-def cupy_helpers():
-    "entrenar.backend's (to_device, to_numpy, is_device_array), imported inside the GPU tests that use them"
-    from entrenar.backend import to_device, to_numpy, is_device_array
-    return to_device, to_numpy, is_device_array
-
 def differing_blocks(got, want, block_bytes:int):
     "Indices of the blocks of `block_bytes` in which `got` (host or device bytes) and `want` differ"
     from entrenar.backend import to_numpy

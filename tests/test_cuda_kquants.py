@@ -2,7 +2,8 @@
 import warnings
 import numpy as np, pytest
 import fastcore.test as ft
-from conftest import NVCC, cupy_helpers, differing_blocks, sm90_kernels
+from conftest import NVCC, differing_blocks, sm90_kernels
+from entrenar.backend import to_device, to_numpy, is_device_array
 from entrenar.cuda_kquants import quantize_kquant, KQUANT_KERNELS, KQUANT_FORMATS
 from entrenar.errors import QuantizeError
 from entrenar.quantize import get_block_format
@@ -89,7 +90,6 @@ def test_gpu_compile_sm90_without_spills():
 @pytest.mark.gpu
 @pytest.mark.parametrize('name', FORMATS)
 def test_gpu_bytes_equal_cpu(name):
-    to_device, _, is_device_array = cupy_helpers()
     rng = np.random.default_rng(5)
     x = np.concatenate([rng.standard_normal((3000, 256)) * s for s in (1e-3, 1.0, 1e3)] +
                        [rng.standard_t(3, (3000, 256))]).astype(np.float32)
@@ -102,7 +102,6 @@ def test_gpu_bytes_equal_cpu(name):
 @pytest.mark.gpu
 @pytest.mark.parametrize('name', FORMATS)
 def test_gpu_edge_super_blocks(name):
-    to_device, to_numpy, _ = cupy_helpers()
     x = np.stack(list(EDGES.values())).astype(np.float32)
     host = to_numpy(quantize_kquant(name, to_device(x, 'cupy')))
     want = cpu(name, x)
@@ -111,6 +110,5 @@ def test_gpu_edge_super_blocks(name):
 
 @pytest.mark.gpu
 def test_gpu_refuses_bad_input():
-    to_device, _, _ = cupy_helpers()
     with ft.ExceptionExpected(QuantizeError, regex='q4_k.*not whole super-blocks'): quantize_kquant('q4_k', to_device(np.zeros(300, np.float32), 'cupy'))
     with ft.ExceptionExpected(QuantizeError, regex='q6_k.*float64'): quantize_kquant('q6_k', to_device(np.zeros(256), 'cupy'))

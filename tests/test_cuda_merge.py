@@ -1,10 +1,10 @@
 "entrenar.cuda_merge: the TIES and selection kernels give the CPU's bits (numba TIES, np.partition, merge.rank_mask); on a GPU, the CPU build's bits"
-import shutil
 import numpy as np
 import pytest
 from fastcore.basics import AttrDict
-from entrenar.cuda_merge import (ABS_SUM_COLUMNS, ABS_SUM_KERNELS, COMBINE_SOURCE, abs_sum, PCG_SOURCE, SELECT_SOURCE, TIES_SOURCE, combine, kth_value, radix_select, rank_mask, ties,
-                                 ties_launch, uniform)
+from conftest import NVCC, sm90_kernels
+from entrenar.cuda_merge import (ABS_SUM_COLUMNS, ABS_SUM_KERNELS, COMBINE_SOURCE, abs_sum, PCG_SOURCE, SELECT_SOURCE,
+                                 TIES_SOURCE, combine, kth_value, radix_select, rank_mask, ties, ties_launch, uniform)
 from entrenar.merge import _combine
 from entrenar.merge import _ties_compiled
 from entrenar.merge import rank_mask as merge_rank_mask
@@ -88,13 +88,10 @@ def test_select_state_in_device_arrays():
     rank, state, found, nan = radix_select(1, [v], v, [(0, 50_537), (0, -1)])
     assert found[0] == 505 and list(state[3:6]) == [37, 50_537, 100] and int(nan[0]) == 0
 
-@pytest.mark.skipif(shutil.which('nvcc') is None, reason="needs CUDA's nvcc")
+@pytest.mark.skipif(NVCC is None, reason="needs CUDA's nvcc")
 def test_gpu_compile_sm90():
-    from entrenar.cuda import gpu_compile
     for source in (SELECT_SOURCE, TIES_SOURCE, COMBINE_SOURCE, PCG_SOURCE, ABS_SUM_KERNELS.source):
-        report = gpu_compile(source, 'sm_90')
-        assert 'Used' in report and 'spill stores' in report
-        assert all(l.strip().startswith('0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads') for l in report.splitlines() if 'spill' in l)
+        assert sm90_kernels(source), source[:200]   # some kernels, none spilling or using a stack frame
 
 @pytest.mark.parametrize('seed', [0, 1, 2**63 + 5])
 def test_uniform_is_numpys_stream(seed):

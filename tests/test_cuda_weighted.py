@@ -2,7 +2,8 @@
 import warnings
 import numpy as np, pytest
 import fastcore.test as ft
-from conftest import NVCC, cupy_helpers, differing_blocks, sm90_kernels
+from conftest import NVCC, differing_blocks, sm90_kernels
+from entrenar.backend import to_device, to_numpy, is_device_array
 from entrenar.cuda_weighted import quantize_weighted_rows, WEIGHTED_KERNELS, WEIGHTED_FORMATS
 from entrenar.errors import QuantizeError
 from entrenar.quantize import get_block_format
@@ -107,7 +108,6 @@ def test_gpu_compile_sm90_without_spills():
 @pytest.mark.gpu
 @pytest.mark.parametrize('name', FORMATS)
 def test_gpu_bytes_equal_cpu(name):
-    to_device, _, is_device_array = cupy_helpers()
     rng = np.random.default_rng(5)
     x = np.concatenate([rng.standard_normal((64, 4096)) * s for s in (1e-3, 1.0, 1e3)] +
                        [rng.standard_t(3, (64, 4096))]).astype(np.float32)
@@ -137,7 +137,6 @@ def _nan_scaled(name, r):
 @pytest.mark.gpu
 @pytest.mark.parametrize('name', FORMATS)
 def test_gpu_edge_rows(name):
-    to_device, to_numpy, _ = cupy_helpers()
     rng = np.random.default_rng(11)
     edges = edge_rows(rng)
     x, w = np.stack(list(edges.values())).astype(np.float32), spread_imatrix(rng, 512)
@@ -147,7 +146,6 @@ def test_gpu_edge_rows(name):
 
 @pytest.mark.gpu
 def test_gpu_refuses_bad_input():
-    to_device, _, _ = cupy_helpers()
     x = to_device(np.zeros((2, 256), np.float32), 'cupy')
     with ft.ExceptionExpected(QuantizeError, regex='q4_k.*same device'): quantize_weighted_rows('q4_k', x, np.ones(256, np.float32))
     with ft.ExceptionExpected(QuantizeError, regex='q6_k.*float32'): quantize_weighted_rows('q6_k', x.astype('float64'), to_device(np.ones(256, np.float32), 'cupy'))
